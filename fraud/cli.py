@@ -1,0 +1,48 @@
+"""`fraudctl`: the project's one command line.
+
+Each concern keeps its subcommands in its own module, which exposes `register(subparsers)`; the list
+below is the only place they are wired in. Handlers import heavy packages (TensorFlow, TFX) lazily so
+`fraudctl --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from fraud.errors import FraudError
+
+#: Modules that register subcommands, in the order `fraudctl --help` lists them.
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fraudctl", description="Real-time credit-card fraud detection on TFX and Apache Kafka."
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(func(args) or 0)
+    except FraudError as exc:
+        print(f"fraudctl {args.command}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"fraudctl {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

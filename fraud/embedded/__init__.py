@@ -1,0 +1,1 @@
+"""The embedded Apache Kafka broker and Kafka Connect, fetched from Maven Central."""

@@ -1,0 +1,1 @@
+"""The bridge service: Kafka transaction events -> TF Serving gRPC Predict -> score events on Kafka."""

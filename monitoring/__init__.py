@@ -1,0 +1,1 @@
+"""Warehouse sink and live model monitoring (windowed metrics, drift, alerts, reports)."""
