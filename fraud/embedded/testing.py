@@ -1,0 +1,116 @@
+"""Throwaway brokers and Connect workers for tests and benchmarks: free ports, a temporary state dir.
+
+`tests/conftest.py` builds its session fixtures on these; `bench/` scripts use them the same way.
+Processes started here die with the Python process that started them (PR_SET_PDEATHSIG), so a killed
+test run leaves no JVM behind, and the context managers stop them cleanly on the normal path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+from fraud.embedded.broker import BrokerConfig, KafkaBroker
+from fraud.embedded.process import free_port
+from fraud.errors import FraudError
+from fraud.kafka_config import KafkaClientConfig
+from fraud.paths import load_paths
+
+TEST_BROKER_HEAP = "384m"
+TEST_CONNECT_HEAP = "256m"
+
+
+class EmbeddedKafka:
+    """A running throwaway broker: `.bootstrap`, `.client_config`, `restart()`, `stop()`, `start()`."""
+
+    def __init__(self, broker: KafkaBroker) -> None:
+        self.broker = broker
+        self.last_start_s: float | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return self.broker.bootstrap
+
+    @property
+    def state_dir(self) -> Path:
+        return self.broker.state_dir
+
+    def client_config(self, client_id: str = "fraud-test") -> KafkaClientConfig:
+        return KafkaClientConfig(bootstrap_servers=(self.bootstrap,), client_id=client_id)
+
+    def start(self) -> float | None:
+        self.last_start_s = self.broker.start(die_with_parent=True)
+        return self.last_start_s
+
+    def stop(self) -> str:
+        return self.broker.stop()
+
+    def restart(self) -> float | None:
+        """Clean stop (controlled shutdown), then start again on the same ports and data."""
+        self.stop()
+        return self.start()
+
+    def is_running(self) -> bool:
+        return self.broker.is_running()
+
+
+def broker_config_for_tests(state_dir: Path, **overrides: object) -> BrokerConfig:
+    settings: dict = {
+        "state_dir": state_dir,
+        "jars_dir": load_paths().jars_dir,
+        "port": free_port(),
+        "controller_port": free_port(),
+        "heap": TEST_BROKER_HEAP,
+        # C1 only: the JVM starts and warms up faster on two shared cores; peak speed does not matter here.
+        "jvm_opts": ("-XX:TieredStopAtLevel=1",),
+    }
+    settings.update(overrides)
+    return BrokerConfig(**settings)
+
+
+@contextlib.contextmanager
+def temporary_broker(state_dir: Path, attempts: int = 3, **overrides: object) -> Iterator[EmbeddedKafka]:
+    """Start a broker on free ports in `state_dir`; stop it when the block ends, however it ends."""
+    kafka: EmbeddedKafka | None = None
+    for attempt in range(attempts):
+        kafka = EmbeddedKafka(KafkaBroker(broker_config_for_tests(state_dir, **overrides)))
+        try:
+            kafka.start()
+            break
+        except FraudError as exc:
+            # Another process can take a "free" port between our check and the JVM's bind.
+            port_race = "already taken" in str(exc) or "Address already in use" in str(exc)
+            if not port_race or attempt == attempts - 1:
+                raise
+    assert kafka is not None
+    try:
+        yield kafka
+    finally:
+        kafka.stop()
+
+
+def unique_topic_name(prefix: str = "test") -> str:
+    safe = "".join(c if c.isalnum() or c in "._-" else "-" for c in prefix)[:120]
+    return f"{safe}.{uuid.uuid4().hex[:10]}"
+
+
+def create_topic(
+    config: KafkaClientConfig, name: str, partitions: int = 1, topic_config: Mapping[str, str] | None = None
+) -> str:
+    from fraud.kafka_config import ensure_topics
+    from fraud.topics import TopicSpec
+
+    ensure_topics(config, [TopicSpec(name, partitions, dict(topic_config or {}))])
+    return name
+
+
+def delete_topics(config: KafkaClientConfig, names: list[str]) -> None:
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(**config.admin_kwargs())
+    try:
+        admin.delete_topics(names, raise_errors=False)
+    finally:
+        admin.close()
