@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from fraud.kafka_config import KafkaClientConfig
 from fraud.paths import SAMPLE_CSV, load_paths
 from fraud.topics import LABELS, TRANSACTIONS_RAW
 
@@ -46,12 +47,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="send each label this long after its transaction (default 0)")
     replay.add_argument("--flush-labels", action="store_true",
                         help="when the rows run out, send pending labels at once instead of at their due time")
-    replay.add_argument("--bootstrap", default=None, help="Kafka bootstrap servers (default: the embedded broker)")
     replay.add_argument("--base-time-ms", type=int, default=None, metavar="MS",
                         help="event time of Time=0 in epoch ms (default 2013-09-01T00:00:00Z)")
     replay.add_argument("--cards", type=int, default=None, metavar="N", help="size of the synthetic card pool")
     replay.add_argument("--seed", type=int, default=None, help="seed of the synthetic card pool")
     replay.add_argument("--no-progress", action="store_true", help="no progress bar")
+    KafkaClientConfig.add_arguments(replay)
     replay.set_defaults(func=_replay)
 
 
@@ -86,11 +87,13 @@ def _info(args: argparse.Namespace) -> int:
 def _replay(args: argparse.Namespace) -> int:
     from fraud import replay
 
-    overrides = {k: v for k, v in (("base_time_ms", args.base_time_ms), ("cards", args.cards),
-                                   ("seed", args.seed), ("bootstrap", args.bootstrap)) if v is not None}
+    overrides = {k: v for k, v in (("base_time_ms", args.base_time_ms), ("cards", args.cards), ("seed", args.seed))
+                 if v is not None}
+    kafka = KafkaClientConfig.from_env_and_args(args, client_id=replay.CLIENT_ID)
     config = replay.ReplayConfig(file=args.file, topic=args.topic, labels_topic=args.labels_topic, rate=args.rate,
                                  limit=args.limit, start_row=args.start_row, label_delay_s=args.label_delay,
-                                 flush_labels=args.flush_labels, progress=not args.no_progress, **overrides)
+                                 flush_labels=args.flush_labels, progress=not args.no_progress, kafka=kafka,
+                                 **overrides)
     stats = replay.run_replay(config)
     print(stats.summary(config))
     return 130 if stats.interrupted else 0

@@ -25,13 +25,14 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from fraud.contract import LabelEvent, TransactionEvent
 from fraud.dataset import Row, count_rows, iter_rows
 from fraud.errors import FraudError
+from fraud.kafka_config import KafkaClientConfig
 from fraud.paths import SAMPLE_CSV
 from fraud.topics import LABELS, TRANSACTIONS_RAW
 
@@ -39,7 +40,7 @@ from fraud.topics import LABELS, TRANSACTIONS_RAW
 DEFAULT_BASE_TIME_MS = 1_377_993_600_000
 DEFAULT_CARDS = 10_000
 DEFAULT_SEED = 2013
-DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+CLIENT_ID = "fraudctl-replay"
 #: Sleeping is skipped when the next event is due sooner than this: a sleep costs ~60 us anyway, and
 #: the absolute schedule makes up for being early by less than this on the next events.
 MIN_SLEEP_S = 0.001
@@ -183,7 +184,7 @@ class ReplayConfig:
     start_row: int = 0
     label_delay_s: float = 0.0
     flush_labels: bool = False  # at the end, send pending labels now instead of at their due time
-    bootstrap: str = DEFAULT_BOOTSTRAP
+    kafka: KafkaClientConfig = field(default_factory=lambda: KafkaClientConfig(client_id=CLIENT_ID))
     base_time_ms: int = DEFAULT_BASE_TIME_MS
     cards: int = DEFAULT_CARDS
     seed: int = DEFAULT_SEED
@@ -313,19 +314,17 @@ def replay_rows(rows: Iterable[Row], sink: Sink, config: ReplayConfig, *, clock:
 class KafkaSink:
     """A kafka-python producer (acks=all, idempotent, batched) that records delivery failures."""
 
-    def __init__(self, bootstrap: str, **overrides: object) -> None:
+    def __init__(self, kafka: KafkaClientConfig, **overrides: object) -> None:
         from kafka import KafkaProducer
         from kafka.errors import KafkaError
 
-        settings: dict[str, object] = dict(bootstrap_servers=bootstrap.split(","), acks="all", linger_ms=5,
-                                           batch_size=256 * 1024, enable_idempotence=True,
-                                           client_id="fraudctl-replay")
+        settings: dict[str, object] = dict(acks="all", enable_idempotence=True, linger_ms=5, batch_size=256 * 1024)
         settings.update(overrides)
-        self.bootstrap = bootstrap
+        self.bootstrap = kafka.bootstrap
         try:
-            self._producer = KafkaProducer(**settings)
+            self._producer = KafkaProducer(**kafka.producer_kwargs(**settings))
         except KafkaError as exc:
-            raise FraudError(f"cannot reach Kafka at {bootstrap}: {exc}") from None
+            raise FraudError(f"cannot reach Kafka at {self.bootstrap}: {exc}") from None
         self.failed = 0
         self.first_error: str | None = None
 
@@ -370,7 +369,7 @@ def run_replay(config: ReplayConfig, sink: Sink | None = None) -> ReplayStats:
         total = available if config.limit is None else min(config.limit, available)
     rows: Iterator[Row] = iter_rows(config.file, start=config.start_row, limit=config.limit)
     own_sink = sink is None
-    sink = sink if sink is not None else KafkaSink(config.bootstrap)
+    sink = sink if sink is not None else KafkaSink(config.kafka)
     bar = _progress_bar(total, show)
     started = time.monotonic()
     try:

@@ -12,6 +12,7 @@ from fraud.contract import LabelEvent, TransactionEvent
 from fraud.dataset import Row, iter_rows
 from fraud.errors import FraudError
 from fraud.features import FEATURE_NAMES
+from fraud.kafka_config import KafkaClientConfig
 from fraud.paths import SAMPLE_CSV
 from fraud.replay import CardPool, Clock, RateSchedule, ReplayConfig, luhn_check_digit, luhn_valid, replay_rows
 
@@ -269,4 +270,4 @@ def test_cli_data_fetch_refuses_a_wrong_file(tmp_path: Path, capsys, monkeypatch
 
 def test_kafka_sink_reports_an_unreachable_broker_in_one_line():
     with pytest.raises(FraudError, match="cannot reach Kafka at 127.0.0.1:1"):
-        replay.KafkaSink("127.0.0.1:1", bootstrap_timeout_ms=500)
+        replay.KafkaSink(KafkaClientConfig(bootstrap_servers=("127.0.0.1:1",)), bootstrap_timeout_ms=500)
