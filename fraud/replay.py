@@ -14,7 +14,7 @@ The label is never part of the transaction event: a LabelEvent for every row goe
 topic `label_delay_s` (wall clock) after its transaction was sent. When the rows run out, the
 labels still pending are sent at their due time (or at once with `flush_labels`).
 
-Sending is paced by an absolute schedule (event n is due at start + n / rate), so the average rate
+Sending is paced by an absolute schedule (event n is due n / rate after the first was sent), so the average rate
 is exact even when a single sleep overshoots, and no sleep happens per message at high rates.
 """
 
@@ -215,6 +215,7 @@ class ReplayStats:
     interrupted: bool = False
     first_index: int | None = None
     last_index: int | None = None
+    send_span_s: float = 0.0  # from the first transaction sent to the last (what pacing controls)
 
     @property
     def events_per_s(self) -> float:
@@ -248,8 +249,9 @@ def replay_rows(rows: Iterable[Row], sink: Sink, config: ReplayConfig, *, clock:
     pending: deque[tuple[int, str, int, int]] = deque()  # (due wall ms, transaction id, label, event time)
     stats = ReplayStats()
     started = clock.monotonic()
-    schedule = RateSchedule(config.rate, started)
+    schedule: RateSchedule | None = None  # anchored at the first send (which also waits for metadata)
     topic, labels_topic = config.topic, config.labels_topic
+    first_sent_at: float | None = None
 
     def send_label(tx_id: str, label: int, event_ms: int) -> None:
         now_ms = clock.wall_ms()
@@ -278,7 +280,7 @@ def replay_rows(rows: Iterable[Row], sink: Sink, config: ReplayConfig, *, clock:
 
     try:
         for row in rows:
-            if config.rate > 0:
+            if schedule is not None:
                 ahead = schedule.delay(stats.events, clock.monotonic())
                 if ahead >= MIN_SLEEP_S:
                     wait(ahead)
@@ -286,6 +288,12 @@ def replay_rows(rows: Iterable[Row], sink: Sink, config: ReplayConfig, *, clock:
             event = transaction_event(row, cards, config.base_time_ms)
             now_ms = clock.wall_ms()
             sink.send(topic, event.transaction_id.encode(), event.to_json(), now_ms)
+            sent_at = clock.monotonic()
+            if first_sent_at is None:
+                first_sent_at = sent_at
+                if config.rate > 0:
+                    schedule = RateSchedule(config.rate, sent_at)
+            stats.send_span_s = sent_at - first_sent_at
             pending.append((now_ms + delay_ms, event.transaction_id, row.label, event.event_time_ms))
             stats.events += 1
             stats.frauds += row.label
@@ -321,12 +329,32 @@ class KafkaSink:
         settings: dict[str, object] = dict(acks="all", enable_idempotence=True, linger_ms=5, batch_size=256 * 1024)
         settings.update(overrides)
         self.bootstrap = kafka.bootstrap
+        self._kafka = kafka
         try:
             self._producer = KafkaProducer(**kafka.producer_kwargs(**settings))
         except KafkaError as exc:
             raise FraudError(f"cannot reach Kafka at {self.bootstrap}: {exc}") from None
         self.failed = 0
         self.first_error: str | None = None
+
+    def check_topics(self, names: Iterable[str]) -> None:
+        """Fail fast, in one line, if a topic is missing (a send would otherwise block for max_block_ms)."""
+        from kafka import KafkaAdminClient
+        from kafka.errors import KafkaError
+
+        names = list(names)
+        try:
+            admin = KafkaAdminClient(**self._kafka.admin_kwargs())
+            try:
+                found = {t["name"] for t in admin.describe_topics(names) if t.get("error_code", 0) == 0}
+            finally:
+                admin.close()
+        except KafkaError as exc:
+            raise FraudError(f"cannot describe topics on {self.bootstrap}: {exc}") from None
+        missing = [n for n in names if n not in found]
+        if missing:
+            raise FraudError(f"topic {', '.join(missing)} does not exist on {self.bootstrap} "
+                             f"(`fraudctl topics` creates the project's topics)")
 
     def _on_error(self, exc: BaseException) -> None:
         self.failed += 1
@@ -369,7 +397,14 @@ def run_replay(config: ReplayConfig, sink: Sink | None = None) -> ReplayStats:
         total = available if config.limit is None else min(config.limit, available)
     rows: Iterator[Row] = iter_rows(config.file, start=config.start_row, limit=config.limit)
     own_sink = sink is None
-    sink = sink if sink is not None else KafkaSink(config.kafka)
+    if sink is None:
+        kafka_sink = KafkaSink(config.kafka)
+        try:
+            kafka_sink.check_topics([config.topic, config.labels_topic])
+        except FraudError:
+            kafka_sink.close()
+            raise
+        sink = kafka_sink
     bar = _progress_bar(total, show)
     started = time.monotonic()
     try:

@@ -152,6 +152,7 @@ def test_rate_limited_replay_takes_the_scheduled_time():
     assert stats.events == 500
     tx_times = [r[4] for r in sink.on("tx")]
     assert tx_times[-1] == pytest.approx(499 / 250, abs=0.002)
+    assert stats.send_span_s == pytest.approx(499 / 250, abs=0.002)
     # every event waits for its slot: the n-th is never more than MIN_SLEEP_S early
     assert all(t >= n / 250 - replay.MIN_SLEEP_S for n, t in enumerate(tx_times))
 

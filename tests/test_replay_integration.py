@@ -103,3 +103,15 @@ def test_fraudctl_replay_command_against_the_broker(kafka_broker, kafka_topic, k
     assert len(_consume_all(kafka_client_config, topic, 120)) == 120
     labels = _consume_all(kafka_client_config, labels_topic, 120)
     assert len(labels) == 120  # --flush-labels: sent at the end, long before the 30 s delay
+
+
+def test_replay_to_a_missing_topic_fails_fast_in_one_line(kafka_broker, kafka_topic):
+    labels_topic = kafka_topic()
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "fraud.cli", "replay", "--bootstrap", kafka_broker.bootstrap, "--topic", "no.such.topic",
+         "--labels-topic", labels_topic, "--limit", "5", "--no-progress"],
+        capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.count("\n") == 1 and "topic no.such.topic does not exist" in proc.stderr
+    assert time.monotonic() - start < 30
