@@ -54,3 +54,19 @@ CSV_COLUMNS: tuple[str, ...] = FEATURE_NAMES + (LABEL_KEY,)
 def transformed_name(key: str) -> str:
     """Name of the Transform output derived from raw feature `key`."""
     return f"{key}_xf"
+
+
+# ---------------------------------------------------------------------------------------------
+# Derived keys the pipeline's Transform produces next to the normalized features (added by the
+# training pipeline). They are evaluation slices, not model inputs.
+
+#: Seconds in a day: `Time` counts seconds from the first transaction of the data set.
+SECONDS_PER_DAY = 86_400
+#: Hour of the day of a transaction (int64 0..23), from `Time`; TFMA slices on it.
+HOUR_OF_DAY_KEY = "hour_of_day"
+#: Amount band index (int64): band i holds amounts in [AMOUNT_BAND_EDGES[i-1], AMOUNT_BAND_EDGES[i]).
+AMOUNT_BAND_KEY = "amount_band"
+AMOUNT_BAND_EDGES: tuple[float, ...] = (1.0, 10.0, 100.0, 1000.0)
+#: Human-readable band labels, one per band (len(AMOUNT_BAND_EDGES) + 1).
+AMOUNT_BAND_LABELS: tuple[str, ...] = ("<1", "1-10", "10-100", "100-1000", ">=1000")
+SLICE_KEYS: tuple[str, ...] = (HOUR_OF_DAY_KEY, AMOUNT_BAND_KEY)

@@ -1,0 +1,216 @@
+"""Executor of KafkaExportExampleGen.
+
+Reads the data files of the span the driver resolved (JSON lines, gzipped JSON lines or Avro, in
+Kafka Connect's storage-sink layout), parses every record through fraud.contract.TransactionEvent,
+drops unlabeled rows (counted), converts the rest to tf.Examples (the 30 features, the label and the
+identity keys of fraud.features) and splits them by event time: rows are ordered by
+(event_time_ms, transaction_id) and cut at the proportions of the output split config, so the last
+split holds the most recent rows. A span without its `_SUCCESS` marker is refused; when the span has a
+manifest, the number of rows read must equal the manifest's.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import os
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import apache_beam as beam
+import tensorflow as tf
+from absl import logging
+from tfx import types
+from tfx.components.example_gen import utils
+from tfx.components.example_gen.base_example_gen_executor import BaseExampleGenExecutor
+from tfx.proto import example_gen_pb2
+from tfx.types import artifact_utils, standard_component_specs
+from tfx.utils import proto_utils
+
+from components.kafka_export_example_gen import spec
+from fraud.contract import ContractError, TransactionEvent
+from fraud.features import CARD_ID_KEY, EVENT_TIME_KEY, FEATURE_NAMES, LABEL_KEY, TRANSACTION_ID_KEY
+from pipeline import spans
+
+_COUNTS_URI_KEY = "_counts_uri"
+SortKey = tuple[int, str]
+
+
+def event_to_example(event: TransactionEvent) -> tf.train.Example:
+    """A labeled TransactionEvent as the tf.Example the pipeline trains on."""
+    feature = {name: tf.train.Feature(float_list=tf.train.FloatList(value=[event.features[name]]))
+               for name in FEATURE_NAMES}
+    feature[LABEL_KEY] = tf.train.Feature(int64_list=tf.train.Int64List(value=[int(event.label)]))
+    feature[TRANSACTION_ID_KEY] = tf.train.Feature(
+        bytes_list=tf.train.BytesList(value=[event.transaction_id.encode("utf-8")]))
+    feature[EVENT_TIME_KEY] = tf.train.Feature(int64_list=tf.train.Int64List(value=[event.event_time_ms]))
+    feature[CARD_ID_KEY] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[event.card_id.encode("utf-8")]))
+    return tf.train.Example(features=tf.train.Features(feature=feature))
+
+
+class SpanRecordError(ValueError):
+    """A record in a span breaks the event contract: the span is corrupt, the run stops."""
+
+
+def _parse_json(item: tuple[str, str]) -> TransactionEvent:
+    path, line = item
+    try:
+        return TransactionEvent.from_json(line)
+    except ContractError as exc:
+        raise SpanRecordError(f"{path}: record breaks the event contract ({exc.reason}: {exc})") from None
+
+
+def _parse_avro(record: dict[str, Any]) -> TransactionEvent:
+    try:
+        return TransactionEvent.from_dict(record)
+    except ContractError as exc:
+        raise SpanRecordError(f"Avro record breaks the event contract ({exc.reason}: {exc})") from None
+
+
+class _ExactBoundaries(beam.CombineFn):
+    """Sort keys at which each split after the first begins (exact; holds the keys of one span)."""
+
+    def __init__(self, proportions: Sequence[int]) -> None:
+        self._cumulative = []
+        total = 0
+        for p in proportions[:-1]:
+            total += p
+            self._cumulative.append(total)
+        self._total = sum(proportions)
+
+    def create_accumulator(self) -> list[SortKey]:
+        return []
+
+    def add_input(self, acc: list[SortKey], key: SortKey) -> list[SortKey]:
+        acc.append(key)
+        return acc
+
+    def merge_accumulators(self, accs: Iterable[list[SortKey]]) -> list[SortKey]:
+        out: list[SortKey] = []
+        for a in accs:
+            out.extend(a)
+        return out
+
+    def extract_output(self, acc: list[SortKey]) -> list[SortKey]:
+        keys = sorted(acc)
+        n = len(keys)
+        cuts = [n * c // self._total for c in self._cumulative]
+        # A cut at n means "nothing after it": an empty later split.
+        return [keys[c] if c < n else (2**63, "") for c in cuts]
+
+
+def _split_index(keyed: tuple[SortKey, bytes], num_partitions: int, boundaries: list[SortKey]) -> int:
+    return bisect.bisect_right(boundaries, keyed[0])
+
+
+def _read_events(pipeline: beam.Pipeline, pattern: str) -> beam.PCollection:
+    files = sorted(tf.io.gfile.glob(pattern))
+    json_files = [f for f in files if f.endswith(spans.EXTENSIONS[spans.JSON_FORMAT])]
+    avro_files = [f for f in files if f.endswith(spans.EXTENSIONS[spans.AVRO_FORMAT])]
+    logging.info("Span files: %d JSON, %d Avro (pattern %s)", len(json_files), len(avro_files), pattern)
+    if not json_files and not avro_files:
+        raise RuntimeError(f"No data files match {pattern}")
+    parts = []
+    if json_files:
+        parts.append(pipeline
+                     | "JsonFiles" >> beam.Create(json_files)
+                     | "ReadJson" >> beam.io.ReadAllFromText(with_filename=True)
+                     | "NonEmpty" >> beam.Filter(lambda item: bool(item[1].strip()))
+                     | "ParseJson" >> beam.Map(_parse_json))
+    if avro_files:
+        parts.append(pipeline
+                     | "AvroFiles" >> beam.Create(avro_files)
+                     | "ReadAvro" >> beam.io.ReadAllFromAvro()
+                     | "ParseAvro" >> beam.Map(_parse_avro))
+    return parts | "AllEvents" >> beam.Flatten()
+
+
+def _count(pcoll: beam.PCollection, name: str) -> beam.PCollection:
+    return (pcoll
+            | f"Count{name}" >> beam.combiners.Count.Globally()
+            | f"Name{name}" >> beam.Map(lambda n, key=name: (key, n)))
+
+
+def _write_counts(counts: dict[str, int], uri: str) -> None:
+    with tf.io.gfile.GFile(uri, "w") as f:
+        f.write(json.dumps(counts, sort_keys=True))
+
+
+class Executor(BaseExampleGenExecutor):
+    """Span files -> split tf.Examples (see the module docstring)."""
+
+    def GetInputSourceToExamplePTransform(self) -> beam.PTransform:
+        # Never called: GenerateExamplesByBeam is overridden because the split is by event time,
+        # which needs the whole span, not one record at a time.
+        raise NotImplementedError
+
+    def GenerateExamplesByBeam(self, pipeline: beam.Pipeline,
+                               exec_properties: dict[str, Any]) -> dict[str, beam.PCollection]:
+        input_config = example_gen_pb2.Input()
+        proto_utils.json_to_proto(exec_properties[standard_component_specs.INPUT_CONFIG_KEY], input_config)
+        output_config = example_gen_pb2.Output()
+        proto_utils.json_to_proto(exec_properties[standard_component_specs.OUTPUT_CONFIG_KEY], output_config)
+        if len(input_config.splits) != 1 or not output_config.split_config.splits:
+            raise ValueError("KafkaExportExampleGen reads one input pattern and needs output split_config")
+        input_base = exec_properties[standard_component_specs.INPUT_BASE_KEY]
+        span = int(exec_properties.get(utils.SPAN_PROPERTY_NAME) or 0)
+        directory = os.path.join(input_base, spans.span_dir_name(span))
+        if not tf.io.gfile.exists(os.path.join(directory, spans.MARKER)):
+            raise RuntimeError(f"Span {span} at {directory} has no {spans.MARKER} marker (export unfinished "
+                               f"or crashed); refusing to read it")
+        split_names = [s.name for s in output_config.split_config.splits]
+        proportions = [s.hash_buckets for s in output_config.split_config.splits]
+
+        events = _read_events(pipeline, os.path.join(input_base, input_config.splits[0].pattern))
+        labeled, unlabeled = (events
+                              | "ByLabel" >> beam.Partition(lambda e, n: 0 if e.label is not None else 1, 2))
+        keyed = labeled | "Key" >> beam.Map(
+            lambda e: ((e.event_time_ms, e.transaction_id), event_to_example(e).SerializeToString()))
+        boundaries = (keyed
+                      | "SortKeys" >> beam.Keys()
+                      | "Boundaries" >> beam.CombineGlobally(_ExactBoundaries(proportions)))
+        parts = keyed | "SplitByTime" >> beam.Partition(
+            _split_index, len(split_names), beam.pvalue.AsSingleton(boundaries))
+
+        result = {}
+        counts = [_count(events, spec.ROWS_READ), _count(unlabeled, spec.ROWS_UNLABELED)]
+        for name, part in zip(split_names, parts, strict=True):
+            result[name] = part | f"Values[{name}]" >> beam.Values()
+            counts.append(_count(part, spec.ROWS_SPLIT_PREFIX + name))
+        counts_uri = exec_properties.get(_COUNTS_URI_KEY)
+        if counts_uri:
+            _ = (counts
+                 | "AllCounts" >> beam.Flatten()
+                 | "CountsDict" >> beam.combiners.ToDict()
+                 | "WriteCounts" >> beam.Map(_write_counts, counts_uri))
+        return result
+
+    def Do(self, input_dict: dict[str, list[types.Artifact]], output_dict: dict[str, list[types.Artifact]],
+           exec_properties: dict[str, Any]) -> None:
+        examples = artifact_utils.get_single_instance(output_dict[standard_component_specs.EXAMPLES_KEY])
+        counts_uri = os.path.join(examples.uri, spec.COUNTS_FILE)
+        exec_properties = dict(exec_properties)
+        exec_properties[_COUNTS_URI_KEY] = counts_uri
+        super().Do(input_dict, output_dict, exec_properties)
+
+        with tf.io.gfile.GFile(counts_uri) as f:
+            counts = json.load(f)
+        for key, value in counts.items():
+            examples.set_int_custom_property(key, int(value))
+        span = int(exec_properties.get(utils.SPAN_PROPERTY_NAME) or 0)
+        labeled = counts[spec.ROWS_READ] - counts[spec.ROWS_UNLABELED]
+        logging.info("Span %d: %d rows read, %d without a label dropped, %s", span, counts[spec.ROWS_READ],
+                     counts[spec.ROWS_UNLABELED],
+                     {k: v for k, v in counts.items() if k.startswith(spec.ROWS_SPLIT_PREFIX)})
+        directory = os.path.join(exec_properties[standard_component_specs.INPUT_BASE_KEY], spans.span_dir_name(span))
+        manifest_path = os.path.join(directory, spans.MANIFEST)
+        if tf.io.gfile.exists(manifest_path):
+            with tf.io.gfile.GFile(manifest_path) as f:
+                manifest = json.load(f)
+            expected = int(manifest["rows"])
+            if expected != counts[spec.ROWS_READ]:
+                raise RuntimeError(f"Span {span}: read {counts[spec.ROWS_READ]} rows but its manifest lists {expected}"
+                                   f" (files missing or truncated)")
+        if labeled == 0:
+            raise RuntimeError(f"Span {span}: none of its {counts[spec.ROWS_READ]} rows has a label; nothing to "
+                               f"train on ({counts[spec.ROWS_UNLABELED]} unlabeled rows dropped)")

@@ -1,0 +1,27 @@
+"""Spec of KafkaExportExampleGen: the FileBasedExampleGen parameters plus the exported topic.
+
+Key constants live here so the component, the executor and the tests share them.
+"""
+
+from __future__ import annotations
+
+from tfx.types import standard_component_specs
+from tfx.types.component_spec import ExecutionParameter
+
+#: Execution property: the Kafka topic whose exports are read (its directory inside a span).
+TOPIC_KEY = "topic"
+#: Custom properties the executor sets on the Examples artifact.
+ROWS_READ = "rows_read"
+ROWS_UNLABELED = "rows_unlabeled_dropped"
+ROWS_SPLIT_PREFIX = "rows_"
+#: File the executor writes into the Examples artifact with the same counts (for people and tests).
+COUNTS_FILE = "ingest_counts.json"
+
+
+class KafkaExportExampleGenSpec(standard_component_specs.FileBasedExampleGenSpec):
+    """FileBasedExampleGen's parameters (input_base, input/output/range config, formats) + `topic`."""
+
+    PARAMETERS = {
+        **standard_component_specs.FileBasedExampleGenSpec.PARAMETERS,
+        TOPIC_KEY: ExecutionParameter(type=str),
+    }
