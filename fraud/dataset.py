@@ -116,6 +116,12 @@ def sha256_of_csv(path: Path) -> tuple[str, int]:
         raise FraudError(f"cannot read {path}: {exc}") from None
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _copy_verified(dest: Path, source: str, detail: str, expected_sha256: str,
                    write: Callable[[IO[bytes]], tuple[str, int]]) -> FetchResult:
     """Run `write(tmp_file)` (which returns the uncompressed digest), then rename tmp over dest if it matches."""
@@ -129,6 +135,7 @@ def _copy_verified(dest: Path, source: str, detail: str, expected_sha256: str,
             os.fsync(out.fileno())
         if digest != expected_sha256:
             raise FraudError(f"sha256 mismatch for {detail} ({source} source): expected {expected_sha256}, got {digest}")
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the dataset is ordinary data
         os.replace(tmp, dest)
     except BaseException:
         tmp.unlink(missing_ok=True)

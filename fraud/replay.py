@@ -211,7 +211,8 @@ class ReplayStats:
     labels: int = 0
     frauds: int = 0
     labels_dropped: int = 0  # pending when interrupted
-    seconds: float = 0.0
+    seconds: float = 0.0  # the whole run: sending, waiting for pending labels, delivering the last batches
+    sending_s: float = 0.0  # from the start to the last transaction sent
     interrupted: bool = False
     first_index: int | None = None
     last_index: int | None = None
@@ -219,7 +220,8 @@ class ReplayStats:
 
     @property
     def events_per_s(self) -> float:
-        return self.events / self.seconds if self.seconds > 0 else 0.0
+        """Transactions per second while sending them (a wait for pending labels at the end not counted)."""
+        return self.events / self.sending_s if self.sending_s > 0 else 0.0
 
     def summary(self, config: ReplayConfig) -> str:
         rows = "" if self.first_index is None else f" (rows {self.first_index}..{self.last_index})"
@@ -241,8 +243,13 @@ class Clock:
 
 
 def replay_rows(rows: Iterable[Row], sink: Sink, config: ReplayConfig, *, clock: Clock | None = None,
-                on_event: Callable[[], None] | None = None) -> ReplayStats:
-    """Send the transaction events of `rows` and their delayed labels to `sink`; return the counts."""
+                on_event: Callable[[], None] | None = None,
+                on_rows_done: Callable[[int, float], None] | None = None) -> ReplayStats:
+    """Send the transaction events of `rows` and their delayed labels to `sink`; return the counts.
+
+    `on_event()` is called after each transaction; `on_rows_done(pending_labels, seconds_to_wait)` once
+    the rows are sent, before waiting for the pending labels.
+    """
     clock = clock or Clock()
     cards = CardPool(config.cards, config.seed)
     delay_ms = round(config.label_delay_s * 1000)
@@ -302,6 +309,10 @@ def replay_rows(rows: Iterable[Row], sink: Sink, config: ReplayConfig, *, clock:
             stats.last_index = row.index
             if on_event is not None:
                 on_event()
+        stats.sending_s = clock.monotonic() - started
+        if on_rows_done is not None:
+            wait_s = 0.0 if config.flush_labels or not pending else max(pending[-1][0] - clock.wall_ms(), 0) / 1000
+            on_rows_done(len(pending), wait_s)
         if config.flush_labels:
             while pending:
                 _, tx_id, label, event_ms = pending.popleft()
@@ -311,6 +322,8 @@ def replay_rows(rows: Iterable[Row], sink: Sink, config: ReplayConfig, *, clock:
     except KeyboardInterrupt:
         stats.interrupted = True
         stats.labels_dropped = len(pending)
+        if not stats.sending_s:
+            stats.sending_s = clock.monotonic() - started
     stats.seconds = clock.monotonic() - started
     return stats
 
@@ -406,9 +419,16 @@ def run_replay(config: ReplayConfig, sink: Sink | None = None) -> ReplayStats:
             raise
         sink = kafka_sink
     bar = _progress_bar(total, show)
+
+    def rows_done(pending: int, wait_s: float) -> None:
+        bar.close()
+        if wait_s >= 0.5:
+            print(f"replay: waiting {wait_s:.1f} s for {pending} pending labels (--flush-labels sends them at once)",
+                  file=sys.stderr, flush=True)
+
     started = time.monotonic()
     try:
-        stats = replay_rows(rows, sink, config, on_event=lambda: bar.update(1))
+        stats = replay_rows(rows, sink, config, on_event=lambda: bar.update(1), on_rows_done=rows_done)
     except BaseException:
         bar.close()
         if own_sink:

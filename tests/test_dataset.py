@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import os
 import zipfile
 from pathlib import Path
 
@@ -131,6 +132,9 @@ def test_fetch_from_plain_csv_stores_verified_gzip(small_csv, paths, tmp_path):
     assert result.path == paths.dataset_csv_gz
     assert result.sha256 == sha
     assert _gunzip_sha(paths.dataset_csv_gz) == sha
+    umask = os.umask(0)
+    os.umask(umask)
+    assert paths.dataset_csv_gz.stat().st_mode & 0o777 == 0o666 & ~umask  # as any new file, not mkstemp's 0600
     assert list(iter_rows(paths.dataset_csv_gz)) == list(iter_rows(path))
     # a second fetch finds the verified file and does nothing
     again = fetch_dataset(paths, path, expected_sha256=sha, shared=tmp_path / "absent.gz")

@@ -195,8 +195,10 @@ def test_labels_wait_for_their_delay_and_the_end_waits_for_pending_labels():
     fake = FakeTime()
     sink = ListSink(fake)
     config = ReplayConfig(topic="tx", labels_topic="lb", rate=10.0, label_delay_s=2.0)
-    stats = replay_rows(_rows(40), sink, config, clock=fake.clock())
+    done = []
+    stats = replay_rows(_rows(40), sink, config, clock=fake.clock(), on_rows_done=lambda *a: done.append(a))
     assert stats.labels == 40
+    assert done == [(20, pytest.approx(2.0, abs=0.002))]  # at 10/s, the last 2 s of labels are still pending
     tx_ts = {k: ts for _, k, _, ts, _ in sink.on("tx")}
     for _, key, _, ts, _ in sink.on("lb"):
         assert ts - tx_ts[key] >= 2_000
@@ -205,6 +207,8 @@ def test_labels_wait_for_their_delay_and_the_end_waits_for_pending_labels():
     order = [r[0] for r in sink.records]
     assert order.index("lb") < len(order) - 40
     assert stats.seconds == pytest.approx(3.9 + 2.0, abs=0.01)
+    assert stats.sending_s == pytest.approx(3.9, abs=0.01)
+    assert stats.events_per_s == pytest.approx(40 / 3.9, rel=0.01)
 
 
 def test_flush_labels_sends_pending_labels_at_once():
