@@ -339,7 +339,8 @@ class KafkaSink:
         from kafka import KafkaProducer
         from kafka.errors import KafkaError
 
-        settings: dict[str, object] = dict(acks="all", enable_idempotence=True, linger_ms=5, batch_size=256 * 1024)
+        settings: dict[str, object] = dict(acks="all", enable_idempotence=True, linger_ms=5, batch_size=256 * 1024,
+                                           bootstrap_timeout_ms=10_000)
         settings.update(overrides)
         self.bootstrap = kafka.bootstrap
         self._kafka = kafka
@@ -408,6 +409,7 @@ def run_replay(config: ReplayConfig, sink: Sink | None = None) -> ReplayStats:
     if show:
         available = max(count_rows(config.file) - config.start_row, 0)
         total = available if config.limit is None else min(config.limit, available)
+    list(iter_rows(config.file, limit=0))  # a file that is not the dataset fails here, before connecting
     rows: Iterator[Row] = iter_rows(config.file, start=config.start_row, limit=config.limit)
     own_sink = sink is None
     if sink is None:

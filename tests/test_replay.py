@@ -244,6 +244,14 @@ def test_run_replay_reads_the_file_window():
     assert "replayed 25 events (rows 100..124) to tx, 25 labels to lb" in stats.summary(config)
 
 
+def test_run_replay_checks_the_file_before_connecting(tmp_path, monkeypatch):
+    bad = tmp_path / "not-the-dataset.csv"
+    bad.write_text("a,b,c\n1,2,3\n")
+    monkeypatch.setattr(replay, "KafkaSink", lambda *a, **k: pytest.fail("must not connect"))
+    with pytest.raises(FraudError, match="not-the-dataset.csv:1: unexpected header"):
+        replay.run_replay(ReplayConfig(file=bad, progress=False))
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
