@@ -1,0 +1,246 @@
+"""The gRPC front end: tensorflow.serving.PredictionService and ModelService, as TF Serving serves them.
+
+Predict, Classify and Regress take and return raw bytes (see serving.wire for why); GetModelMetadata,
+GetModelStatus and HandleReloadConfigRequest use the generated protos from tensorflow-serving-api.
+Errors become gRPC status codes with TF Serving's messages (truncated at 1024 characters like
+grpc_status_util.cc). The client's deadline bounds queueing and is checked before the graph runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from concurrent import futures
+from typing import Any
+
+import grpc
+
+from serving import wire
+from serving.api import ServingApi
+from serving.config import parse_model_server_config
+from serving.errors import Code, ServingError
+from serving.requests import ModelSpec
+
+log = logging.getLogger("serving.grpc")
+
+PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
+MODEL_SERVICE = "tensorflow.serving.ModelService"
+_GRPC_CODES = {c.value[0]: c for c in grpc.StatusCode}
+
+
+def _identity(data: bytes) -> bytes:
+    return data
+
+
+def _deadline(context: grpc.ServicerContext) -> float | None:
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
+def spec_from_proto(proto: Any) -> ModelSpec:
+    choice = proto.WhichOneof("version_choice")
+    return ModelSpec(
+        name=proto.name,
+        version=proto.version.value if choice == "version" else None,
+        version_label=proto.version_label if choice == "version_label" else None,
+        signature_name=proto.signature_name,
+    )
+
+
+class PredictionServicer:
+    """Handlers for both services; each returns the response or aborts the call with a status."""
+
+    def __init__(self, api: ServingApi, tensor_content: bool = False,
+                 reload_config: Callable[[tuple], None] | None = None) -> None:
+        self._api = api
+        self._tensor_content = tensor_content
+        self._reload_config = reload_config
+
+    # -----------------------------------------------------------------------------------------
+    # Hot path: raw bytes in, raw bytes out
+
+    def predict(self, data: bytes, context: grpc.ServicerContext) -> bytes:
+        record = self._api.begin("Predict", "GRPC")
+        error: ServingError | None = None
+        try:
+            call = wire.decode_predict_request(data)
+            with self._api.acquire(call.model_spec, record) as handle:
+                result = self._api.predict(handle, call, record, _deadline(context))
+            spec = wire.encode_model_spec(call.model_spec.name, handle.version, result.signature_name)
+            return wire.encode_predict_response(result.outputs, spec, result.output_dtypes, self._tensor_content)
+        except ServingError as exc:
+            error = exc
+        except Exception as exc:  # never let a bug escape as a crash or a hang
+            log.exception("Predict failed")
+            error = ServingError(Code.INTERNAL, f"{type(exc).__name__}: {exc}")
+        finally:
+            self._api.end(record, error)
+        return self._abort(context, error)
+
+    def classify(self, data: bytes, context: grpc.ServicerContext) -> bytes:
+        return self._examples(data, context, "Classify")
+
+    def regress(self, data: bytes, context: grpc.ServicerContext) -> bytes:
+        return self._examples(data, context, "Regress")
+
+    def _examples(self, data: bytes, context: grpc.ServicerContext, api: str) -> bytes:
+        record = self._api.begin(api, "GRPC")
+        error: ServingError | None = None
+        try:
+            call = wire.decode_examples_request(data)
+            with self._api.acquire(call.model_spec, record) as handle:
+                if api == "Classify":
+                    result = self._api.classify(handle, call, record, _deadline(context))
+                    spec = wire.encode_model_spec(call.model_spec.name, handle.version, result.signature_name)
+                    return wire.encode_classification_response(result.labels, result.scores, spec)
+                regression = self._api.regress(handle, call, record, _deadline(context))
+                spec = wire.encode_model_spec(call.model_spec.name, handle.version, regression.signature_name)
+                return wire.encode_regression_response(regression.values, spec)
+        except ServingError as exc:
+            error = exc
+        except Exception as exc:
+            log.exception("%s failed", api)
+            error = ServingError(Code.INTERNAL, f"{type(exc).__name__}: {exc}")
+        finally:
+            self._api.end(record, error)
+        return self._abort(context, error)
+
+    # -----------------------------------------------------------------------------------------
+    # Metadata, status, config
+
+    def get_model_metadata(self, request: Any, context: grpc.ServicerContext) -> Any:
+        from tensorflow_serving.apis import get_model_metadata_pb2
+
+        try:
+            if not request.HasField("model_spec"):
+                raise ServingError(Code.INVALID_ARGUMENT, "Missing ModelSpec")
+            if not request.metadata_field:
+                raise ServingError(Code.INVALID_ARGUMENT,
+                                   "GetModelMetadataRequest must specify at least one metadata_field")
+            for name in request.metadata_field:
+                if name != "signature_def":
+                    raise ServingError(Code.INVALID_ARGUMENT, f"Metadata field {name} is not supported")
+            with self._api.acquire(spec_from_proto(request.model_spec)) as handle:
+                response = get_model_metadata_pb2.GetModelMetadataResponse()
+                response.model_spec.name = handle.model_name
+                response.model_spec.version.value = handle.version
+                response.metadata["signature_def"].CopyFrom(handle.servable.metadata_any())
+                return response
+        except ServingError as exc:
+            return self._abort(context, exc)
+
+    def get_model_status(self, request: Any, context: grpc.ServicerContext) -> Any:
+        from tensorflow_serving.apis import get_model_status_pb2
+
+        try:
+            if not request.HasField("model_spec"):
+                raise ServingError(Code.INVALID_ARGUMENT, "Missing ModelSpec")
+            return status_response(self._api.status(spec_from_proto(request.model_spec)), get_model_status_pb2)
+        except ServingError as exc:
+            return self._abort(context, exc)
+
+    def handle_reload_config_request(self, request: Any, context: grpc.ServicerContext) -> Any:
+        from google.protobuf import text_format
+        from tensorflow_serving.apis import model_management_pb2
+
+        response = model_management_pb2.ReloadConfigResponse()
+        try:
+            if self._reload_config is None:
+                raise ServingError(Code.UNIMPLEMENTED, "config reload is not enabled on this server")
+            if request.config.WhichOneof("config") != "model_config_list":
+                raise ServingError(Code.INVALID_ARGUMENT, "ServerModelConfig type not supported by "
+                                                          "HandleReloadConfigRequest. Only ModelConfigList is currently supported")
+            try:
+                models = parse_model_server_config(text_format.MessageToString(request.config), "ReloadConfigRequest")
+            except Exception as exc:
+                raise ServingError(Code.INVALID_ARGUMENT, str(exc)) from None
+            self._reload_config(models)
+            response.status.error_code = 0
+            return response
+        except ServingError as exc:
+            response.status.error_code = int(exc.code)
+            response.status.error_message = exc.message
+            return self._abort(context, exc)
+
+    @staticmethod
+    def _abort(context: grpc.ServicerContext, error: ServingError | None) -> Any:
+        assert error is not None
+        context.abort(_GRPC_CODES.get(int(error.code), grpc.StatusCode.UNKNOWN), error.grpc_message())
+
+
+def status_response(statuses: list, pb2: Any) -> Any:
+    """A GetModelStatusResponse from manager VersionStatus entries."""
+    response = pb2.GetModelStatusResponse()
+    for s in statuses:
+        entry = response.model_version_status.add()
+        entry.version = s.version
+        entry.state = pb2.ModelVersionStatus.State.Value(s.state.value)
+        entry.status.error_code = int(s.code)
+        entry.status.error_message = s.message
+    return response
+
+
+class GrpcServer:
+    """A grpc.Server and the worker pool it runs handlers on (grpc never shuts that pool down itself)."""
+
+    def __init__(self, server: grpc.Server, pool: futures.ThreadPoolExecutor, port: int) -> None:
+        self._server = server
+        self._pool = pool
+        self.port = port
+
+    def start(self) -> None:
+        self._server.start()
+
+    def stop(self, grace: float | None) -> None:
+        """Refuse new calls, give running ones `grace` seconds, then join the worker threads."""
+        self._server.stop(grace).wait()
+        self._pool.shutdown(wait=True)
+
+
+def make_server(servicer: PredictionServicer, host: str, port: int, max_workers: int) -> GrpcServer:
+    """A grpc server (not yet started) with both services bound to host:port."""
+    from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, model_management_pb2
+
+    pool = futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc-worker")
+    server = grpc.server(
+        pool,
+        options=[
+            ("grpc.max_receive_message_length", -1),  # TF Serving allows messages up to INT_MAX
+            ("grpc.max_send_message_length", -1),
+            ("grpc.so_reuseport", 0),  # a taken port must fail, not be silently shared
+        ],
+    )
+    raw = {"request_deserializer": _identity, "response_serializer": _identity}
+    prediction = {
+        "Predict": grpc.unary_unary_rpc_method_handler(servicer.predict, **raw),
+        "Classify": grpc.unary_unary_rpc_method_handler(servicer.classify, **raw),
+        "Regress": grpc.unary_unary_rpc_method_handler(servicer.regress, **raw),
+        "GetModelMetadata": grpc.unary_unary_rpc_method_handler(
+            servicer.get_model_metadata,
+            request_deserializer=get_model_metadata_pb2.GetModelMetadataRequest.FromString,
+            response_serializer=get_model_metadata_pb2.GetModelMetadataResponse.SerializeToString),
+    }
+    model = {
+        "GetModelStatus": grpc.unary_unary_rpc_method_handler(
+            servicer.get_model_status,
+            request_deserializer=get_model_status_pb2.GetModelStatusRequest.FromString,
+            response_serializer=get_model_status_pb2.GetModelStatusResponse.SerializeToString),
+        "HandleReloadConfigRequest": grpc.unary_unary_rpc_method_handler(
+            servicer.handle_reload_config_request,
+            request_deserializer=model_management_pb2.ReloadConfigRequest.FromString,
+            response_serializer=model_management_pb2.ReloadConfigResponse.SerializeToString),
+    }
+    server.add_generic_rpc_handlers((
+        grpc.method_handlers_generic_handler(PREDICTION_SERVICE, prediction),
+        grpc.method_handlers_generic_handler(MODEL_SERVICE, model),
+    ))
+    try:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError:
+        bound = 0
+    if not bound:
+        server.stop(None)
+        pool.shutdown(wait=True)
+        raise ServingError(Code.UNAVAILABLE, f"cannot listen for gRPC on {host}:{port} (port taken?)")
+    return GrpcServer(server, pool, bound)

@@ -1,0 +1,161 @@
+"""`ModelServer`: the model manager, batching, gRPC and REST front ends and metrics, started and stopped
+in the right order.
+
+Start: configure TensorFlow's thread pools, load the initial versions (the call blocks until every
+model has a version AVAILABLE, like tensorflow_model_server), then open gRPC and REST.
+Stop (SIGTERM/SIGINT in `serve_forever`): refuse new calls, let in-flight ones finish (bounded by the
+grace period), retire every version, stop the batch threads. Nothing started here survives `stop()`.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from typing import Any
+
+from serving import logs
+from serving.api import ServingApi
+from serving.batching import BatchScheduler
+from serving.config import ConfigError, ModelConfig, ServerConfig, parse_model_server_config
+from serving.errors import ServingError
+from serving.grpc_service import GrpcServer, PredictionServicer, make_server
+from serving.manager import ModelManager
+from serving.metrics import PrometheusMetrics, ServingMetrics
+from serving.rest import RestApp, RestServer
+
+log = logging.getLogger("serving.server")
+
+
+def _configure_tensorflow(config: ServerConfig) -> None:
+    import tensorflow as tf
+
+    try:
+        if config.tensorflow_intra_op_parallelism:
+            tf.config.threading.set_intra_op_parallelism_threads(config.tensorflow_intra_op_parallelism)
+        if config.tensorflow_inter_op_parallelism:
+            tf.config.threading.set_inter_op_parallelism_threads(config.tensorflow_inter_op_parallelism)
+    except RuntimeError:  # TF already initialized in this process (tests): keep its settings
+        log.debug("TensorFlow thread pools already configured")
+
+
+class ModelServer:
+    """A TF Serving-compatible server for the models of `config`."""
+
+    def __init__(self, config: ServerConfig, metrics: ServingMetrics | None = None) -> None:
+        self.config = config
+        self.metrics: Any = metrics if metrics is not None else PrometheusMetrics()
+        self.batching: BatchScheduler | None = None
+        self.manager: ModelManager | None = None
+        self._grpc: GrpcServer | None = None
+        self._rest: RestServer | None = None
+        self.grpc_port = 0
+        self.rest_port: int | None = None
+        self._stop_requested = threading.Event()
+        self._config_thread: threading.Thread | None = None
+        self._stopped = False
+
+    def start(self, model_timeout: float | None = None) -> ModelServer:
+        """Load the models and open the ports. Raises ServingError (and cleans up) when that fails."""
+        config = self.config
+        _configure_tensorflow(config)
+        try:
+            if config.enable_batching:
+                self.batching = BatchScheduler(config.batching, self.metrics)
+            self.manager = ModelManager(config, self.metrics, self.batching)
+            api = ServingApi(self.manager, self.metrics)
+            self.manager.start(wait=True, timeout=model_timeout)
+            servicer = PredictionServicer(api, config.enable_serialization_as_tensor_content, self.reload_models)
+            self._grpc = make_server(servicer, config.host, config.port, config.grpc_max_threads)
+            self.grpc_port = self._grpc.port
+            if config.rest_api_port is not None:
+                render = self.metrics.render if hasattr(self.metrics, "render") else None
+                app = RestApp(api, config.rest_api_timeout_in_ms, config.rest_api_enable_cors_support,
+                              config.monitoring_path, render)
+                self._rest = RestServer(app, config.rest_api_host, config.rest_api_port)
+                self.rest_port = self._rest.port
+            self._grpc.start()
+            if self._rest is not None:
+                self._rest.start()
+        except BaseException:
+            self.stop()
+            raise
+        if config.model_config_file and config.model_config_file_poll_wait_seconds > 0:
+            self._config_thread = threading.Thread(target=self._poll_config, name="serving-config-poll", daemon=True)
+            self._config_thread.start()
+        logs.event(log, "server_started", grpc=f"{config.host}:{self.grpc_port}",
+                   rest=f"{config.rest_api_host}:{self.rest_port}" if self.rest_port else None,
+                   models=[m.name for m in config.models], batching=config.enable_batching)
+        return self
+
+    def reload_models(self, models: tuple[ModelConfig, ...]) -> None:
+        """Install a new model list (HandleReloadConfigRequest, or a changed --model_config_file)."""
+        assert self.manager is not None
+        self.manager.apply_config(models)
+        logs.event(log, "config_reloaded", models=[m.name for m in models])
+
+    def _poll_config(self) -> None:
+        path = self.config.model_config_file
+        assert path is not None
+        last: str | None = None
+        try:
+            with open(path, encoding="utf-8") as f:
+                last = f.read()
+        except OSError:
+            pass
+        while not self._stop_requested.wait(self.config.model_config_file_poll_wait_seconds):
+            try:
+                with open(path, encoding="utf-8") as f:
+                    text = f.read()
+            except OSError as exc:
+                logs.event(log, "config_unreadable", logging.ERROR, path=path, error=exc.strerror)
+                continue
+            if text == last:
+                continue
+            last = text
+            try:
+                self.reload_models(parse_model_server_config(text, path))
+            except (ConfigError, ServingError) as exc:
+                logs.event(log, "config_reload_failed", logging.ERROR, path=path,
+                           error=getattr(exc, "message", None) or str(exc))
+
+    def stop(self, grace: float = 10.0) -> None:
+        """Stop serving: in-flight calls get `grace` seconds, then everything is released. Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self._stop_requested.set()
+        if self._grpc is not None:
+            self._grpc.stop(grace)
+        if self._rest is not None:
+            self._rest.stop()
+        if self._config_thread is not None:
+            self._config_thread.join()
+        if self.manager is not None:
+            self.manager.stop(drain_timeout=grace)
+        if self.batching is not None:
+            self.batching.close()
+        logs.event(log, "server_stopped")
+
+    def request_stop(self) -> None:
+        self._stop_requested.set()
+
+    def serve_forever(self) -> None:
+        """Block until SIGTERM/SIGINT (or `request_stop`), then stop cleanly."""
+        previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                previous[sig] = signal.signal(sig, lambda signum, frame: self._stop_requested.set())
+        try:
+            while not self._stop_requested.wait(1.0):
+                pass
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self.stop()
+
+    def __enter__(self) -> ModelServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
