@@ -139,6 +139,8 @@ def test_fetch_from_plain_csv_stores_verified_gzip(small_csv, paths, tmp_path):
     # a second fetch finds the verified file and does nothing
     again = fetch_dataset(paths, path, expected_sha256=sha, shared=tmp_path / "absent.gz")
     assert again.source == "existing"
+    forced = fetch_dataset(paths, path, force=True, expected_sha256=sha, shared=tmp_path / "absent.gz")
+    assert forced.source == "path"
 
 
 def test_fetch_from_gzip_keeps_the_compressed_bytes(small_csv, paths, tmp_path):
