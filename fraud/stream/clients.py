@@ -1,0 +1,74 @@
+"""The small Kafka client interface the processor needs, and `make_client` to pick an implementation.
+
+Two implementations: fraud.stream.kafka_python_client (kafka-python, pure Python) and
+fraud.stream.confluent_client (confluent-kafka, librdkafka). Both raise only `RetriableError` (transient:
+broker away, timeouts, a commit refused by a rebalance, an abortable transaction error) or `FatalError`
+(configuration, authorization, a producer fenced for good) out of these methods.
+
+Rebalance callbacks run inside `poll` (never during produce/commit), which the processor relies on:
+a transaction is never open while partitions can move.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
+
+from fraud.stream.config import ClientKind, StreamConfig
+from fraud.stream.records import Output, Record, TopicPartition
+
+PartitionsCallback = Callable[[list[TopicPartition]], None]
+
+
+class StreamClient(Protocol):
+    def subscribe(self, topics: Sequence[str], on_assign: PartitionsCallback, on_revoke: PartitionsCallback,
+                  on_lost: PartitionsCallback) -> None: ...
+
+    def poll(self, max_records: int, timeout_s: float) -> list[Record]: ...
+
+    def produce(self, out: Output) -> None:
+        """Queue one record; failures surface in `flush` or `commit_transaction`."""
+
+    def flush(self, timeout_s: float) -> None:
+        """Wait until every queued record is acknowledged; RetriableError if any failed or timed out."""
+
+    def commit(self, offsets: Mapping[TopicPartition, int], timeout_s: float) -> None: ...
+
+    def committed(self, partitions: Sequence[TopicPartition], timeout_s: float) -> dict[TopicPartition, int | None]: ...
+
+    def seek(self, offsets: Mapping[TopicPartition, int]) -> None: ...
+
+    def pause(self, partitions: Sequence[TopicPartition]) -> None: ...
+
+    def resume(self, partitions: Sequence[TopicPartition]) -> None: ...
+
+    def assignment(self) -> set[TopicPartition]: ...
+
+    def high_watermarks(self) -> dict[TopicPartition, int]:
+        """Last known high watermark of each assigned partition (from fetch responses; no broker call)."""
+
+    # transactions (exactly-once)
+    def init_transactions(self, timeout_s: float) -> None: ...
+
+    def begin_transaction(self) -> None: ...
+
+    def send_offsets_to_transaction(self, offsets: Mapping[TopicPartition, int], timeout_s: float) -> None: ...
+
+    def commit_transaction(self, timeout_s: float) -> None: ...
+
+    def abort_transaction(self, timeout_s: float) -> None: ...
+
+    def reset_producer(self) -> None:
+        """Throw the producer away and make a new one (a new one must `init_transactions` again)."""
+
+    def close(self, timeout_s: float) -> None: ...
+
+
+def make_client(config: StreamConfig) -> StreamClient:
+    if config.client is ClientKind.CONFLUENT:
+        from fraud.stream.confluent_client import ConfluentClient
+
+        return ConfluentClient(config)
+    from fraud.stream.kafka_python_client import KafkaPythonClient
+
+    return KafkaPythonClient(config)

@@ -1,0 +1,230 @@
+"""StreamClient on kafka-python (pure Python): the client the design first named; slower, no C library.
+
+Same semantics as the confluent-kafka client: manual commits, read_committed, idempotent acks=all
+producer, transactional producer with the consumer's group metadata (KIP-447) in exactly-once mode.
+kafka-python's transactional calls wait for the broker's answer without a timeout of their own; a broker
+that is away makes them wait until it is back (which is the safe outcome for exactly-once).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from fraud.stream.clients import PartitionsCallback
+from fraud.stream.config import StreamConfig
+from fraud.stream.records import FatalError, Output, ProducerNeedsReset, Record, RetriableError, TopicPartition
+
+log = logging.getLogger("fraud.stream.kafka_python")
+
+
+def _raise(exc: Exception, what: str) -> None:
+    from kafka import errors as E  # noqa: N812
+
+    detail = f"{what}: {type(exc).__name__}: {exc}"
+    if isinstance(exc, (E.ProducerFencedError, E.InvalidProducerEpochError, E.IllegalStateError)):
+        raise ProducerNeedsReset(detail) from exc
+    if isinstance(exc, (E.AuthorizationError, E.AuthenticationFailedError, E.KafkaConfigurationError)):
+        raise FatalError(detail) from exc
+    raise RetriableError(detail) from exc
+
+
+class KafkaPythonClient:
+    def __init__(self, config: StreamConfig) -> None:
+        from kafka import KafkaConsumer
+
+        self._config = config
+        kwargs = config.kafka.consumer_kwargs(
+            config.group_id,
+            client_id=config.client_id,
+            auto_offset_reset=config.auto_offset_reset,
+            isolation_level="read_committed",
+            max_poll_records=config.batch_max_size,
+            session_timeout_ms=config.session_timeout_ms,
+            heartbeat_interval_ms=max(100, config.session_timeout_ms // 3),
+            max_poll_interval_ms=config.max_poll_interval_ms,
+            fetch_max_wait_ms=100,
+        )
+        if config.static_membership:
+            kwargs["group_instance_id"] = config.instance_id
+        kwargs.update(config.client_overrides.get("consumer", {}))
+        self._consumer = KafkaConsumer(**kwargs)
+        self._producer: Any = None
+        self._futures: list[Any] = []
+        self._make_producer()
+
+    def _make_producer(self) -> None:
+        from kafka import KafkaProducer
+
+        c = self._config
+        kwargs = c.kafka.producer_kwargs(
+            client_id=c.client_id, acks="all", enable_idempotence=True, linger_ms=2,
+            max_block_ms=int(c.operation_timeout_s * 1000),
+        )
+        if c.exactly_once:
+            kwargs.update(transactional_id=c.transactional_id, transaction_timeout_ms=c.transaction_timeout_ms)
+        kwargs.update(c.client_overrides.get("producer", {}))
+        self._producer = KafkaProducer(**kwargs)
+
+    @staticmethod
+    def _tp(tp: TopicPartition) -> Any:
+        from kafka import TopicPartition as TP
+
+        return TP(tp[0], tp[1])
+
+    # -- consumer ------------------------------------------------------------------------------
+
+    def subscribe(self, topics: Sequence[str], on_assign: PartitionsCallback, on_revoke: PartitionsCallback,
+                  on_lost: PartitionsCallback) -> None:
+        from kafka import ConsumerRebalanceListener
+
+        def conv(parts: Any) -> list[TopicPartition]:
+            return [(p.topic, p.partition) for p in parts]
+
+        class Listener(ConsumerRebalanceListener):
+            def on_partitions_revoked(self, revoked: Any) -> None:
+                on_revoke(conv(revoked))
+
+            def on_partitions_assigned(self, assigned: Any) -> None:
+                on_assign(conv(assigned))
+
+            def on_partitions_lost(self, lost: Any) -> None:
+                on_lost(conv(lost))
+
+        self._consumer.subscribe(list(topics), listener=Listener())
+
+    def poll(self, max_records: int, timeout_s: float) -> list[Record]:
+        try:
+            batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        except Exception as exc:  # noqa: BLE001
+            _raise(exc, "poll")
+        out = []
+        for recs in batches.values():
+            for r in recs:
+                out.append(Record(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp,
+                                  tuple(r.headers) if r.headers else ()))
+        return out
+
+    def commit(self, offsets: Mapping[TopicPartition, int], timeout_s: float) -> None:
+        from kafka.structs import OffsetAndMetadata
+
+        try:
+            self._consumer.commit({self._tp(tp): OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()},
+                                  timeout_ms=int(timeout_s * 1000))
+        except Exception as exc:  # noqa: BLE001
+            _raise(exc, "commit offsets")
+
+    def committed(self, partitions: Sequence[TopicPartition], timeout_s: float) -> dict[TopicPartition, int | None]:
+        try:
+            return {tp: self._consumer.committed(self._tp(tp), timeout_ms=int(timeout_s * 1000)) for tp in partitions}
+        except Exception as exc:  # noqa: BLE001
+            _raise(exc, "read committed offsets")
+        raise AssertionError("unreachable")
+
+    def seek(self, offsets: Mapping[TopicPartition, int]) -> None:
+        for tp, o in offsets.items():
+            try:
+                self._consumer.seek(self._tp(tp), o)
+            except Exception as exc:  # noqa: BLE001
+                _raise(exc, f"seek {tp} to {o}")
+
+    def pause(self, partitions: Sequence[TopicPartition]) -> None:
+        if partitions:
+            self._consumer.pause(*[self._tp(tp) for tp in partitions])
+
+    def resume(self, partitions: Sequence[TopicPartition]) -> None:
+        if partitions:
+            self._consumer.resume(*[self._tp(tp) for tp in partitions])
+
+    def assignment(self) -> set[TopicPartition]:
+        return {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
+
+    def high_watermarks(self) -> dict[TopicPartition, int]:
+        out = {}
+        for tp in self._consumer.assignment():
+            high = self._consumer.highwater(tp)
+            if high is not None:
+                out[(tp.topic, tp.partition)] = high
+        return out
+
+    # -- producer ------------------------------------------------------------------------------
+
+    def produce(self, out: Output) -> None:
+        try:
+            fut = self._producer.send(out.topic, value=out.value, key=out.key,
+                                      headers=list(out.headers) if out.headers else None, partition=out.partition)
+        except Exception as exc:  # noqa: BLE001
+            _raise(exc, f"produce to {out.topic}")
+        self._futures.append(fut)
+
+    def _check_futures(self) -> None:
+        futures, self._futures = self._futures, []
+        failed = [f for f in futures if f.is_done and f.exception is not None]
+        if failed:
+            raise RetriableError(f"{len(failed)} records not acknowledged, e.g. {failed[0].exception!r}")
+        if any(not f.is_done for f in futures):
+            raise RetriableError("records not acknowledged in time")
+
+    def flush(self, timeout_s: float) -> None:
+        try:
+            self._producer.flush(timeout=timeout_s)
+        except Exception as exc:  # noqa: BLE001
+            self._futures = []
+            _raise(exc, "flush")
+        self._check_futures()
+
+    def init_transactions(self, timeout_s: float) -> None:
+        try:
+            self._producer.init_transactions()
+        except Exception as exc:  # noqa: BLE001
+            _raise(exc, "init transactions")
+
+    def begin_transaction(self) -> None:
+        self._futures = []
+        try:
+            self._producer.begin_transaction()
+        except Exception as exc:  # noqa: BLE001
+            _raise(exc, "begin transaction")
+
+    def send_offsets_to_transaction(self, offsets: Mapping[TopicPartition, int], timeout_s: float) -> None:
+        from kafka.structs import OffsetAndMetadata
+
+        try:
+            self._producer.send_offsets_to_transaction(
+                {self._tp(tp): OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()},
+                self._consumer.group_metadata())
+        except Exception as exc:  # noqa: BLE001
+            _raise(exc, "send offsets to transaction")
+
+    def commit_transaction(self, timeout_s: float) -> None:
+        try:
+            self._producer.commit_transaction()
+        except Exception as exc:  # noqa: BLE001
+            _raise(exc, "commit transaction")
+        futures, self._futures = self._futures, []
+        if any(f.is_done and f.exception is not None for f in futures):
+            raise FatalError("transaction committed although records failed")
+
+    def abort_transaction(self, timeout_s: float) -> None:
+        self._futures = []
+        try:
+            self._producer.abort_transaction()
+        except Exception as exc:  # noqa: BLE001
+            _raise(exc, "abort transaction")
+
+    def reset_producer(self) -> None:
+        old, self._producer = self._producer, None
+        try:
+            old.close(timeout=0 if self._config.exactly_once else 1)
+        except Exception:  # noqa: BLE001 (a broken producer may fail to close; it is dropped anyway)
+            log.debug("closing the old producer failed", exc_info=True)
+        self._futures = []
+        self._make_producer()
+
+    def close(self, timeout_s: float) -> None:
+        try:
+            if self._producer is not None:
+                self._producer.close(timeout=timeout_s)
+        finally:
+            self._consumer.close(autocommit=False)

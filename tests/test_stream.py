@@ -1,0 +1,463 @@
+"""Unit tests of fraud.stream: the processor's delivery logic against an in-memory fake client (no broker),
+config/options parsing, metrics, the health endpoint and JSON logs. The real-broker tests of the same
+machinery are in tests/test_stream_integration.py."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import urllib.request
+from collections.abc import Mapping, Sequence
+
+import pytest
+
+from fraud.contract import H_OFFSET, H_REASON, H_TOPIC, DeadLetter
+from fraud.errors import FraudError
+from fraud.kafka_config import KafkaClientConfig
+from fraud.stream import metrics as m
+from fraud.stream.config import ClientKind, Delivery, StreamConfig, stream_options
+from fraud.stream.health import HealthServer
+from fraud.stream.logs import JsonFormatter, log_event
+from fraud.stream.options import add_options, resolve_options
+from fraud.stream.processor import StreamProcessor
+from fraud.stream.records import (
+    FatalError,
+    Output,
+    ProcessResult,
+    ProducerNeedsReset,
+    Record,
+    RetriableError,
+    TopicPartition,
+)
+
+IN, OUT, DLQ = "in", "out", "dlq"
+
+
+class FakeClient:
+    """An in-memory Kafka: partition logs, committed offsets, transactions that publish only on commit.
+
+    `fail` maps an operation name to how many of its next calls raise RetriableError; `ambiguous_commit`
+    makes the next commit_transaction apply but raise anyway (an answer lost on the way back)."""
+
+    def __init__(self, logs: dict[TopicPartition, list[bytes]], exactly_once: bool) -> None:
+        self.logs = logs
+        self.eos = exactly_once
+        self.committed_offsets: dict[TopicPartition, int] = {}
+        self.position: dict[TopicPartition, int] = {}
+        self.assigned: set[TopicPartition] = set()
+        self.published: list[Output] = []  # visible to read_committed consumers
+        self.txn: list[Output] | None = None
+        self.txn_offsets: dict[TopicPartition, int] = {}
+        self.queued: list[Output] = []
+        self.fail: dict[str, int] = {}
+        self.ambiguous_commit = False
+        self.abort_fails = False
+        self.resets = 0
+        self.inits = 0
+        self.closed = False
+        self.polls = 0
+        self.on_poll = None  # hook(client) run at the start of each poll
+        self.callbacks = None
+
+    def _maybe_fail(self, op: str) -> None:
+        if self.fail.get(op, 0) > 0:
+            self.fail[op] -= 1
+            raise RetriableError(f"injected {op} failure")
+
+    def subscribe(self, topics, on_assign, on_revoke, on_lost) -> None:
+        self.callbacks = (on_assign, on_revoke, on_lost)
+        self.assign(list(self.logs))
+
+    def assign(self, tps: list[TopicPartition]) -> None:
+        for tp in tps:
+            self.assigned.add(tp)
+            self.position[tp] = self.committed_offsets.get(tp, 0)
+        self.callbacks[0](tps)
+
+    def revoke(self, tps: list[TopicPartition]) -> None:
+        self.assigned -= set(tps)
+        self.callbacks[1](tps)
+
+    def poll(self, max_records: int, timeout_s: float) -> list[Record]:
+        self.polls += 1
+        if self.on_poll:
+            self.on_poll(self)
+        out = []
+        for tp in sorted(self.assigned):
+            log = self.logs[tp]
+            while self.position[tp] < len(log) and len(out) < max_records:
+                off = self.position[tp]
+                out.append(Record(tp[0], tp[1], off, f"k{off}".encode(), log[off], 1000))
+                self.position[tp] = off + 1
+        return out
+
+    def produce(self, out: Output) -> None:
+        self._maybe_fail("produce")
+        (self.txn if self.txn is not None else self.queued).append(out)
+
+    def flush(self, timeout_s: float) -> None:
+        self._maybe_fail("flush")
+        self.published.extend(self.queued)
+        self.queued = []
+
+    def commit(self, offsets: Mapping[TopicPartition, int], timeout_s: float) -> None:
+        self._maybe_fail("commit")
+        self.committed_offsets.update(offsets)
+
+    def committed(self, partitions: Sequence[TopicPartition], timeout_s: float):
+        self._maybe_fail("committed")
+        return {tp: self.committed_offsets.get(tp) for tp in partitions}
+
+    def seek(self, offsets: Mapping[TopicPartition, int]) -> None:
+        self.position.update(offsets)
+
+    def pause(self, partitions) -> None:
+        pass
+
+    def resume(self, partitions) -> None:
+        pass
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self.assigned)
+
+    def high_watermarks(self) -> dict[TopicPartition, int]:
+        return {tp: len(self.logs[tp]) for tp in self.assigned}
+
+    def init_transactions(self, timeout_s: float) -> None:
+        self._maybe_fail("init")
+        self.inits += 1
+        self.txn = None
+
+    def begin_transaction(self) -> None:
+        assert self.txn is None, "transaction already open"
+        self.txn, self.txn_offsets = [], {}
+
+    def send_offsets_to_transaction(self, offsets, timeout_s: float) -> None:
+        self._maybe_fail("send_offsets")
+        self.txn_offsets = dict(offsets)
+
+    def commit_transaction(self, timeout_s: float) -> None:
+        self._maybe_fail("commit_transaction")
+        assert self.txn is not None
+        self.published.extend(self.txn)
+        self.committed_offsets.update(self.txn_offsets)
+        self.txn = None
+        if self.ambiguous_commit:
+            self.ambiguous_commit = False
+            raise RetriableError("commit answer lost")
+
+    def abort_transaction(self, timeout_s: float) -> None:
+        if self.abort_fails:
+            raise RetriableError("abort failed")
+        self.txn = None
+
+    def reset_producer(self) -> None:
+        self.resets += 1
+        self.txn = None
+        self.queued = []
+
+    def close(self, timeout_s: float) -> None:
+        self.closed = True
+
+
+def make_config(delivery: Delivery = Delivery.AT_LEAST_ONCE, **kw) -> StreamConfig:
+    settings = dict(kafka=KafkaClientConfig(), input_topics=(IN,), group_id="g", dlq_topic=DLQ, component="test",
+                    delivery=delivery, instance_id="i0", batch_max_size=4, batch_max_wait_ms=0,
+                    retry_backoff_initial_ms=1, retry_backoff_max_ms=2)
+    settings.update(kw)
+    return StreamConfig(**settings)
+
+
+def upper_or_dead(records: Sequence[Record]) -> ProcessResult:
+    """Uppercases values; values starting with 'bad' become dead letters."""
+    result = ProcessResult()
+    for r in records:
+        if r.value.startswith(b"bad"):
+            result.dead_letters.append(DeadLetter(r.key, r.value, r.topic, r.partition, r.offset, "bad_value",
+                                                  "value starts with bad", "test", "TRANSFORMATION"))
+        else:
+            result.outputs.append(Output(OUT, r.value.upper(), r.key))
+    return result
+
+
+def run_until_drained(proc: StreamProcessor, client: FakeClient, total: int, max_polls: int = 500) -> None:
+    def hook(c: FakeClient) -> None:
+        done = sum(c.committed_offsets.values()) >= total
+        if done or c.polls > max_polls:
+            proc.request_stop()
+
+    client.on_poll = hook
+    proc.run()
+
+
+def logs_of(n: int, partitions: int = 2, bad_every: int = 0) -> dict[TopicPartition, list[bytes]]:
+    out: dict[TopicPartition, list[bytes]] = {(IN, p): [] for p in range(partitions)}
+    for i in range(n):
+        value = f"bad{i}" if bad_every and i % bad_every == 0 else f"v{i}"
+        out[(IN, i % partitions)].append(value.encode())
+    return out
+
+
+def values(outputs: list[Output], topic: str) -> list[bytes]:
+    return sorted(o.value for o in outputs if o.topic == topic)
+
+
+@pytest.mark.parametrize("delivery", list(Delivery))
+def test_every_record_becomes_one_output_or_dead_letter_and_offsets_commit(delivery):
+    logs = logs_of(23, bad_every=5)
+    client = FakeClient(logs, delivery is Delivery.EXACTLY_ONCE)
+    metrics = m.RecordingMetrics()
+    proc = StreamProcessor(make_config(delivery), upper_or_dead, client=client, metrics=metrics)
+    run_until_drained(proc, client, 23)
+    assert values(client.published, OUT) == sorted(f"V{i}".encode() for i in range(23) if i % 5)
+    dead = [o for o in client.published if o.topic == DLQ]
+    assert sorted(o.value for o in dead) == sorted(f"bad{i}".encode() for i in range(0, 23, 5))
+    headers = dict(dead[0].headers)
+    assert headers[H_REASON] == b"bad_value" and headers[H_TOPIC] == IN.encode()
+    assert int(headers[H_OFFSET]) >= 0
+    assert client.committed_offsets == {(IN, 0): 12, (IN, 1): 11}
+    assert client.closed
+    assert metrics.total(m.DEAD_LETTERED, reason="bad_value") == 5
+    assert metrics.total(m.PRODUCED, topic=OUT) == 18
+    assert max(metrics.values(m.BATCH_SIZE)) <= 4
+    assert client.inits == (1 if delivery is Delivery.EXACTLY_ONCE else 0)
+
+
+@pytest.mark.parametrize("delivery", list(Delivery))
+def test_retriable_process_failure_commits_nothing_then_redoes_the_batch(delivery):
+    logs = logs_of(10)
+    client = FakeClient(logs, delivery is Delivery.EXACTLY_ONCE)
+    calls = {"n": 0}
+    committed_while_failing = []
+
+    def flaky(records):
+        calls["n"] += 1
+        if 2 <= calls["n"] <= 5:  # the server is "down" for four attempts
+            committed_while_failing.append(dict(client.committed_offsets))
+            raise RetriableError("UNAVAILABLE")
+        return upper_or_dead(records)
+
+    metrics = m.RecordingMetrics()
+    proc = StreamProcessor(make_config(delivery), flaky, client=client, metrics=metrics)
+    run_until_drained(proc, client, 10)
+    # nothing committed during the outage beyond what the first batch committed
+    assert all(c == committed_while_failing[0] for c in committed_while_failing)
+    assert values(client.published, OUT) == sorted(f"V{i}".encode() for i in range(10))  # once each
+    assert metrics.total(m.RETRIES, stage="process") == 4
+
+
+def test_at_least_once_commit_failure_redelivers_and_duplicates_at_most():
+    logs = logs_of(8)
+    client = FakeClient(logs, False)
+    client.fail["commit"] = 2
+    proc = StreamProcessor(make_config(), upper_or_dead, client=client, metrics=m.RecordingMetrics())
+    run_until_drained(proc, client, 8)
+    got = values(client.published, OUT)
+    assert set(got) == {f"V{i}".encode() for i in range(8)}
+    assert len(got) > 8  # the batches whose commit failed were produced again: at least once
+
+
+def test_exactly_once_failed_transaction_is_aborted_and_redone_without_duplicates():
+    logs = logs_of(12)
+    client = FakeClient(logs, True)
+    client.fail["send_offsets"] = 1
+    client.fail["commit_transaction"] = 2
+    metrics = m.RecordingMetrics()
+    proc = StreamProcessor(make_config(Delivery.EXACTLY_ONCE), upper_or_dead, client=client, metrics=metrics)
+    run_until_drained(proc, client, 12)
+    assert values(client.published, OUT) == sorted(f"V{i}".encode() for i in range(12))
+    assert metrics.total(m.ABORTS) == 3
+
+
+def test_exactly_once_ambiguous_commit_resets_producer_and_resumes_after_the_committed_batch():
+    logs = logs_of(8)
+    client = FakeClient(logs, True)
+    client.ambiguous_commit = True  # first transaction commits, but the client hears an error
+    client.abort_fails = True  # ... and cannot abort (wrong state)
+
+    def process(records):
+        client.abort_fails = client.resets == 0
+        return upper_or_dead(records)
+
+    proc = StreamProcessor(make_config(Delivery.EXACTLY_ONCE), process, client=client, metrics=m.RecordingMetrics())
+    run_until_drained(proc, client, 8)
+    assert client.resets == 1 and client.inits == 2  # new producer, initialized again
+    # the rewind read the committed offsets: the committed batch was not redone
+    assert values(client.published, OUT) == sorted(f"V{i}".encode() for i in range(8))
+
+
+def test_fenced_producer_is_replaced_but_repeated_fencing_is_fatal():
+    client = FakeClient(logs_of(4), True)
+
+    proc = StreamProcessor(make_config(Delivery.EXACTLY_ONCE), upper_or_dead, client=client,
+                           metrics=m.RecordingMetrics())
+
+    def fenced(timeout_s):
+        raise ProducerNeedsReset("ProducerFenced")
+
+    client.commit_transaction = fenced
+    with pytest.raises(FatalError, match="another instance"):
+        proc.run()
+    assert client.resets == 5 and client.closed
+    assert client.published == [] and client.committed_offsets == {}
+
+
+def test_revoked_partition_records_are_dropped_from_the_batch_being_collected():
+    logs = logs_of(6)
+    client = FakeClient(logs, True)
+    seen: list[Record] = []
+
+    def process(records):
+        seen.extend(records)
+        return upper_or_dead(records)
+
+    proc = StreamProcessor(make_config(Delivery.EXACTLY_ONCE, batch_max_size=100, batch_max_wait_ms=50),
+                           process, client=client, metrics=m.RecordingMetrics())
+    original_poll = client.poll
+    state = {"n": 0}
+
+    def poll(max_records, timeout_s):
+        state["n"] += 1
+        if state["n"] == 2:  # partition 1 moves to another member while this batch is collected
+            client.revoke([(IN, 1)])
+            proc.request_stop()
+        return original_poll(max_records, timeout_s)
+
+    client.poll = poll
+    proc.run()
+    assert {r.partition for r in seen} == {0}
+    assert client.committed_offsets == {(IN, 0): 3}  # nothing committed for the revoked partition
+
+
+def test_stop_flag_finishes_the_batch_at_hand_then_closes():
+    client = FakeClient(logs_of(4, partitions=1), False)
+    proc = StreamProcessor(make_config(), upper_or_dead, client=client, metrics=m.RecordingMetrics())
+    client.on_poll = lambda c: proc.request_stop() if c.polls == 1 else None
+    proc.run()
+    assert client.committed_offsets == {(IN, 0): 4} and client.closed
+    assert proc.health()[0] is False  # stopped: no longer healthy
+
+
+def test_unexpected_process_error_stops_the_job_without_commit():
+    client = FakeClient(logs_of(4), False)
+
+    def broken(records):
+        raise ZeroDivisionError("bug")
+
+    proc = StreamProcessor(make_config(), broken, client=client, metrics=m.RecordingMetrics())
+    with pytest.raises(ZeroDivisionError):
+        proc.run()
+    assert client.committed_offsets == {} and client.closed and proc.health()[2]["state"] == "failed"
+
+
+def test_rewind_failure_is_retried_before_any_poll():
+    client = FakeClient(logs_of(6, partitions=1), False)
+    client.fail["flush"] = 1
+    client.fail["committed"] = 2
+    metrics = m.RecordingMetrics()
+    proc = StreamProcessor(make_config(), upper_or_dead, client=client, metrics=metrics)
+    run_until_drained(proc, client, 6)
+    assert metrics.total(m.RETRIES, stage="rewind") == 2
+    assert set(values(client.published, OUT)) == {f"V{i}".encode() for i in range(6)}
+
+
+# -- config and options -----------------------------------------------------------------------
+
+
+def _parse(argv, env):
+    parser = argparse.ArgumentParser()
+    opts = stream_options(group_id="fraud-bridge")
+    add_options(parser, opts, "FRAUD_X_", "stream")
+    return resolve_options(opts, parser.parse_args(argv), env, "FRAUD_X_")
+
+
+def test_options_flag_over_environment_over_default():
+    values_ = _parse(["--batch-max-size", "64"], {"FRAUD_X_BATCH_MAX_SIZE": "8", "FRAUD_X_DELIVERY": "exactly_once",
+                                                   "FRAUD_X_STATIC_MEMBERSHIP": "yes"})
+    assert values_["batch_max_size"] == 64 and values_["delivery"] == "exactly_once"
+    assert values_["static_membership"] is True and values_["group_id"] == "fraud-bridge"
+    cfg = StreamConfig.from_options(values_, kafka=KafkaClientConfig(), input_topics=(IN,), dlq_topic=DLQ,
+                                    component="x")
+    assert cfg.delivery is Delivery.EXACTLY_ONCE and cfg.client is ClientKind.CONFLUENT and cfg.http_port is None
+    assert cfg.transactional_id == f"fraud-bridge-{cfg.instance_id}"
+
+
+@pytest.mark.parametrize("argv, env, message", [
+    (["--batch-max-size", "0"], {}, "--batch-max-size='0': must be >= 1"),
+    ([], {"FRAUD_X_BATCH_MAX_WAIT_MS": "soon"}, "FRAUD_X_BATCH_MAX_WAIT_MS='soon': invalid literal"),
+    ([], {"FRAUD_X_DELIVERY": "twice"}, "FRAUD_X_DELIVERY='twice': expected one of at_least_once, exactly_once"),
+    ([], {"FRAUD_X_STATIC_MEMBERSHIP": "maybe"}, "FRAUD_X_STATIC_MEMBERSHIP='maybe': expected one of"),
+])
+def test_bad_options_are_one_line_errors_naming_the_setting(argv, env, message):
+    with pytest.raises(FraudError) as info:
+        _parse(argv, env)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_config_validation():
+    with pytest.raises(FraudError, match="dead-letter topic in is also an input"):
+        make_config(dlq_topic=IN)
+    with pytest.raises(FraudError, match="instance id"):
+        make_config(instance_id="a b")
+
+
+# -- metrics, health, logs --------------------------------------------------------------------
+
+
+def test_metrics_fake_and_prometheus_check_names_kinds_and_labels():
+    fake = m.RecordingMetrics()
+    with pytest.raises(ValueError):
+        fake.increment(m.CONSUMED)  # missing the topic label
+    with pytest.raises(TypeError):
+        fake.observe(m.CONSUMED, 1, topic="t")
+    undeclared = m.MetricDef("nope_total", m.Kind.COUNTER, "x")
+    with pytest.raises(KeyError):
+        fake.increment(undeclared)
+    prom = m.PrometheusMetrics("fraud_test")
+    prom.increment(m.CONSUMED, 3, topic="t")
+    prom.observe(m.BATCH_SIZE, 7)
+    prom.gauge(m.LAG, 5, topic="t", partition="0")
+    text = prom.exposition().decode()
+    assert 'fraud_test_records_consumed_total{topic="t"} 3.0' in text
+    assert "fraud_test_batch_size_count 1.0" in text
+    assert 'fraud_test_consumer_lag{partition="0",topic="t"} 5.0' in text
+
+
+def test_health_endpoint_on_loopback_reports_health_readiness_and_metrics():
+    prom = m.PrometheusMetrics("fraud_test")
+    prom.increment(m.COMMITS)
+    state = {"healthy": True, "ready": False}
+    server = HealthServer("127.0.0.1", 0, lambda: (state["healthy"], state["ready"], {"state": "x"}),
+                          prom.exposition).start()
+    base = f"http://127.0.0.1:{server.port}"
+    try:
+        with urllib.request.urlopen(base + "/healthz") as resp:
+            assert resp.status == 200 and json.loads(resp.read())["state"] == "x"
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(base + "/readyz")
+        assert info.value.code == 503
+        with urllib.request.urlopen(base + "/metrics") as resp:
+            assert b"fraud_test_commits_total 1.0" in resp.read()
+        assert server._server.server_address[0] == "127.0.0.1"
+    finally:
+        server.close()
+
+
+def test_json_logs_one_object_per_line_with_fields():
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("test.stream.json")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        log_event(logger, logging.WARNING, "dead_letter", transaction_id="tx-1", offset=7)
+    finally:
+        logger.removeHandler(handler)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 1
+    obj = json.loads(lines[0])
+    assert obj["event"] == "dead_letter" and obj["transaction_id"] == "tx-1" and obj["offset"] == 7
+    assert obj["level"] == "warning"
