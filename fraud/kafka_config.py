@@ -298,7 +298,9 @@ def ensure_topics(
     if len(set(names)) != len(names):
         raise FraudError(f"duplicate topic names in {names}")
     try:
-        admin = KafkaAdminClient(**config.admin_kwargs(request_timeout_ms=int(timeout_s * 1000)))
+        admin = KafkaAdminClient(
+            **config.admin_kwargs(request_timeout_ms=int(timeout_s * 1000), bootstrap_timeout_ms=int(timeout_s * 1000))
+        )
     except KafkaError as exc:
         raise FraudError(f"cannot reach Kafka at {config.bootstrap}: {exc}") from exc
     try:

@@ -144,11 +144,12 @@ def test_kafka_python_transactions_commit_abort_and_read_committed(kafka_client_
     process(4)
     producer.commit_transaction()
     aborted = process(3)
+    producer.flush(timeout=30)  # the aborted records reach the log (unsent ones would just be dropped)
     producer.abort_transaction()
     producer.close()
     consumer.close(autocommit=False)
 
-    committed_view = _consume(kafka_client_config, sink, 7, timeout_s=8, isolation_level="read_committed")
+    committed_view = _consume(kafka_client_config, sink, 7, timeout_s=5, isolation_level="read_committed")
     assert sorted(r.value for r in committed_view) == [f"IN{i}".encode() for i in range(4)]
     uncommitted_view = _consume(kafka_client_config, sink, 7, timeout_s=15, isolation_level="read_uncommitted")
     assert len(uncommitted_view) == 7  # the aborted records are in the log, hidden from read_committed

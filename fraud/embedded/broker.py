@@ -202,6 +202,7 @@ class KafkaBroker:
             bootstrap_servers=self.config.bootstrap,
             client_id="fraud-embedded-readiness",
             request_timeout_ms=5000,
+            bootstrap_timeout_ms=5000,
         )
         try:
             cluster = admin.describe_cluster()

@@ -129,9 +129,17 @@ def run_tool(jars_dir: Path, main_class: str, args: list[str], *, timeout_s: flo
     except subprocess.TimeoutExpired as exc:
         raise FraudError(f"{main_class} did not finish within {timeout_s:.0f} s") from exc
     if proc.returncode != 0:
-        lines = [ln.strip() for ln in (proc.stderr + "\n" + proc.stdout).splitlines() if ln.strip()]
-        detail = lines[-1] if lines else f"exit code {proc.returncode}"
+        detail = _java_error_line(proc.stderr + "\n" + proc.stdout) or f"exit code {proc.returncode}"
         raise FraudError(
             f"{main_class.rsplit('.', 1)[-1]} {' '.join(args[:1])} failed after {time.monotonic() - start:.1f} s: {detail}"
         )
     return proc.stdout
+
+
+def _java_error_line(output: str) -> str:
+    """The exception message of a Java tool's output, without its stack frames."""
+    lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
+    for line in lines:
+        if not line.startswith(("at ", "...")) and ("Exception" in line or "Error" in line):
+            return line.removeprefix('Exception in thread "main" ')
+    return lines[-1] if lines else ""

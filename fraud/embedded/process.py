@@ -228,11 +228,22 @@ class JvmService:
                 raise FraudError(f"{self.label} not ready after {timeout_s:.0f} s{why}: {self.log_summary()}")
             time.sleep(poll_s)
 
-    def log_summary(self, lines: int = 3) -> str:
-        """The last ERROR lines of the log (or the last lines of the JVM output), joined on one line."""
-        log_lines = tail(self.log_file, 200)
-        errors = [ln for ln in log_lines if " ERROR " in ln or " FATAL " in ln]
-        picked = errors[-lines:] or tail(self.out_file, lines) or log_lines[-lines:]
+    def log_summary(self, entries: int = 2) -> str:
+        """The last ERROR entries of the log, each with its exception message, on one line.
+
+        Falls back to the end of the JVM's own output (a JVM that never got to log4j).
+        """
+        log_lines = tail(self.log_file, 400)
+        found: list[str] = []
+        for i, line in enumerate(log_lines):
+            if " ERROR " not in line and " FATAL " not in line:
+                continue
+            entry = line.strip()
+            following = log_lines[i + 1].strip() if i + 1 < len(log_lines) else ""
+            if following and not following.startswith(("[", "at ", "...")):
+                entry += f": {following}"
+            found.append(entry[:400])
+        picked = found[-entries:] or tail(self.out_file, 3) or log_lines[-3:]
         body = " | ".join(ln.strip() for ln in picked) or "no log output"
         return f"{body} (log: {self.log_file})"
 

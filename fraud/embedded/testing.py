@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from fraud.embedded.broker import BrokerConfig, KafkaBroker
+from fraud.embedded.connect import ConnectConfig, ConnectStandalone
 from fraud.embedded.process import free_port
 from fraud.errors import FraudError
 from fraud.kafka_config import KafkaClientConfig
@@ -114,3 +115,24 @@ def delete_topics(config: KafkaClientConfig, names: list[str]) -> None:
         admin.delete_topics(names, raise_errors=False)
     finally:
         admin.close()
+
+
+@contextlib.contextmanager
+def temporary_connect(state_dir: Path, bootstrap: str, **overrides: object) -> Iterator[ConnectStandalone]:
+    """Start a Connect standalone worker (REST on a free port) in `state_dir`; stop it when the block ends."""
+    settings: dict = {
+        "state_dir": state_dir,
+        "jars_dir": load_paths().jars_dir,
+        "bootstrap": bootstrap,
+        "rest_port": free_port(),
+        "heap": TEST_CONNECT_HEAP,
+        "offset_flush_interval_ms": 1000,
+        "jvm_opts": ("-XX:TieredStopAtLevel=1",),
+    }
+    settings.update(overrides)
+    worker = ConnectStandalone(ConnectConfig(**settings))
+    worker.start(die_with_parent=True)
+    try:
+        yield worker
+    finally:
+        worker.stop()
