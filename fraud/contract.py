@@ -77,6 +77,14 @@ def _decode_object(data: bytes | str) -> dict[str, Any]:
     return obj
 
 
+def decode_object(data: bytes | str) -> dict[str, Any]:
+    """One record as a JSON object, with the contract's size, encoding and JSON checks (ContractError).
+
+    For jobs that must look at a record before it is a valid event (e.g. to impute missing fields).
+    """
+    return _decode_object(data)
+
+
 def _raise_decode_error(data: bytes, exc: Exception) -> None:
     # Error path only: tell NaN/Infinity literals (valid for Python's json, not for JSON) apart
     # from plain garbage, so the dead-letter reason says what is really wrong.
