@@ -64,9 +64,13 @@ class StreamProcessor:
 
     def __init__(self, config: StreamConfig, process: ProcessFn, *, client: StreamClient | None = None,
                  metrics: Metrics | None = None, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] | None = None) -> None:
+                 sleep: Callable[[float], None] | None = None,
+                 on_committed: Callable[[Sequence[Record], ProcessResult], None] | None = None) -> None:
+        """`on_committed(batch, result)`, if given, runs after each batch is delivered and committed (once per
+        committed batch, never for a failed attempt): for a job's own counts, e.g. what it filtered."""
         self.config = config
         self._process = process
+        self._on_committed = on_committed
         self._client = client
         self.metrics: Metrics = metrics if metrics is not None else PrometheusMetrics("fraud_stream")
         self._clock = clock
@@ -240,6 +244,8 @@ class StreamProcessor:
         for d in result.dead_letters:
             log_event(log, logging.WARNING, "dead_letter", key=_text(d.key), reason=d.reason, field=d.field,
                       message=d.message, topic=d.source_topic, partition=d.source_partition, offset=d.source_offset)
+        if self._on_committed is not None:
+            self._on_committed(batch, result)
 
     def _dead_letter_output(self, d: DeadLetter) -> Output:
         return Output(self.config.dlq_topic, d.value, d.key, tuple(d.headers()))
