@@ -50,8 +50,11 @@ def _first_maven_error(output: str) -> str:
     return lines[-1] if lines else "no output"
 
 
-def ensure_jars(jars_dir: Path, pom: Path = POM_PATH) -> Path:
-    """Make sure `jars_dir` holds the jars `pom` names; fetch them with Maven if not. Returns `jars_dir`."""
+def ensure_jars(jars_dir: Path, pom: Path = POM_PATH, *, maven_repo: Path | None = None) -> Path:
+    """Make sure `jars_dir` holds the jars `pom` names; fetch them with Maven if not. Returns `jars_dir`.
+
+    `maven_repo` is Maven's local repository (default: Maven's own, ~/.m2/repository).
+    """
     if jars_ready(jars_dir, pom):
         return jars_dir
     jars_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -73,6 +76,8 @@ def ensure_jars(jars_dir: Path, pom: Path = POM_PATH) -> Path:
             "-DincludeScope=runtime",
             f"-DoutputDirectory={staging}",
         ]
+        if maven_repo is not None:
+            cmd.append(f"-Dmaven.repo.local={maven_repo}")
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=_FETCH_TIMEOUT_S)
         except subprocess.TimeoutExpired as exc:
