@@ -1,0 +1,245 @@
+"""Unit tests of the bridge: the hand-written wire format against TensorFlow's and TF Serving's own
+protos, the scorer's logic with a fake Predict (dead letters, bisection, retries, score events), and
+config parsing. No broker, no server (tests/test_bridge_integration.py has those)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from fraud.contract import ScoreEvent, TransactionEvent
+from fraud.errors import FraudError
+from fraud.features import FEATURE_NAMES
+from fraud.signature import DECISION, FEATURE_CONTRIBUTIONS, RECONSTRUCTION_ERROR, SCORE, THRESHOLD
+from fraud.stream.config import Delivery
+from fraud.stream.metrics import STREAM_METRICS, RecordingMetrics
+from fraud.stream.records import Record, RetriableError
+from kafka_bridge import scoring
+from kafka_bridge.config import BridgeConfig
+from kafka_bridge.predict import ModelRejected, Prediction, PredictUnavailable
+from kafka_bridge.wire import ExampleEncoder, decode_predict_response, encode_predict_request
+from tests.bridge_helpers import REJECT_ABOVE, malformed_corpus, transaction
+
+
+def test_example_encoder_matches_tensorflow_parsing():
+    import tensorflow as tf
+
+    rng = np.random.default_rng(7)
+    rows = [rng.normal(size=len(FEATURE_NAMES)) * 10.0 ** rng.integers(-3, 6) for _ in range(20)]
+    rows.append(np.zeros(len(FEATURE_NAMES)))
+    encoder = ExampleEncoder()
+    blobs = [encoder.encode(row.tolist()) for row in rows]
+    assert {len(b) for b in blobs} == {encoder.size}
+    parsed = tf.io.parse_example(blobs, {n: tf.io.FixedLenFeature([], tf.float32) for n in FEATURE_NAMES})
+    got = np.stack([parsed[n].numpy() for n in FEATURE_NAMES], axis=1)
+    np.testing.assert_array_equal(got, np.array(rows, dtype=np.float32))
+    proto = tf.train.Example.FromString(blobs[0])
+    assert sorted(proto.features.feature) == sorted(FEATURE_NAMES)  # exactly the features: no label, no ids
+
+
+@pytest.mark.parametrize("version, label", [(None, None), (3, None), (None, "stable")])
+def test_predict_request_is_what_tf_serving_parses(version, label):
+    from tensorflow_serving.apis import predict_pb2
+
+    examples = [b"\x00abc", b"", b"x" * 300]
+    data = encode_predict_request(examples, model_name="fraud", signature_name="serving_default",
+                                  input_key="examples", version=version, version_label=label)
+    req = predict_pb2.PredictRequest.FromString(data)
+    assert req.model_spec.name == "fraud" and req.model_spec.signature_name == "serving_default"
+    assert req.model_spec.WhichOneof("version_choice") == ("version" if version else "version_label" if label else None)
+    if version:
+        assert req.model_spec.version.value == 3
+    if label:
+        assert req.model_spec.version_label == "stable"
+    tensor = req.inputs["examples"]
+    assert tensor.dtype == 7 and [d.size for d in tensor.tensor_shape.dim] == [3]
+    assert list(tensor.string_val) == examples
+
+
+@pytest.mark.parametrize("as_content", [False, True])
+def test_predict_response_decoding_matches_tf_serving_protos(as_content):
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2
+
+    score = np.array([0.1, 0.9, 0.5], np.float32)
+    contributions = np.arange(90, dtype=np.float32).reshape(3, 30) - 40
+    decision = np.array([0, 1, -2], np.int64)
+    resp = predict_pb2.PredictResponse()
+    resp.model_spec.name = "fraud"
+    resp.model_spec.version.value = 42
+    for key, arr in ((SCORE, score), (FEATURE_CONTRIBUTIONS, contributions), (DECISION, decision)):
+        if as_content:
+            resp.outputs[key].CopyFrom(tf.make_tensor_proto(arr))
+        else:
+            t = resp.outputs[key]
+            t.dtype = tf.as_dtype(arr.dtype).as_datatype_enum
+            for size in arr.shape:
+                t.tensor_shape.dim.add().size = size
+            (t.float_val if arr.dtype == np.float32 else t.int64_val).extend(arr.reshape(-1).tolist())
+    name, ver, outputs = decode_predict_response(resp.SerializeToString())
+    assert (name, ver) == ("fraud", 42)
+    np.testing.assert_array_equal(outputs[SCORE], score)
+    np.testing.assert_array_equal(outputs[FEATURE_CONTRIBUTIONS], contributions)
+    np.testing.assert_array_equal(outputs[DECISION], decision)
+
+
+# -- the scorer with a fake Predict -------------------------------------------------------------
+
+
+class FakeModel:
+    """Scores the encoded examples like the test model: refuses |x| > REJECT_ABOVE for the whole call."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+        self.down = False
+        self.reject_all = False
+        self.nan_for: set[int] = set()
+
+    def __call__(self, examples):
+        import tensorflow as tf
+
+        self.calls.append(len(examples))
+        if self.down:
+            raise PredictUnavailable("UNAVAILABLE", "connection refused")
+        x = np.array([[tf.train.Example.FromString(e).features.feature[n].float_list.value[0]
+                       for n in FEATURE_NAMES] for e in examples], np.float32)
+        if self.reject_all or (np.abs(x) > REJECT_ABOVE).any():
+            raise ModelRejected("INVALID_ARGUMENT", "feature value outside the model's range")
+        contributions = x / 1000.0
+        score = 1 / (1 + np.exp(-contributions.sum(axis=1)))
+        for i in self.nan_for:
+            if i < len(score):
+                score[i] = np.nan
+        return Prediction("fraud", 7, {
+            SCORE: score.astype(np.float32), DECISION: (score >= 0.5).astype(np.int64),
+            THRESHOLD: np.full(len(score), 0.5, np.float32), RECONSTRUCTION_ERROR: (contributions ** 2).sum(axis=1),
+            FEATURE_CONTRIBUTIONS: contributions})
+
+
+def _records(values: list[bytes], topic: str = "fraud.transactions") -> list[Record]:
+    return [Record(topic, i % 2, 100 + i, f"k{i}".encode(), v, 1_700_000_000_000 + i) for i, v in enumerate(values)]
+
+
+def _scorer(model: FakeModel, top_k: int = 3) -> tuple[scoring.Scorer, RecordingMetrics]:
+    metrics = RecordingMetrics(STREAM_METRICS + scoring.BRIDGE_METRICS)
+    return scoring.Scorer(model, output_topic="fraud.scores", metrics=metrics, model_name="cfg-name",
+                          explain_top_k=top_k), metrics
+
+
+def test_valid_events_become_one_score_event_each_keyed_by_transaction_id():
+    events = [transaction(i) for i in range(5)]
+    model = FakeModel()
+    scorer, metrics = _scorer(model)
+    result = scorer(_records([e.to_json() for e in events]))
+    assert model.calls == [5] and not result.dead_letters
+    assert [o.key for o in result.outputs] == [e.transaction_id.encode() for e in events]
+    for out, ev in zip(result.outputs, events, strict=True):
+        s = ScoreEvent.from_json(out.value)
+        assert out.topic == "fraud.scores"
+        assert (s.transaction_id, s.card_id, s.event_time_ms) == (ev.transaction_id, ev.card_id, ev.event_time_ms)
+        assert s.model_name == "fraud" and s.model_version == 7  # from the response, not the config
+        expected = 1 / (1 + math.exp(-sum(np.float32(v) / 1000.0 for v in ev.feature_vector())))
+        assert s.score == pytest.approx(expected, rel=1e-5) and s.decision == (s.score >= 0.5)
+        assert len(s.explanation) == 3 and s.reconstruction_error is not None
+        top = sorted(ev.features, key=lambda n: -abs(ev.features[n]))[:3]
+        assert set(s.explanation) == set(top)
+        assert s.source_timestamp_ms >= 1_700_000_000_000 and s.scored_at_ms >= s.source_timestamp_ms
+    assert metrics.total(scoring.SCORED) == 5
+
+
+def test_malformed_corpus_all_dead_lettered_with_reasons_and_good_ones_scored():
+    corpus = malformed_corpus()
+    good = [transaction(i) for i in range(1, 4)]
+    values = [v for _, v in corpus] + [e.to_json() for e in good]
+    model = FakeModel()
+    scorer, _ = _scorer(model)
+    records = _records(values)
+    result = scorer(records)
+    assert sorted(o.key for o in result.outputs) == sorted(e.transaction_id.encode() for e in good)
+    by_offset = {d.source_offset: d for d in result.dead_letters}
+    assert len(by_offset) == len(corpus)
+    for rec, (reason, value) in zip(records, corpus, strict=False):
+        d = by_offset[rec.offset]
+        assert d.reason == reason, (reason, d.message)
+        assert d.value == value and d.key == rec.key and d.source_partition == rec.partition
+        assert d.component == "kafka_bridge"
+    # model rejection isolated by bisection: a handful of calls, not one per record
+    assert len(model.calls) <= 2 * math.ceil(math.log2(len(good) + 1)) + 4
+
+
+def test_model_rejecting_everything_is_a_retry_not_dead_letters():
+    model = FakeModel()
+    model.reject_all = True
+    scorer, _ = _scorer(model)
+    with pytest.raises(RetriableError, match="refuses even a valid all-zero example"):
+        scorer(_records([transaction(1).to_json()]))
+
+
+def test_server_unavailable_raises_retriable():
+    model = FakeModel()
+    model.down = True
+    scorer, metrics = _scorer(model)
+    with pytest.raises(RetriableError):
+        scorer(_records([transaction(1).to_json()]))
+    assert metrics.total(scoring.PREDICT_ERRORS, code="UNAVAILABLE") == 1
+
+
+def test_non_finite_model_output_is_dead_lettered():
+    model = FakeModel()
+    model.nan_for = {1}
+    scorer, _ = _scorer(model)
+    result = scorer(_records([transaction(i).to_json() for i in range(3)]))
+    assert len(result.outputs) == 2
+    assert [d.reason for d in result.dead_letters] == [scoring.MODEL_OUTPUT_INVALID]
+
+
+def test_label_is_never_sent_to_the_model():
+    seen = []
+
+    def spy(examples):
+        import tensorflow as tf
+
+        seen.extend(sorted(tf.train.Example.FromString(e).features.feature) for e in examples)
+        raise PredictUnavailable("UNAVAILABLE", "stop here")
+
+    event = transaction(3)
+    assert event.label is not None
+    scorer = scoring.Scorer(spy, output_topic="s", metrics=RecordingMetrics(STREAM_METRICS + scoring.BRIDGE_METRICS),
+                            model_name="m")
+    with pytest.raises(RetriableError):
+        scorer(_records([event.to_json()]))
+    assert seen == [sorted(FEATURE_NAMES)]
+
+
+# -- config -------------------------------------------------------------------------------------
+
+
+def test_config_from_environment_with_defaults_on_loopback():
+    cfg = BridgeConfig.from_env_and_args(None, {"FRAUD_BRIDGE_DELIVERY": "exactly_once",
+                                                "FRAUD_BRIDGE_INSTANCE_ID": "bridge-3",
+                                                "FRAUD_BRIDGE_BATCH_MAX_SIZE": "128",
+                                                "FRAUD_KAFKA_BOOTSTRAP": "k1:9092,k2:9092"})
+    s = cfg.stream
+    assert s.delivery is Delivery.EXACTLY_ONCE and s.transactional_id == "fraud-bridge-bridge-3"
+    assert s.batch_max_size == 128 and s.input_topics == ("fraud.transactions",)
+    assert s.dlq_topic == "fraud.dlq.bridge" and cfg.output_topic == "fraud.scores"
+    assert s.kafka.bootstrap_servers == ("k1:9092", "k2:9092")
+    assert s.http_host == "127.0.0.1" and cfg.server.startswith("127.0.0.1:")
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"FRAUD_BRIDGE_SERVER": "nohost"}, "model server address"),
+    ({"FRAUD_BRIDGE_MODEL_VERSION": "2", "FRAUD_BRIDGE_MODEL_VERSION_LABEL": "stable"}, "exclusive"),
+    ({"FRAUD_BRIDGE_GRPC_CA_FILE": "/nonexistent.pem"}, "TLS is off"),
+    ({"FRAUD_BRIDGE_GRPC_TLS": "1", "FRAUD_BRIDGE_GRPC_CA_FILE": "/nonexistent.pem"}, "does not exist"),
+    ({"FRAUD_BRIDGE_OUTPUT_TOPIC": "fraud.transactions"}, "also the input"),
+])
+def test_bad_config_is_one_line_error(env, message):
+    with pytest.raises(FraudError, match=message):
+        BridgeConfig.from_env_and_args(None, env)
+
+
+def test_transaction_roundtrip_helper_is_valid():
+    assert TransactionEvent.from_json(transaction(5).to_json()).transaction_id == "tx-0000005"
