@@ -4,6 +4,7 @@
   the label, when known, is held apart from the features and never sent to a model).
 - ScoreEvent: what the served model said about one transaction, and which model version said it.
 - LabelEvent: delayed ground truth for a transaction (the feedback topic).
+- AlertEvent: a monitoring threshold broken in a window (drift, skew, alert rate, precision, ...).
 - DeadLetter: a record that could not be processed, with Kafka Connect's `__connect.errors.*` headers.
 
 All values are JSON objects encoded as UTF-8. Parsing is strict: unknown fields, missing fields,
@@ -389,6 +390,112 @@ class LabelEvent:
             label=_label(obj["label"], "label"),
             event_time_ms=_int(obj, "event_time_ms", minimum=0),
             labelled_at_ms=_int(obj, "labelled_at_ms", minimum=0),
+        )
+
+
+#: What an alert is about (AlertEvent.kind).
+ALERT_KINDS = ("drift", "skew", "schema", "alert_rate", "precision", "recall", "auprc", "latency")
+ALERT_SEVERITIES = ("warning", "critical")
+_MAX_MESSAGE_LEN = 2048
+
+
+@dataclass(frozen=True)
+class AlertEvent:
+    """A monitoring threshold broken in one event-time window (the alerts topic, keyed by alert_id).
+
+    alert_id is deterministic (kind, granularity, window, model), so a re-sent alert can be recognised;
+    features names the features at fault (drift, skew, schema), each a name of fraud.features; value and
+    threshold are the measured statistic and the threshold it broke (for several features: the largest);
+    details maps each feature (or sub-metric) to its measured value.
+    """
+
+    alert_id: str
+    kind: str
+    severity: str
+    metric: str
+    value: float
+    threshold: float
+    window_start_ms: int
+    window_end_ms: int
+    raised_at_ms: int
+    message: str
+    features: tuple[str, ...] = ()
+    details: Mapping[str, float] = field(default_factory=dict)
+    model_name: str | None = None
+    model_version: int | None = None
+
+    _REQUIRED = ("alert_id", "kind", "severity", "metric", "value", "threshold", "window_start_ms",
+                 "window_end_ms", "raised_at_ms", "message")
+    _OPTIONAL = ("features", "details", "model_name", "model_version")
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "alert_id": self.alert_id,
+            "kind": self.kind,
+            "severity": self.severity,
+            "metric": self.metric,
+            "value": self.value,
+            "threshold": self.threshold,
+            "window_start_ms": self.window_start_ms,
+            "window_end_ms": self.window_end_ms,
+            "raised_at_ms": self.raised_at_ms,
+            "message": self.message,
+        }
+        if self.features:
+            out["features"] = list(self.features)
+        if self.details:
+            out["details"] = dict(self.details)
+        if self.model_name is not None:
+            out["model_name"] = self.model_name
+        if self.model_version is not None:
+            out["model_version"] = self.model_version
+        return out
+
+    def to_json(self) -> bytes:
+        return _dumps(self.to_dict())
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> AlertEvent:
+        obj = _decode_object(data)
+        _check_fields(obj, cls._REQUIRED, cls._OPTIONAL)
+        kind = _str(obj, "kind")
+        if kind not in ALERT_KINDS:
+            raise ContractError(OUT_OF_RANGE, f"expected one of {', '.join(ALERT_KINDS)}, got {kind!r}", "kind")
+        severity = _str(obj, "severity")
+        if severity not in ALERT_SEVERITIES:
+            raise ContractError(OUT_OF_RANGE, f"expected one of {', '.join(ALERT_SEVERITIES)}, got {severity!r}",
+                                "severity")
+        start = _int(obj, "window_start_ms", minimum=0)
+        end = _int(obj, "window_end_ms", minimum=0)
+        if end <= start:
+            raise ContractError(OUT_OF_RANGE, f"expected a window end after its start ({start}), got {end}",
+                                "window_end_ms")
+        raw_features = obj.get("features", [])
+        if not isinstance(raw_features, list):
+            raise ContractError(WRONG_TYPE, f"expected an array, got {_json_type(raw_features)}", "features")
+        for i, name in enumerate(raw_features):
+            if not isinstance(name, str):
+                raise ContractError(WRONG_TYPE, f"expected a string, got {_json_type(name)}", f"features[{i}]")
+            if name not in FEATURES:
+                raise ContractError(OUT_OF_RANGE, f"{name!r} is not a feature of fraud.features", f"features[{i}]")
+        if len(set(raw_features)) != len(raw_features):
+            raise ContractError(OUT_OF_RANGE, "feature names must not repeat", "features")
+        version = obj.get("model_version")
+        return cls(
+            alert_id=_str(obj, "alert_id", max_len=256),
+            kind=kind,
+            severity=severity,
+            metric=_str(obj, "metric"),
+            value=_number(obj["value"], "value"),
+            threshold=_number(obj["threshold"], "threshold"),
+            window_start_ms=start,
+            window_end_ms=end,
+            raised_at_ms=_int(obj, "raised_at_ms", minimum=0),
+            message=_str(obj, "message", max_len=_MAX_MESSAGE_LEN),
+            features=tuple(raw_features),
+            details=_number_map(obj.get("details", {}), "details"),
+            model_name=_str(obj, "model_name") if "model_name" in obj else None,
+            model_version=None if version is None else _int(obj, "model_version", minimum=0),
         )
 
 

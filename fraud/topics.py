@@ -28,6 +28,8 @@ LABELS = TopicSpec("fraud.labels", 4)
 DLQ_PREPROCESS = TopicSpec("fraud.dlq.preprocess", 1)
 #: Events the bridge could not score, with Kafka Connect-style error headers.
 DLQ_BRIDGE = TopicSpec("fraud.dlq.bridge", 1)
+#: Score and label events the warehouse sink or the monitor could not parse, with Kafka Connect-style headers.
+DLQ_MONITORING = TopicSpec("fraud.dlq.monitoring", 1)
 #: Monitoring alerts (drift, alert-rate, precision/recall thresholds broken).
 ALERTS = TopicSpec("fraud.alerts", 1)
 #: Reference table for enrichment (the seed's users table), compacted by key.
@@ -41,6 +43,7 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
     LABELS,
     DLQ_PREPROCESS,
     DLQ_BRIDGE,
+    DLQ_MONITORING,
     ALERTS,
     USERS,
 )
