@@ -269,6 +269,27 @@ def test_fraudctl_kafka_start_status_noop_stop(tmp_path, capsys):
 
 
 @pytest.mark.integration
+def test_concurrent_starts_of_one_state_dir_make_one_broker(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fraud.embedded.broker import KafkaBroker
+    from fraud.embedded.testing import broker_config_for_tests
+
+    config = broker_config_for_tests(tmp_path)
+    brokers = [KafkaBroker(config), KafkaBroker(config)]
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            results = list(pool.map(lambda b: b.start(die_with_parent=True), brokers))
+        assert sorted(results, key=lambda r: r is not None)[0] is None  # one started, one found it running
+        assert any(r is not None and r > 0 for r in results)
+        assert brokers[0].status().pid == brokers[1].status().pid
+    finally:
+        for broker in brokers:
+            broker.stop()
+    assert not brokers[0].is_running()
+
+
+@pytest.mark.integration
 def test_a_broker_that_dies_while_starting_reports_its_log(tmp_path):
     from fraud.embedded.broker import KafkaBroker
     from fraud.embedded.testing import broker_config_for_tests

@@ -155,33 +155,34 @@ class KafkaBroker:
         Raises FraudError on a stale pid file, a taken port, a broker that dies or never becomes ready.
         """
         cfg = self.config
-        status = self.status()
-        if status.running:
-            return None
-        if status.state != "stopped":
-            raise self._service.stale_error(status, f"fraudctl kafka stop --state-dir {cfg.state_dir}")
-        self._service.check_ports_free(
-            {"broker": (cfg.host, cfg.port), "controller": (cfg.host, cfg.controller_port)},
-            {"broker": "--port", "controller": "--controller-port"},
-        )
-        jars.ensure_jars(cfg.jars_dir)
-        cfg.state_dir.mkdir(parents=True, exist_ok=True)
-        write_properties(self.properties_file, cfg.server_properties(), "written by fraud.embedded.broker at every start")
-        if not self.is_formatted():
-            self._format_storage()
-        cmd = jars.java_command(
-            cfg.jars_dir,
-            MAIN_CLASS,
-            [str(self.properties_file)],
-            heap=cfg.heap,
-            logs_dir=self._service.logs_dir,
-            log_name="kafka",
-            jvm_opts=cfg.jvm_opts,
-        )
-        info = {"bootstrap": cfg.bootstrap, "port": cfg.port, "controller_port": cfg.controller_port, "host": cfg.host}
-        return self._service.launch(
-            cmd, info, self._ready, timeout_s=cfg.start_timeout_s, die_with_parent=die_with_parent
-        )
+        with self._service.start_lock():
+            status = self.status()
+            if status.running:
+                return None
+            if status.state != "stopped":
+                raise self._service.stale_error(status, f"fraudctl kafka stop --state-dir {cfg.state_dir}")
+            self._service.check_ports_free(
+                {"broker": (cfg.host, cfg.port), "controller": (cfg.host, cfg.controller_port)},
+                {"broker": "--port", "controller": "--controller-port"},
+            )
+            jars.ensure_jars(cfg.jars_dir)
+            cfg.state_dir.mkdir(parents=True, exist_ok=True)
+            write_properties(self.properties_file, cfg.server_properties(), "written by fraud.embedded.broker at every start")
+            if not self.is_formatted():
+                self._format_storage()
+            cmd = jars.java_command(
+                cfg.jars_dir,
+                MAIN_CLASS,
+                [str(self.properties_file)],
+                heap=cfg.heap,
+                logs_dir=self._service.logs_dir,
+                log_name="kafka",
+                jvm_opts=cfg.jvm_opts,
+            )
+            info = {"bootstrap": cfg.bootstrap, "port": cfg.port, "controller_port": cfg.controller_port, "host": cfg.host}
+            return self._service.launch(
+                cmd, info, self._ready, timeout_s=cfg.start_timeout_s, die_with_parent=die_with_parent
+            )
 
     def _format_storage(self) -> None:
         cluster_id = jars.run_tool(self.config.jars_dir, STORAGE_TOOL, ["random-uuid"]).strip().splitlines()[-1]

@@ -177,5 +177,6 @@ def _topics(args: argparse.Namespace) -> int:
     )
     width = max(len(r.name) for r in results)
     for r in results:
-        print(f"{r.name:<{width}}  {r.partitions:>2} partitions  {r.action}")
+        unit = "partition " if r.partitions == 1 else "partitions"
+        print(f"{r.name:<{width}}  {r.partitions:>2} {unit}  {r.action}")
     return 0

@@ -121,36 +121,37 @@ class ConnectStandalone:
         read: create connectors with `create_connector`).
         """
         cfg = self.config
-        status = self.status()
-        if status.running:
-            return None
-        if status.state != "stopped":
-            raise self._service.stale_error(status, f"fraudctl connect stop --state-dir {cfg.state_dir}")
-        files = [Path(f).resolve() for f in connector_files]
-        for path in files:
-            if not path.is_file():
-                raise FraudError(f"connector config {path} does not exist")
-        self._service.check_ports_free({"REST": (cfg.host, cfg.rest_port)}, {"REST": "--rest-port"})
-        host, _, port = cfg.bootstrap.split(",")[0].rpartition(":")
-        if not tcp_accepts(host, int(port), timeout_s=2.0):
-            raise FraudError(f"no Kafka broker answers at {cfg.bootstrap}; start one with `fraudctl kafka start`")
-        jars.ensure_jars(cfg.jars_dir)
-        cfg.state_dir.mkdir(parents=True, exist_ok=True)
-        write_properties(self.properties_file, cfg.worker_properties(), "written by fraud.embedded.connect at every start")
-        cmd = jars.java_command(
-            cfg.jars_dir,
-            MAIN_CLASS,
-            [str(self.properties_file), *map(str, files)],
-            heap=cfg.heap,
-            logs_dir=self._service.logs_dir,
-            log_name="connect",
-            jvm_opts=cfg.jvm_opts,
-        )
-        info = {"rest_url": cfg.rest_url, "rest_port": cfg.rest_port, "bootstrap": cfg.bootstrap,
-                "connector_files": [str(f) for f in files]}
-        return self._service.launch(
-            cmd, info, self._ready, timeout_s=cfg.start_timeout_s, die_with_parent=die_with_parent
-        )
+        with self._service.start_lock():
+            status = self.status()
+            if status.running:
+                return None
+            if status.state != "stopped":
+                raise self._service.stale_error(status, f"fraudctl connect stop --state-dir {cfg.state_dir}")
+            files = [Path(f).resolve() for f in connector_files]
+            for path in files:
+                if not path.is_file():
+                    raise FraudError(f"connector config {path} does not exist")
+            self._service.check_ports_free({"REST": (cfg.host, cfg.rest_port)}, {"REST": "--rest-port"})
+            host, _, port = cfg.bootstrap.split(",")[0].rpartition(":")
+            if not tcp_accepts(host, int(port), timeout_s=2.0):
+                raise FraudError(f"no Kafka broker answers at {cfg.bootstrap}; start one with `fraudctl kafka start`")
+            jars.ensure_jars(cfg.jars_dir)
+            cfg.state_dir.mkdir(parents=True, exist_ok=True)
+            write_properties(self.properties_file, cfg.worker_properties(), "written by fraud.embedded.connect at every start")
+            cmd = jars.java_command(
+                cfg.jars_dir,
+                MAIN_CLASS,
+                [str(self.properties_file), *map(str, files)],
+                heap=cfg.heap,
+                logs_dir=self._service.logs_dir,
+                log_name="connect",
+                jvm_opts=cfg.jvm_opts,
+            )
+            info = {"rest_url": cfg.rest_url, "rest_port": cfg.rest_port, "bootstrap": cfg.bootstrap,
+                    "connector_files": [str(f) for f in files]}
+            return self._service.launch(
+                cmd, info, self._ready, timeout_s=cfg.start_timeout_s, die_with_parent=die_with_parent
+            )
 
     def _ready(self) -> bool:
         if not tcp_accepts(self.config.host, self.config.rest_port):

@@ -9,15 +9,17 @@ reused by an unrelated process is reported as stale rather than signalled.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
+import fcntl
 import json
 import os
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,6 +146,14 @@ class JvmService:
     @property
     def marker(self) -> str:
         return f"-Dfraud.state.dir={self.state_dir}"
+
+    @contextlib.contextmanager
+    def start_lock(self) -> Iterator[None]:
+        """Held while starting, so two concurrent `start`s of one state directory make one process."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.state_dir / f".{self.name}.lock", "w") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            yield
 
     def status(self) -> ServiceStatus:
         try:
