@@ -1,0 +1,214 @@
+"""The users reference table (the seed's users table): a compacted topic, read into memory for enrichment.
+
+Records of the topic (fraud.topics.USERS): key = the raw customer id (UTF-8), value = a JSON object of
+the customer's attributes (`{"name": ..., "country": ..., "segment": ...}`), or null to delete the entry
+(a tombstone; compaction keeps the latest value per key). The topic is upstream data, like the raw
+transactions: it holds raw ids and never leaves the ingestion side.
+
+`UsersTable` reads the whole topic at start (up to the end offsets seen then, so the first transactions
+are joined against a complete table) and follows updates in a background thread: the join is
+as-of-processing-time, like a ksqlDB stream-table join. `synthetic_users` makes a table for the
+customers of replay's synthetic card pool (what the demo loads with `fraudctl preprocess users`).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import orjson
+
+from fraud.errors import FraudError
+from fraud.kafka_config import KafkaClientConfig
+from fraud.replay import CardPool
+from fraud.stream.logs import log_event
+
+log = logging.getLogger("preprocessing.users")
+
+_FIRST = ("Ana", "Bram", "Chloe", "Dirk", "Elena", "Femke", "Gilles", "Hanna", "Ines", "Jonas", "Karin", "Lucas",
+          "Marie", "Noah", "Olga", "Pieter", "Quinten", "Rosa", "Sven", "Tess", "Ugo", "Vera", "Wout", "Yara")
+_LAST = ("Peeters", "Janssens", "Maes", "Jacobs", "Mertens", "Willems", "Claes", "Goossens", "Wouters", "De Smet",
+         "Dubois", "Lambert", "Martin", "Dupont", "Leroy", "Moreau", "Simon", "Laurent", "Lefebvre", "Michel")
+_COUNTRIES = (("BE", 50), ("NL", 15), ("FR", 12), ("DE", 10), ("LU", 5), ("GB", 4), ("US", 2), ("ES", 2))
+_SEGMENTS = (("retail", 70), ("premium", 20), ("business", 10))
+
+
+def synthetic_users(cards: CardPool) -> dict[str, dict[str, str]]:
+    """customer id -> {name, country, segment} for every customer of `cards` (deterministic per pool seed)."""
+    rng = random.Random(cards.seed * 7919 + 1)
+    countries = [c for c, _ in _COUNTRIES]
+    country_w = [w for _, w in _COUNTRIES]
+    segments = [s for s, _ in _SEGMENTS]
+    segment_w = [w for _, w in _SEGMENTS]
+    out: dict[str, dict[str, str]] = {}
+    for customer in sorted({c.customer_id for c in cards.cards}):
+        out[customer] = {
+            "name": f"{rng.choice(_FIRST)} {rng.choice(_LAST)}",
+            "country": rng.choices(countries, country_w)[0],
+            "segment": rng.choices(segments, segment_w)[0],
+        }
+    return out
+
+
+def parse_user(value: bytes | None, fields: tuple[str, ...]) -> dict[str, str] | None:
+    """The fields of one users record (None for a tombstone); ValueError if it is not a JSON object.
+
+    Numbers and booleans become strings; other values (lists, objects, null) are left out.
+    """
+    if value is None:
+        return None
+    obj = orjson.loads(value)
+    if not isinstance(obj, dict):
+        raise ValueError("not a JSON object")
+    out: dict[str, str] = {}
+    for name in fields:
+        v = obj.get(name)
+        if isinstance(v, str):
+            out[name] = v
+        elif isinstance(v, bool):
+            out[name] = "true" if v else "false"
+        elif isinstance(v, (int, float)):
+            out[name] = str(v)
+    return out
+
+
+class UsersTable(Mapping[str, Mapping[str, str]]):
+    """The users topic as a read-only mapping (raw key -> fields), kept current by a background reader."""
+
+    def __init__(self, kafka: KafkaClientConfig, topic: str, fields: tuple[str, ...], *,
+                 poll_timeout_s: float = 0.5) -> None:
+        self.kafka = kafka
+        self.topic = topic
+        self.fields = fields
+        self._rows: dict[str, dict[str, str]] = {}
+        self._consumer: Any = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._poll_timeout_ms = int(poll_timeout_s * 1000)
+        self.bad_records = 0
+        self.updates = 0
+        self.error: str | None = None
+
+    # -- Mapping ---------------------------------------------------------------------------------
+
+    def __getitem__(self, key: str) -> Mapping[str, str]:
+        return self._rows[key]
+
+    def get(self, key: str, default: Any = None) -> Any:  # the hot path: one dict lookup, no exception
+        return self._rows.get(key, default)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._rows))
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    # -- loading ---------------------------------------------------------------------------------
+
+    def _apply(self, records: list[Any]) -> None:
+        for rec in records:
+            if rec.key is None:
+                self.bad_records += 1
+                continue
+            key = rec.key.decode("utf-8", "replace")
+            try:
+                row = parse_user(rec.value, self.fields)
+            except ValueError:
+                # The key is a raw customer id: never logged. The offset finds the record.
+                self.bad_records += 1
+                log_event(log, logging.WARNING, "users_bad_record", topic=rec.topic, partition=rec.partition,
+                          offset=rec.offset)
+                continue
+            if row is None:
+                self._rows.pop(key, None)
+            else:
+                self._rows[key] = row
+            self.updates += 1
+
+    def start(self, timeout_s: float = 60.0) -> UsersTable:
+        """Read the topic up to its current end, then follow it in a daemon thread."""
+        from kafka import KafkaConsumer, TopicPartition
+        from kafka.errors import KafkaError
+
+        started = time.monotonic()
+        try:
+            consumer = KafkaConsumer(**self.kafka.consumer_kwargs(
+                None, client_id=f"{self.kafka.client_id}-users", isolation_level="read_committed",
+                request_timeout_ms=max(int(timeout_s * 1000), 5000)))
+        except KafkaError as exc:
+            raise FraudError(f"cannot reach Kafka at {self.kafka.bootstrap} for the users table: {exc}") from None
+        self._consumer = consumer
+        try:
+            parts = None
+            while parts is None and time.monotonic() - started < min(timeout_s, 10.0):
+                parts = consumer.partitions_for_topic(self.topic)
+                if parts is None:
+                    time.sleep(0.2)
+            if not parts:
+                raise FraudError(f"users topic {self.topic} does not exist on {self.kafka.bootstrap} "
+                                 f"(`fraudctl topics` creates it, `fraudctl preprocess users` fills it)")
+            tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
+            consumer.assign(tps)
+            consumer.seek_to_beginning(*tps)
+            end = consumer.end_offsets(tps)
+            while any(consumer.position(tp) < end[tp] for tp in tps):
+                if time.monotonic() - started > timeout_s:
+                    have = sum(consumer.position(tp) for tp in tps)
+                    raise FraudError(f"users topic {self.topic}: read {have} of {sum(end.values())} records in "
+                                     f"{timeout_s:g} s")
+                for records in consumer.poll(timeout_ms=self._poll_timeout_ms, max_records=5000).values():
+                    self._apply(records)
+        except BaseException:
+            consumer.close()
+            self._consumer = None
+            raise
+        log_event(log, logging.INFO, "users_table_loaded", topic=self.topic, rows=len(self._rows),
+                  bad_records=self.bad_records, seconds=round(time.monotonic() - started, 3))
+        self._thread = threading.Thread(target=self._follow, name="users-table", daemon=True)
+        self._thread.start()
+        return self
+
+    def _follow(self) -> None:
+        consumer = self._consumer
+        while not self._stop.is_set():
+            try:
+                for records in consumer.poll(timeout_ms=self._poll_timeout_ms, max_records=5000).values():
+                    self._apply(records)
+            except Exception as exc:  # the table stays as it was; the job keeps running and says so
+                self.error = f"{type(exc).__name__}: {exc}"
+                log_event(log, logging.ERROR, "users_table_error", error=self.error)
+                self._stop.wait(1.0)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+
+
+def load_users(kafka: KafkaClientConfig, topic: str, users: Mapping[str, Mapping[str, str]]) -> int:
+    """Write `users` to the users topic (key = customer id); returns how many were sent."""
+    from kafka import KafkaProducer
+    from kafka.errors import KafkaError
+
+    try:
+        producer = KafkaProducer(**kafka.producer_kwargs(acks="all", enable_idempotence=True, linger_ms=5))
+    except KafkaError as exc:
+        raise FraudError(f"cannot reach Kafka at {kafka.bootstrap}: {exc}") from None
+    failed: list[str] = []
+    try:
+        for customer, row in users.items():
+            producer.send(topic, key=customer.encode("utf-8"), value=orjson.dumps(dict(row))).add_errback(
+                lambda exc: failed.append(f"{type(exc).__name__}: {exc}"))
+        producer.flush()
+    finally:
+        producer.close()
+    if failed:
+        raise FraudError(f"{len(failed)} users records were not delivered to {topic}: {failed[0]}")
+    return len(users)
