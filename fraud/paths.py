@@ -60,6 +60,16 @@ class Paths:
         return self.home / "serving" / "models"
 
     @property
+    def warehouse_dir(self) -> Path:
+        """The embedded warehouse (DuckDB file) the sink writes."""
+        return self.home / "warehouse"
+
+    @property
+    def monitor_dir(self) -> Path:
+        """The monitor's published window metrics, drift results and alerts (what its report reads)."""
+        return self.home / "monitor"
+
+    @property
     def reports_dir(self) -> Path:
         return self.home / "reports"
 
