@@ -110,6 +110,13 @@ def test_maven_failure_is_one_line_and_leaves_no_marker(tmp_path):
     assert not jars.jars_ready(tmp_path / "jars", pom)
 
 
+def test_missing_java_is_a_clear_error(tmp_path, monkeypatch):
+    (tmp_path / "a.jar").write_text("")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(FraudError, match=r"`java` not found on PATH; it is needed to run Apache Kafka"):
+        jars.java_command(tmp_path, "kafka.Kafka", [])
+
+
 def test_jars_marker_follows_the_pom(tmp_path):
     pom = tmp_path / "pom.xml"
     pom.write_text("<project/>")
@@ -279,7 +286,8 @@ def test_concurrent_starts_of_one_state_dir_make_one_broker(tmp_path):
     brokers = [KafkaBroker(config), KafkaBroker(config)]
     try:
         with ThreadPoolExecutor(2) as pool:
-            results = list(pool.map(lambda b: b.start(die_with_parent=True), brokers))
+            # not die_with_parent: that signal fires when the starting *thread* ends, i.e. the pool's
+            results = list(pool.map(lambda b: b.start(), brokers))
         assert sorted(results, key=lambda r: r is not None)[0] is None  # one started, one found it running
         assert any(r is not None and r > 0 for r in results)
         assert brokers[0].status().pid == brokers[1].status().pid

@@ -96,7 +96,9 @@ def pid_alive(pid: int) -> bool:
     return state is not None and state not in ("Z", "X")
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+def _die_with_parent() -> None:
+    """Runs in the child between fork and exec. Linux sends the signal when the *thread* that forked
+    exits, so start such processes from a thread that lives as long as they should (the main thread)."""
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
