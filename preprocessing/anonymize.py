@@ -167,17 +167,20 @@ class Anonymizer:
         self._cache[cache_key] = out
         return out
 
-    def redact_record(self, value: bytes | None, identity_fields: tuple[str, ...] = tuple(PSEUDONYM_PREFIX)) -> bytes | None:
+    def redact_record(self, value: bytes | None, known: Mapping[str, str] | None = None,
+                      identity_fields: tuple[str, ...] = tuple(PSEUDONYM_PREFIX)) -> bytes | None:
         """A copy of a rejected record that is safe to keep: identity values replaced by their pseudonyms.
 
         A JSON object keeps its shape: each identity field's value (whatever its type) is replaced by the
-        pseudonym of its text, and card-number-like digit runs inside other strings too. Anything else
-        (broken JSON, not UTF-8) cannot be parsed reliably: the value after each quoted identity field name,
-        and every run of 13 to 19 digits that passes the Luhn check (what a card number looks like, with or
-        without separators, not the fraction of a decimal number), is replaced by a pseudonym.
+        pseudonym of its text; in every other string and object key, the `known` raw ids of the record
+        (field -> raw value) and card-number-like digit runs are replaced too. Anything else (broken JSON,
+        not UTF-8) cannot be parsed reliably: the value after each quoted identity field name, the known
+        raw ids, and every run of 13 to 19 digits that passes the Luhn check (what a card number looks like,
+        with or without separators, not the fraction of a decimal number) are replaced.
         """
         if value is None:
             return None
+        known = {k: v for k, v in (known or {}).items() if isinstance(v, str) and v}
         try:
             obj = orjson.loads(value)
         except orjson.JSONDecodeError:
@@ -188,13 +191,22 @@ class Anonymizer:
                     raw = obj[name]
                     text = raw if isinstance(raw, str) else orjson.dumps(raw).decode("utf-8")
                     obj[name] = self.pseudonym(name, text)
-            return orjson.dumps(self._redact_strings(obj))
+            return orjson.dumps(self._redact_strings(obj, known))
         out = value
         for name in identity_fields:
             pattern = re.compile(rb'("' + re.escape(name.encode()) + rb'"\s*:\s*)("(?:[^"\\]|\\.)*"|[^,}\s]+)')
             out = pattern.sub(lambda m, n=name: m.group(1) + b'"' + self.pseudonym(
                 n, m.group(2).strip(b'"').decode("utf-8", "replace")).encode() + b'"', out)
+        for name, raw in known.items():
+            out = out.replace(raw.encode("utf-8"), self.pseudonym(name, raw).encode("utf-8"))
         return self.redact_pans(out)
+
+    def redact_text(self, text: str, known: Mapping[str, str] | None = None) -> str:
+        """`text` with the `known` raw ids (field -> raw value) and card-number-like runs replaced."""
+        for name, raw in (known or {}).items():
+            if isinstance(raw, str) and raw and raw in text:
+                text = text.replace(raw, self.pseudonym(name, raw))
+        return self.redact_pans(text.encode("utf-8")).decode("utf-8")
 
     def redact_pans(self, data: bytes) -> bytes:
         """`data` with every Luhn-valid run of 13 to 19 digits replaced by its card pseudonym."""
@@ -207,13 +219,13 @@ class Anonymizer:
 
         return _PAN_RE.sub(repl, data)
 
-    def _redact_strings(self, obj: Any) -> Any:
+    def _redact_strings(self, obj: Any, known: Mapping[str, str]) -> Any:
         if isinstance(obj, str):
-            return self.redact_pans(obj.encode("utf-8")).decode("utf-8")
+            return self.redact_text(obj, known)
         if isinstance(obj, dict):
-            return {k: self._redact_strings(v) for k, v in obj.items()}
+            return {self.redact_text(k, known): self._redact_strings(v, known) for k, v in obj.items()}
         if isinstance(obj, list):
-            return [self._redact_strings(v) for v in obj]
+            return [self._redact_strings(v, known) for v in obj]
         return obj
 
 

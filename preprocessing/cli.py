@@ -82,6 +82,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                       "findings show masked ids only.")
     priv.add_argument("--topic", action="append", dest="topics", metavar="TOPIC",
                       help=f"topic to scan (repeatable; default: {', '.join(DOWNSTREAM_TOPICS)})")
+    priv.add_argument("--skip-topics", action="store_true", help="scan only the paths and warehouses given")
     priv.add_argument("--path", action="append", type=Path, default=[], metavar="PATH",
                       help="file or directory to scan, e.g. exports or logs (repeatable)")
     priv.add_argument("--warehouse", action="append", type=Path, default=[], metavar="DUCKDB",
@@ -211,17 +212,23 @@ def _privacy(args: argparse.Namespace) -> int:
     ids = read_ids_file(args.ids_file) if args.ids_file else pool_ids(args.cards, args.seed)
     scanner = IdScanner(ids)
     findings = []
-    kafka = _kafka(args, "fraudctl-privacy")
-    from kafka import KafkaAdminClient
+    topics: list[str] = []
+    if not args.skip_topics:
+        from kafka import KafkaAdminClient
+        from kafka.errors import KafkaError
 
-    topics = args.topics
-    if topics is None:
-        admin = KafkaAdminClient(**kafka.admin_kwargs())
-        try:
-            existing = set(admin.list_topics())
-        finally:
-            admin.close()
-        topics = [t for t in DOWNSTREAM_TOPICS if t in existing]
+        kafka = _kafka(args, "fraudctl-privacy")
+        topics = args.topics
+        if topics is None:
+            try:
+                admin = KafkaAdminClient(**kafka.admin_kwargs())
+                try:
+                    existing = set(admin.list_topics())
+                finally:
+                    admin.close()
+            except KafkaError as exc:
+                raise FraudError(f"cannot list topics on {kafka.bootstrap}: {exc}") from None
+            topics = [t for t in DOWNSTREAM_TOPICS if t in existing]
     for topic in topics:
         n, found = scan_topic(kafka, topic, scanner)
         print(f"topic {topic}: {n} records, {len(found)} raw ids")

@@ -104,6 +104,8 @@ class PreprocessConfig:
               log_level: str = "INFO", **stream: Any) -> PreprocessConfig:
         """For code and tests: `stream` holds StreamConfig fields (group_id, delivery, ...)."""
         sources = {t: s for t, s in ((csv_topic, SOURCE_CSV), (raw_topic, SOURCE_RAW)) if t}
+        if not sources:
+            raise FraudError("preprocess: no input topic (both --csv-topic and --raw-topic are empty)")
         stream.setdefault("group_id", DEFAULT_GROUP)
         sc = StreamConfig(kafka=kafka, input_topics=tuple(sources), dlq_topic=dlq_topic, component=COMPONENT, **stream)
         return cls(stream=sc, rules=rules, key=key, sources=sources, output_topic=output_topic,
@@ -201,19 +203,13 @@ class PreprocessJob:
         raw_ids = {k: v for k, v in outcome.raw_ids.items() if isinstance(v, str) and v}
         return DeadLetter(
             key=redact_key(rec.key, raw_ids, anon),
-            value=anon.redact_record(rec.value),
+            value=anon.redact_record(rec.value, raw_ids),
             source_topic=rec.topic, source_partition=rec.partition, source_offset=rec.offset,
-            reason=outcome.reason, message=self._scrub(outcome.message, raw_ids),
+            reason=outcome.reason, message=anon.redact_text(outcome.message, raw_ids),
             component=COMPONENT, stage=outcome.stage,
-            field=None if outcome.field is None else self._scrub(outcome.field, raw_ids),
+            field=None if outcome.field is None else anon.redact_text(outcome.field, raw_ids),
             exception_class="preprocessing.transform.Rejected",
         )
-
-    def _scrub(self, text: str, raw_ids: Mapping[str, str]) -> str:
-        for name, raw in raw_ids.items():
-            if raw in text:
-                text = text.replace(raw, self.anonymizer.pseudonym(name, raw))
-        return self.anonymizer.redact_pans(text.encode("utf-8")).decode("utf-8")
 
     def _on_committed(self, batch: Sequence[Record], result: ProcessResult) -> None:
         s = self.stats
