@@ -305,11 +305,11 @@ def run_chaos(kafka_broker, kafka_topic, model_base: Path, tmp_path: Path, *, de
             good_ids.append(e.transaction_id)
             records.append((e.transaction_id.encode(), e.to_json()))
     env = bridge_env(kafka_broker, port, topics, delivery=delivery, instance_id="chaos-0",
-                     static_membership="1", batch_max_size="200", http_port="-1", log_level="WARNING")
+                     static_membership="1", batch_max_size="200", http_port="-1", log_level="INFO")
     bridge = BridgeProcess(env, tmp_path / "bridge.log")
     # the schedule, as fractions of the production time
-    events = [(f, "kill") for f in [0.15 + 0.6 * k / max(1, kills - 1) for k in range(kills)]]
-    events += [(0.35, "server_stop"), (0.5, "server_start"), (0.6, "broker_restart")]
+    events = [(f, "kill") for f in [0.1 + 0.7 * k / max(1, kills - 1) for k in range(kills)]]
+    events += [(0.2, "server_stop"), (0.35, "server_start"), (0.45, "broker_restart")]
     events.sort()
     server_cm = model_server(model_base, port=port)
     server_cm.__enter__()
@@ -373,7 +373,12 @@ def run_chaos(kafka_broker, kafka_topic, model_base: Path, tmp_path: Path, *, de
             kafka_broker.start()
     ids = score_ids(scores)
     dead_keys = Counter(m.key() for m in dead)
-    log_tail = (tmp_path / "bridge.log").read_text(errors="replace")[-3000:]
+    log_text = (tmp_path / "bridge.log").read_text(errors="replace")
+    log_tail = log_text[-3000:]
+    log_events = Counter(json.loads(line).get("event") for line in log_text.splitlines() if line.startswith("{"))
+    assert log_events["stream_starting"] == kills + 1  # the chaos happened: every kill was a new process
+    assert log_events["retrying"] >= 1 and '"stage":"process"' in log_text  # server down: retried, not skipped
+    assert all(line.startswith("{") for line in log_text.splitlines() if line.strip()), "non-JSON log line"
     assert set(ids) == set(good_ids), f"missing {len(set(good_ids) - set(ids))} ids; log tail:\n{log_tail}"
     assert set(dead_keys) == set(bad_keys)
     if delivery == "exactly_once":

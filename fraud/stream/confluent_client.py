@@ -19,6 +19,29 @@ from fraud.stream.logs import log_event
 from fraud.stream.records import FatalError, Output, ProducerNeedsReset, Record, RetriableError, TopicPartition
 
 log = logging.getLogger("fraud.stream.confluent")
+#: librdkafka's own log lines (connection failures, session timeouts) go through Python logging, so they are
+#: JSON like the rest; the same line is passed on at most every 10 s (a broker restart repeats it 20 times/s).
+rdkafka_log = logging.getLogger("fraud.stream.librdkafka")
+
+
+class _Throttle(logging.Filter):
+    def __init__(self, every_s: float = 10.0) -> None:
+        super().__init__()
+        self._every = every_s
+        self._seen: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = record.getMessage()[:120]
+        now = time.monotonic()
+        if now - self._seen.get(key, -1e9) < self._every:
+            return False
+        if len(self._seen) > 1000:
+            self._seen.clear()
+        self._seen[key] = now
+        return True
+
+
+rdkafka_log.addFilter(_Throttle())
 
 
 def _raise(exc: Exception, what: str) -> None:
@@ -55,6 +78,7 @@ class ConfluentClient:
             "max.poll.interval.ms": config.max_poll_interval_ms,
             "fetch.wait.max.ms": 100,
             "error_cb": self._on_error,
+            "logger": rdkafka_log,
         })
         if config.static_membership:
             consumer_conf["group.instance.id"] = config.instance_id
@@ -75,6 +99,7 @@ class ConfluentClient:
             "enable.idempotence": True,
             "linger.ms": 2,
             "error_cb": self._on_error,
+            "logger": rdkafka_log,
         })
         if c.exactly_once:
             conf["transactional.id"] = c.transactional_id
