@@ -1,0 +1,281 @@
+"""Settings of `fraudctl sink run` and `fraudctl monitor run`: declared once, parsed once into frozen objects.
+
+Every flag can also be set as an environment variable (FRAUD_SINK_* / FRAUD_MONITOR_*; see
+fraud.stream.options); the Kafka connection comes from fraud.kafka_config (FRAUD_KAFKA_*).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fraud.errors import FraudError
+from fraud.features import FEATURE_NAMES
+from fraud.kafka_config import KafkaClientConfig
+from fraud.paths import Paths
+from fraud.stream.options import Option, add_options, parse_bool, parse_csv, resolve_options
+from fraud.topics import ALERTS, DLQ_MONITORING, LABELS, SCORES, TRANSACTIONS
+
+SINK_ENV = "FRAUD_SINK_"
+MONITOR_ENV = "FRAUD_MONITOR_"
+WAREHOUSES = ("duckdb", "bigquery")
+
+
+def _optional_path(text: str) -> Path:
+    return Path(text).expanduser()
+
+
+def _opt_float(text: str) -> float | None:
+    return None if text.strip().lower() in ("", "off", "none") else float(text)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sink
+
+
+SINK_OPTIONS: tuple[Option, ...] = (
+    Option("warehouse", str, "duckdb", "where rows go", choices=WAREHOUSES),
+    Option("duckdb_path", _optional_path, None, "DuckDB file (default <FRAUD_HOME>/warehouse/fraud.duckdb)",
+           metavar="PATH"),
+    Option("bigquery_project", str, None, "BigQuery project id"),
+    Option("bigquery_dataset", str, "fraud", "BigQuery dataset"),
+    Option("bigquery_location", str, None, "BigQuery location of the dataset and jobs (e.g. EU)"),
+    Option("bigquery_endpoint", str, None, "BigQuery API endpoint (an emulator; default Google's)", metavar="URL"),
+    Option("scores_topic", str, SCORES.name, "score events topic"),
+    Option("labels_topic", str, LABELS.name, "label events topic"),
+    Option("dlq_topic", str, DLQ_MONITORING.name, "dead-letter topic for records that cannot be parsed"),
+    Option("group_id", str, "fraud-sink", "consumer group the sink reports its offsets to (advisory only)"),
+    Option("batch_max_size", int, 2000, "records per warehouse batch at most", minimum=1),
+    Option("batch_max_wait_ms", int, 500, "longest wait to fill a batch", minimum=0),
+    Option("retry_backoff_max_ms", int, 30_000, "longest backoff between retries of a failed write", minimum=1),
+    Option("stop_when_idle_s", float, 0.0, "exit after this many seconds without records (0: run until stopped)",
+           minimum=0),
+    Option("http_host", str, "127.0.0.1", "bind address of /healthz and /metrics"),
+    Option("http_port", int, -1, "port of /healthz and /metrics (-1: off, 0: any free port)", minimum=-1),
+    Option("log_level", str, "INFO", "log level", choices=["DEBUG", "INFO", "WARNING", "ERROR"]),
+)
+
+
+@dataclass(frozen=True)
+class BigQueryConfig:
+    project: str
+    dataset: str
+    location: str | None = None
+    api_endpoint: str | None = None
+
+
+@dataclass(frozen=True)
+class SinkConfig:
+    kafka: KafkaClientConfig
+    warehouse: str = "duckdb"
+    duckdb_path: Path | None = None
+    bigquery: BigQueryConfig | None = None
+    scores_topic: str = SCORES.name
+    labels_topic: str = LABELS.name
+    dlq_topic: str = DLQ_MONITORING.name
+    group_id: str = "fraud-sink"
+    batch_max_size: int = 2000
+    batch_max_wait_ms: int = 500
+    retry_backoff_max_ms: int = 30_000
+    stop_when_idle_s: float = 0.0
+    http_host: str = "127.0.0.1"
+    http_port: int | None = None
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if self.warehouse not in WAREHOUSES:
+            raise FraudError(f"warehouse {self.warehouse!r} is not one of {', '.join(WAREHOUSES)}")
+        if self.warehouse == "duckdb" and self.duckdb_path is None:
+            raise FraudError("the DuckDB warehouse needs a file path")
+        if self.warehouse == "bigquery" and self.bigquery is None:
+            raise FraudError("the BigQuery warehouse needs --bigquery-project (or FRAUD_SINK_BIGQUERY_PROJECT)")
+        if self.dlq_topic in (self.scores_topic, self.labels_topic):
+            raise FraudError(f"dead-letter topic {self.dlq_topic} is also an input topic")
+        if self.scores_topic == self.labels_topic:
+            raise FraudError("scores and labels must be different topics")
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        add_options(parser, SINK_OPTIONS, SINK_ENV, "warehouse sink")
+        KafkaClientConfig.add_arguments(parser)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace | None, environ: Mapping[str, str], paths: Paths) -> SinkConfig:
+        v = resolve_options(SINK_OPTIONS, args, environ, SINK_ENV)
+        kafka = KafkaClientConfig.from_env_and_args(args, environ, client_id="fraud-sink")
+        bq = None
+        if v["warehouse"] == "bigquery" and v["bigquery_project"]:
+            bq = BigQueryConfig(v["bigquery_project"], v["bigquery_dataset"], v["bigquery_location"],
+                                v["bigquery_endpoint"])
+        port = v["http_port"]
+        return cls(kafka=kafka, warehouse=v["warehouse"],
+                   duckdb_path=v["duckdb_path"] or paths.warehouse_dir / "fraud.duckdb", bigquery=bq,
+                   scores_topic=v["scores_topic"], labels_topic=v["labels_topic"], dlq_topic=v["dlq_topic"],
+                   group_id=v["group_id"], batch_max_size=v["batch_max_size"],
+                   batch_max_wait_ms=v["batch_max_wait_ms"], retry_backoff_max_ms=v["retry_backoff_max_ms"],
+                   stop_when_idle_s=v["stop_when_idle_s"], http_host=v["http_host"],
+                   http_port=None if port < 0 else port, log_level=v["log_level"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Monitor
+
+
+MINUTE_MS = 60_000
+HOUR_MS = 3_600_000
+#: Window sizes the monitor keeps, by the label used in metrics and reports.
+GRANULARITIES: dict[str, int] = {"1m": MINUTE_MS, "1h": HOUR_MS}
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """When the monitor raises an alert. None switches a check off.
+
+    Label-based checks (precision, recall, AUPRC) wait until `min_label_coverage` of a window's events are
+    labelled and the window has `min_positives` frauds, so a half-labelled window does not cry wolf.
+    Drift and skew: see monitoring/README.md for how the Jensen-Shannon threshold was chosen.
+    """
+
+    alert_granularity: str = "1h"
+    max_alert_rate: float | None = 0.02
+    min_events: int = 200
+    min_precision: float | None = 0.3
+    min_recall: float | None = 0.5
+    min_auprc: float | None = None
+    min_positives: int = 5
+    min_label_coverage: float = 0.9
+    max_latency_p99_ms: float | None = 1000.0
+    drift_jsd: float = 0.2
+    min_drift_rows: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.alert_granularity not in GRANULARITIES:
+            raise FraudError(f"alert granularity {self.alert_granularity!r} is not one of {', '.join(GRANULARITIES)}")
+        for name in ("max_alert_rate", "min_precision", "min_recall", "min_auprc", "min_label_coverage"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise FraudError(f"threshold {name}={value} must be in [0, 1]")
+        if not 0.0 < self.drift_jsd <= 1.0:
+            raise FraudError(f"drift threshold {self.drift_jsd} must be in (0, 1] (a Jensen-Shannon divergence)")
+
+
+MONITOR_OPTIONS: tuple[Option, ...] = (
+    Option("scores_topic", str, SCORES.name, "score events topic"),
+    Option("labels_topic", str, LABELS.name, "label events topic"),
+    Option("transactions_topic", str, TRANSACTIONS.name, "clean transactions topic (serving features for drift)"),
+    Option("alerts_topic", str, ALERTS.name, "where alerts go"),
+    Option("dlq_topic", str, DLQ_MONITORING.name, "dead-letter topic for records that cannot be parsed"),
+    Option("group_id", str, "fraud-monitor", "consumer group the monitor reports its offsets to (advisory only)"),
+    Option("lookback_hours", float, 48.0, "on start, rebuild windows from this much history (Kafka time)",
+           minimum=0),
+    Option("retention_hours", float, 48.0, "keep per-event state this long behind the newest event time",
+           minimum=0.01),
+    Option("allowed_lateness_s", float, 60.0, "a window closes this long (event time) after its end", minimum=0),
+    Option("training_stats", _optional_path, None, "training statistics (FeatureStats.pb, or a StatisticsGen "
+           "artifact dir); default: the latest pushed model's, from the pipeline's MLMD", metavar="PATH"),
+    Option("metadata_path", _optional_path, None, "MLMD sqlite of the pipeline (default <FRAUD_HOME>/tfx/"
+           "metadata.sqlite)", metavar="PATH"),
+    Option("schema_path", _optional_path, None, "schema.pbtxt (default: the curated schema/schema.pbtxt)",
+           metavar="PATH"),
+    Option("drift_features", parse_csv, tuple(n for n in FEATURE_NAMES if n != "Time"),
+           "features checked for drift and skew (Time is a counter since the first transaction: always 'drifts')"),
+    Option("drift_window", str, "1h", "event-time window of the drift and skew checks", choices=list(GRANULARITIES)),
+    Option("drift", parse_bool, True, "check drift and skew against the training statistics (0: off, and no "
+           "statistics needed)"),
+    Option("drift_jsd", float, 0.2, "Jensen-Shannon divergence threshold of drift and skew", minimum=0.0001),
+    Option("min_drift_rows", int, 1000, "windows with fewer transactions are not checked for drift", minimum=1),
+    Option("alert_granularity", str, "1h", "window size the metric thresholds apply to", choices=list(GRANULARITIES)),
+    Option("max_alert_rate", _opt_float, 0.02, "alert when a window flags more than this fraction ('off')"),
+    Option("min_events", int, 200, "windows with fewer events are not checked", minimum=1),
+    Option("min_precision", _opt_float, 0.3, "alert when precision falls below ('off')"),
+    Option("min_recall", _opt_float, 0.5, "alert when recall falls below ('off')"),
+    Option("min_auprc", _opt_float, None, "alert when AUPRC falls below ('off')"),
+    Option("min_positives", int, 5, "label-based checks need this many frauds in a window", minimum=1),
+    Option("min_label_coverage", float, 0.9, "label-based checks need this fraction of events labelled",
+           minimum=0),
+    Option("max_latency_p99_ms", _opt_float, 1000.0, "alert when p99 scoring latency exceeds ('off')"),
+    Option("publish_interval_s", float, 5.0, "how often gauges and the report snapshot are refreshed", minimum=0.1),
+    Option("snapshot_path", _optional_path, None, "where the report's data is written (default <FRAUD_HOME>/"
+           "monitor/snapshot.json)", metavar="PATH"),
+    Option("stop_when_idle_s", float, 0.0, "exit after this many seconds without records, closing every window "
+           "(0: run until stopped)", minimum=0),
+    Option("http_host", str, "127.0.0.1", "bind address of /healthz and /metrics"),
+    Option("http_port", int, -1, "port of /healthz and /metrics (-1: off, 0: any free port)", minimum=-1),
+    Option("log_level", str, "INFO", "log level", choices=["DEBUG", "INFO", "WARNING", "ERROR"]),
+)
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    kafka: KafkaClientConfig
+    snapshot_path: Path
+    metadata_path: Path
+    scores_topic: str = SCORES.name
+    labels_topic: str = LABELS.name
+    transactions_topic: str = TRANSACTIONS.name
+    alerts_topic: str = ALERTS.name
+    dlq_topic: str = DLQ_MONITORING.name
+    group_id: str = "fraud-monitor"
+    lookback_ms: int = 48 * HOUR_MS
+    retention_ms: int = 48 * HOUR_MS
+    allowed_lateness_ms: int = 60_000
+    training_stats: Path | None = None
+    schema_path: Path | None = None
+    drift: bool = True
+    drift_features: tuple[str, ...] = tuple(n for n in FEATURE_NAMES if n != "Time")
+    drift_window: str = "1h"
+    thresholds: Thresholds = Thresholds()
+    publish_interval_s: float = 5.0
+    stop_when_idle_s: float = 0.0
+    http_host: str = "127.0.0.1"
+    http_port: int | None = None
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        unknown = [f for f in self.drift_features if f not in FEATURE_NAMES]
+        if unknown:
+            raise FraudError(f"drift features {unknown} are not features of fraud.features")
+        if self.drift_window not in GRANULARITIES:
+            raise FraudError(f"drift window {self.drift_window!r} is not one of {', '.join(GRANULARITIES)}")
+        inputs = {self.scores_topic, self.labels_topic, self.transactions_topic}
+        if len(inputs) != 3:
+            raise FraudError("scores, labels and transactions must be three different topics")
+        for out in (self.alerts_topic, self.dlq_topic):
+            if out in inputs:
+                raise FraudError(f"output topic {out} is also an input topic")
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        add_options(parser, MONITOR_OPTIONS, MONITOR_ENV, "monitor")
+        KafkaClientConfig.add_arguments(parser)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace | None, environ: Mapping[str, str], paths: Paths,
+                  **overrides: Any) -> MonitorConfig:
+        v = resolve_options(MONITOR_OPTIONS, args, environ, MONITOR_ENV)
+        kafka = KafkaClientConfig.from_env_and_args(args, environ, client_id="fraud-monitor")
+        thresholds = Thresholds(
+            alert_granularity=v["alert_granularity"], max_alert_rate=v["max_alert_rate"], min_events=v["min_events"],
+            min_precision=v["min_precision"], min_recall=v["min_recall"], min_auprc=v["min_auprc"],
+            min_positives=v["min_positives"], min_label_coverage=v["min_label_coverage"],
+            max_latency_p99_ms=v["max_latency_p99_ms"], drift_jsd=v["drift_jsd"], min_drift_rows=v["min_drift_rows"],
+        )
+        port = v["http_port"]
+        kwargs: dict[str, Any] = dict(
+            kafka=kafka,
+            snapshot_path=v["snapshot_path"] or paths.monitor_dir / "snapshot.json",
+            metadata_path=v["metadata_path"] or paths.metadata_path,
+            scores_topic=v["scores_topic"], labels_topic=v["labels_topic"],
+            transactions_topic=v["transactions_topic"], alerts_topic=v["alerts_topic"], dlq_topic=v["dlq_topic"],
+            group_id=v["group_id"], lookback_ms=int(v["lookback_hours"] * HOUR_MS),
+            retention_ms=int(v["retention_hours"] * HOUR_MS), allowed_lateness_ms=int(v["allowed_lateness_s"] * 1000),
+            training_stats=v["training_stats"], schema_path=v["schema_path"], drift=v["drift"],
+            drift_features=tuple(v["drift_features"]), drift_window=v["drift_window"], thresholds=thresholds,
+            publish_interval_s=v["publish_interval_s"], stop_when_idle_s=v["stop_when_idle_s"],
+            http_host=v["http_host"], http_port=None if port < 0 else port, log_level=v["log_level"],
+        )
+        kwargs.update(overrides)
+        return cls(**kwargs)

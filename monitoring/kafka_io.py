@@ -1,0 +1,239 @@
+"""Kafka plumbing of the sink and the monitor: a reader that owns every partition of its topics and starts
+where *we* say (offsets stored in the warehouse, or a time), and a small producer for dead letters and alerts.
+
+Why not a consumer group: the sink's progress lives in the warehouse, committed with the rows, so the
+reader is assigned all partitions explicitly and seeks to the stored offsets before the first fetch.
+Offsets are still committed to the group afterwards, only so that lag tools (kafka-consumer-groups, Burrow)
+can see how far behind the sink is; nothing reads them back. DuckDB has one writer per file, so one sink
+per warehouse is the deployment anyway. Both read with isolation.level=read_committed: in exactly-once
+mode the bridge writes scores in transactions, and an aborted score must never reach the warehouse.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from fraud.contract import DeadLetter
+from fraud.errors import FraudError
+from fraud.kafka_config import KafkaClientConfig
+from fraud.stream.logs import log_event
+from fraud.stream.records import Record, RetriableError, TopicPartition
+
+log = logging.getLogger("monitoring.kafka")
+
+#: How often the reader looks for partitions added to its topics.
+PARTITION_REFRESH_S = 30.0
+
+
+def _check(err: Any, what: str) -> None:
+    if err is not None:
+        raise RetriableError(f"{what}: {err}")
+
+
+class PartitionReader:
+    """Reads every partition of `topics` from explicit start offsets (confluent-kafka, manual assignment).
+
+    `start`: next offset per partition; a partition without one starts at `default_start`, which is
+    "earliest", "latest", or a Kafka timestamp in ms (the first record at or after it).
+    """
+
+    def __init__(self, kafka: KafkaClientConfig, topics: Sequence[str], *, group_id: str,
+                 start: Mapping[TopicPartition, int] | None = None, default_start: str | int = "earliest",
+                 timeout_s: float = 30.0) -> None:
+        from confluent_kafka import Consumer
+
+        self.topics = tuple(topics)
+        self._start = dict(start or {})
+        self._default_start = default_start
+        self._timeout_s = timeout_s
+        self._consumer = Consumer(kafka.confluent(**{
+            "group.id": group_id,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "isolation.level": "read_committed",
+            "fetch.wait.max.ms": 100,
+            "error_cb": self._on_error,
+        }))
+        self._assigned: set[TopicPartition] = set()
+        self._position: dict[TopicPartition, int] = {}
+        self._last_refresh = 0.0
+        self._last_error = ("", 0.0)
+        self._bootstrap = kafka.bootstrap
+        self.refresh_partitions(force=True)
+
+    def _on_error(self, err: Any) -> None:
+        text = f"{err.name()}: {err.str()}"
+        now = time.monotonic()
+        if text != self._last_error[0] or now - self._last_error[1] > 10:
+            self._last_error = (text, now)
+            log_event(log, logging.WARNING, "kafka_client_error", error=text)
+
+    def _partitions(self) -> list[TopicPartition]:
+        try:
+            meta = self._consumer.list_topics(timeout=self._timeout_s)
+        except Exception as exc:  # noqa: BLE001
+            raise FraudError(f"cannot reach Kafka at {self._bootstrap}: {exc}") from None
+        out: list[TopicPartition] = []
+        for topic in self.topics:
+            t = meta.topics.get(topic)
+            if t is None or t.error is not None or not t.partitions:
+                raise FraudError(f"topic {topic} does not exist on {self._bootstrap} (create it with `fraudctl topics`)")
+            out += [(topic, p) for p in sorted(t.partitions)]
+        return out
+
+    def refresh_partitions(self, force: bool = False) -> list[TopicPartition]:
+        """Assign partitions not assigned yet (new topics' partitions appear here); returns the new ones."""
+        from confluent_kafka import OFFSET_BEGINNING, OFFSET_END
+        from confluent_kafka import TopicPartition as TP
+
+        now = time.monotonic()
+        if not force and now - self._last_refresh < PARTITION_REFRESH_S:
+            return []
+        self._last_refresh = now
+        new = [tp for tp in self._partitions() if tp not in self._assigned]
+        if not new:
+            return []
+        targets = []
+        by_time = []
+        for t, p in new:
+            if (t, p) in self._start:
+                targets.append(TP(t, p, self._start[(t, p)]))
+            elif isinstance(self._default_start, int):
+                by_time.append(TP(t, p, self._default_start))
+            else:
+                targets.append(TP(t, p, OFFSET_BEGINNING if self._default_start == "earliest" else OFFSET_END))
+        if by_time:
+            # offsets_for_times answers -1 for a partition with nothing at or after the time: start at its end.
+            for tp in self._consumer.offsets_for_times(by_time, timeout=self._timeout_s):
+                targets.append(TP(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_END))
+        self._consumer.incremental_assign(targets)
+        self._assigned |= set(new)
+        log_event(log, logging.INFO, "partitions_assigned",
+                  partitions={f"{tp.topic}[{tp.partition}]": tp.offset for tp in targets})
+        return new
+
+    def poll(self, max_records: int, timeout_s: float) -> list[Record]:
+        from confluent_kafka import KafkaError
+
+        self.refresh_partitions()
+        msgs = self._consumer.consume(num_messages=max_records, timeout=timeout_s)
+        out: list[Record] = []
+        for m in msgs:
+            err = m.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    continue
+                if err.fatal():
+                    raise FraudError(f"Kafka consumer failed: {err.str()}")
+                log_event(log, logging.WARNING, "consume_error", error=err.str(), topic=m.topic(),
+                          partition=m.partition())
+                continue
+            hs = m.headers()
+            rec = Record(m.topic(), m.partition(), m.offset(), m.key(), m.value(), m.timestamp()[1],
+                         tuple(hs) if hs else ())
+            out.append(rec)
+            self._position[rec.tp] = rec.offset + 1
+        return out
+
+    def seek(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Go back to `offsets` (e.g. a batch that failed to write is read again)."""
+        from confluent_kafka import TopicPartition as TP
+
+        for (t, p), o in offsets.items():
+            self._consumer.seek(TP(t, p, o))
+            self._position[(t, p)] = o
+
+    def commit_advisory(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Tell the group how far we are, for lag tools only; failures are logged, never fatal."""
+        from confluent_kafka import TopicPartition as TP
+
+        if not offsets:
+            return
+        try:
+            self._consumer.commit(offsets=[TP(t, p, o) for (t, p), o in offsets.items()], asynchronous=True)
+        except Exception as exc:  # noqa: BLE001
+            log_event(log, logging.DEBUG, "advisory_commit_failed", error=str(exc))
+
+    def lag(self) -> dict[TopicPartition, int]:
+        """High watermark minus the next offset to read, per partition with a known position (cached, no call)."""
+        from confluent_kafka import TopicPartition as TP
+
+        out = {}
+        for t, p in self._assigned:
+            try:
+                _low, high = self._consumer.get_watermark_offsets(TP(t, p), cached=True)
+            except Exception:  # noqa: BLE001
+                continue
+            pos = self._position.get((t, p))
+            if high >= 0 and pos is not None:
+                out[(t, p)] = max(0, high - pos)
+        return out
+
+    @property
+    def assigned(self) -> set[TopicPartition]:
+        return set(self._assigned)
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+class EventProducer:
+    """Idempotent acks=all producer for dead letters and alerts; `flush` raises RetriableError on failure."""
+
+    def __init__(self, kafka: KafkaClientConfig) -> None:
+        from confluent_kafka import Producer
+
+        self._producer = Producer(kafka.confluent(**{"acks": "all", "enable.idempotence": True, "linger.ms": 5}))
+        self._failures: list[str] = []
+
+    def _delivered(self, err: Any, msg: Any) -> None:
+        if err is not None:
+            self._failures.append(f"{msg.topic()}: {err.str()}")
+
+    def send(self, topic: str, value: bytes | None, key: bytes | None = None,
+             headers: Iterable[tuple[str, bytes]] | None = None) -> None:
+        while True:
+            try:
+                self._producer.produce(topic, value, key=key, headers=list(headers) if headers else None,
+                                       on_delivery=self._delivered)
+                return
+            except BufferError:
+                self._producer.poll(0.1)
+
+    def send_dead_letter(self, topic: str, dead: DeadLetter) -> None:
+        self.send(topic, dead.value, dead.key, dead.headers())
+
+    def flush(self, timeout_s: float = 30.0) -> None:
+        remaining = self._producer.flush(timeout_s)
+        failures, self._failures = self._failures, []
+        if remaining:
+            raise RetriableError(f"{remaining} records not acknowledged within {timeout_s:g} s")
+        if failures:
+            raise RetriableError(f"{len(failures)} records failed, e.g. {failures[0]}")
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        self._producer.flush(timeout_s)
+
+
+def read_all(kafka: KafkaClientConfig, topic: str, *, group_id: str, idle_s: float = 2.0,
+             timeout_s: float = 60.0, since_ms: int | None = None) -> list[Record]:
+    """Every committed record of `topic` (from `since_ms` if given) until nothing new arrives for `idle_s`."""
+    reader = PartitionReader(kafka, [topic], group_id=group_id,
+                             default_start=since_ms if since_ms is not None else "earliest")
+    out: list[Record] = []
+    deadline = time.monotonic() + timeout_s
+    last = time.monotonic()
+    try:
+        while time.monotonic() < deadline:
+            got = reader.poll(1000, 0.2)
+            if got:
+                out += got
+                last = time.monotonic()
+            elif time.monotonic() - last > idle_s:
+                break
+    finally:
+        reader.close()
+    return out

@@ -1,0 +1,246 @@
+"""The warehouse sink: score and label events from Kafka into warehouse tables, exactly once.
+
+Loop, one batch at a time:
+
+1. read up to `batch_max_size` records (waiting at most `batch_max_wait_ms`) from every partition of the
+   scores and labels topics, starting at the offsets stored in the warehouse;
+2. parse them with fraud.contract; a record that breaks the contract becomes a DeadLetter;
+3. produce the dead letters and wait for their acks (a crash later re-sends them: at least once);
+4. write rows and next offsets in one warehouse transaction (`Warehouse.write`);
+5. tell the consumer group the offsets (advisory: lag tools read them, the sink never does).
+
+A crash anywhere before 4 commits redoes the batch from the stored offsets; a crash after 4 starts after
+it. Either way every score row is in the warehouse exactly once. A transient warehouse failure
+(`RetriableError`, e.g. BigQuery answering 503) retries the same batch with backoff, reading nothing new.
+SIGTERM/SIGINT only set a flag: the batch at hand is finished, then everything is closed.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from fraud.contract import MALFORMED_JSON, ContractError, DeadLetter, LabelEvent, ScoreEvent
+from fraud.stream.health import HealthServer
+from fraud.stream.logs import log_event
+from fraud.stream.metrics import Metrics, PrometheusMetrics
+from fraud.stream.records import Record, RetriableError, next_offsets
+from monitoring import metrics as m
+from monitoring.config import SinkConfig
+from monitoring.kafka_io import EventProducer, PartitionReader
+from monitoring.warehouse import LabelRecord, Located, ScoreRecord, Warehouse, WarehouseBatch
+
+log = logging.getLogger("monitoring.sink")
+COMPONENT = "warehouse_sink"
+
+
+def parse_batch(records: Sequence[Record], scores_topic: str, labels_topic: str,
+                component: str = COMPONENT) -> tuple[WarehouseBatch, list[DeadLetter]]:
+    """Records -> rows to write and dead letters; the batch's offsets cover every record, parsed or not."""
+    batch = WarehouseBatch(offsets=next_offsets(records))
+    dead: list[DeadLetter] = []
+    for r in records:
+        at = Located(r.topic, r.partition, r.offset)
+        try:
+            if r.value is None:
+                raise ContractError(MALFORMED_JSON, "record has no value (a tombstone?)")
+            if r.topic == scores_topic:
+                batch.scores.append(ScoreRecord(ScoreEvent.from_json(r.value), at))
+            elif r.topic == labels_topic:
+                batch.labels.append(LabelRecord(LabelEvent.from_json(r.value), at))
+            else:  # the reader only reads the two topics; anything else is a wiring bug
+                raise AssertionError(f"record from unexpected topic {r.topic}")
+        except ContractError as exc:
+            dead.append(DeadLetter.from_error(exc, key=r.key, value=r.value, topic=r.topic, partition=r.partition,
+                                              offset=r.offset, component=component, stage="VALUE_CONVERTER"))
+    return batch, dead
+
+
+@dataclass
+class SinkStats:
+    batches: int = 0
+    records: int = 0
+    scores_inserted: int = 0
+    scores_ignored: int = 0
+    labels_written: int = 0
+    dead_letters: int = 0
+
+    def summary(self) -> str:
+        return (f"{self.batches} batches, {self.records} records: {self.scores_inserted} scores inserted "
+                f"({self.scores_ignored} already there), {self.labels_written} labels written, "
+                f"{self.dead_letters} dead letters")
+
+
+class SinkJob:
+    def __init__(self, config: SinkConfig, warehouse: Warehouse, *, metrics: Metrics | None = None,
+                 reader_factory: Callable[..., Any] | None = None, producer: Any = None,
+                 sleep: Callable[[float], None] | None = None) -> None:
+        self.config = config
+        self.warehouse = warehouse
+        self.metrics: Metrics = metrics if metrics is not None else PrometheusMetrics(m.SINK_NAMESPACE, m.SINK_METRICS)
+        self._reader_factory = reader_factory or PartitionReader
+        self._producer = producer
+        self._stop = threading.Event()
+        self._sleep = sleep or (lambda s: self._stop.wait(s))
+        self.stats = SinkStats()
+        self._state = "starting"
+        self._heartbeat = time.monotonic()
+        self._attempt = 0
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        def handler(signum: int, _frame: Any) -> None:
+            log_event(log, logging.INFO, "stop_requested", signal=signal.Signals(signum).name)
+            self._stop.set()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    def health(self) -> tuple[bool, bool, dict[str, Any]]:
+        stalled = time.monotonic() - self._heartbeat > 120
+        healthy = not stalled and self._state not in ("failed", "stopped")
+        return healthy, healthy and self._state == "running" and self._attempt == 0, {
+            "state": self._state, "warehouse": self.warehouse.description, "retry_attempt": self._attempt,
+            **{k: v for k, v in vars(self.stats).items()},
+        }
+
+    def run(self) -> SinkStats:
+        c = self.config
+        http = None
+        if c.http_port is not None:
+            http = HealthServer(c.http_host, c.http_port, self.health, getattr(self.metrics, "exposition", None)).start()
+            log_event(log, logging.INFO, "http_listening", host=c.http_host, port=http.port)
+        self.warehouse.open()
+        reader = None
+        producer = self._producer
+        try:
+            stored = self.warehouse.stored_offsets()
+            log_event(log, logging.INFO, "sink_starting", warehouse=self.warehouse.description,
+                      stored_offsets={f"{t}[{p}]": o for (t, p), o in sorted(stored.items())})
+            reader = self._reader_factory(c.kafka, [c.scores_topic, c.labels_topic], group_id=c.group_id,
+                                          start=stored, default_start="earliest")
+            if producer is None:
+                producer = EventProducer(c.kafka)
+            self._state = "running"
+            last_record = time.monotonic()
+            last_lag = 0.0
+            while not self._stop.is_set():
+                self._heartbeat = time.monotonic()
+                records = self._collect(reader)
+                now = time.monotonic()
+                if now - last_lag > 5:
+                    last_lag = now
+                    for (t, p), lag in reader.lag().items():
+                        self.metrics.gauge(m.SINK_LAG, lag, topic=t, partition=str(p))
+                if not records:
+                    if c.stop_when_idle_s and now - last_record >= c.stop_when_idle_s:
+                        log_event(log, logging.INFO, "idle_stop", idle_s=c.stop_when_idle_s)
+                        break
+                    continue
+                last_record = now
+                self._handle(records, reader, producer)
+            self._state = "stopping"
+        except BaseException:
+            self._state = "failed"
+            raise
+        finally:
+            try:
+                if reader is not None:
+                    reader.close()
+                if producer is not None and self._producer is None:
+                    producer.close()
+            finally:
+                self.warehouse.close()
+                if http is not None:
+                    http.close()
+                if self._state != "failed":
+                    self._state = "stopped"
+                log_event(log, logging.INFO, "sink_stopped", state=self._state, **vars(self.stats))
+        return self.stats
+
+    def _collect(self, reader: Any) -> list[Record]:
+        c = self.config
+        out: list[Record] = []
+        deadline: float | None = None
+        while len(out) < c.batch_max_size and not self._stop.is_set():
+            timeout = 0.2 if deadline is None else deadline - time.monotonic()
+            if timeout <= 0:
+                break
+            got = reader.poll(c.batch_max_size - len(out), timeout)
+            if got:
+                if deadline is None:
+                    deadline = time.monotonic() + c.batch_max_wait_ms / 1000.0
+                out += got
+            elif deadline is None:
+                break
+        for topic, n in Counter(r.topic for r in out).items():
+            self.metrics.increment(m.SINK_CONSUMED, n, topic=topic)
+        return out
+
+    def _handle(self, records: list[Record], reader: Any, producer: Any) -> None:
+        c = self.config
+        batch, dead = parse_batch(records, c.scores_topic, c.labels_topic)
+        while True:
+            try:
+                if dead:
+                    for d in dead:
+                        producer.send_dead_letter(c.dlq_topic, d)
+                    producer.flush()
+                t0 = time.monotonic()
+                result = self.warehouse.write(batch)
+                break
+            except RetriableError as exc:
+                # The same batch again (writes are idempotent); never move on past rows not written.
+                self._attempt += 1
+                self.metrics.increment(m.SINK_RETRIES)
+                delay = min(c.retry_backoff_max_ms, 100 * 2 ** min(self._attempt, 16)) / 1000 * random.uniform(0.8, 1)
+                log_event(log, logging.WARNING, "write_retry", error=str(exc), attempt=self._attempt,
+                          backoff_s=round(delay, 3), records=len(records))
+                self._sleep(delay)
+                if self._stop.is_set():
+                    return  # nothing was committed: the next start redoes this batch
+        self._attempt = 0
+        self.metrics.observe(m.SINK_WRITE_SECONDS, time.monotonic() - t0)
+        self.metrics.observe(m.SINK_BATCH_SIZE, len(records))
+        self.metrics.increment(m.SINK_ROWS_WRITTEN, result.scores_inserted, table="scores")
+        self.metrics.increment(m.SINK_ROWS_IGNORED, result.scores_ignored, table="scores")
+        self.metrics.increment(m.SINK_ROWS_WRITTEN, result.labels_written, table="labels")
+        self.metrics.increment(m.SINK_ROWS_IGNORED, result.labels_ignored, table="labels")
+        self.metrics.gauge(m.SINK_LAST_COMMIT, time.time())
+        for reason, n in Counter(d.reason for d in dead).items():
+            self.metrics.increment(m.SINK_DEAD_LETTERS, n, reason=reason)
+        for d in dead:
+            log_event(log, logging.WARNING, "dead_letter", key=None if d.key is None else d.key.decode("utf-8", "replace"),
+                      reason=d.reason, field=d.field, topic=d.source_topic, partition=d.source_partition,
+                      offset=d.source_offset)
+        reader.commit_advisory(batch.offsets)
+        s = self.stats
+        s.batches += 1
+        s.records += len(records)
+        s.scores_inserted += result.scores_inserted
+        s.scores_ignored += result.scores_ignored
+        s.labels_written += result.labels_written
+        s.dead_letters += len(dead)
+        log_event(log, logging.DEBUG, "batch_committed", records=len(records), scores=result.scores_inserted,
+                  labels=result.labels_written, dead_letters=len(dead))
+
+
+def make_warehouse(config: SinkConfig) -> Warehouse:
+    if config.warehouse == "bigquery":
+        from monitoring.bigquery_warehouse import BigQueryWarehouse
+
+        assert config.bigquery is not None
+        return BigQueryWarehouse(config.bigquery)
+    from monitoring.warehouse import DuckDBWarehouse
+
+    assert config.duckdb_path is not None
+    return DuckDBWarehouse(config.duckdb_path)

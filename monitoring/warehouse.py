@@ -1,0 +1,321 @@
+"""Warehouse tables for score and label events, written exactly once; the embedded default is DuckDB.
+
+The sink hands a `WarehouseBatch` (parsed score and label events with their Kafka coordinates, and the
+next offset of every partition the batch covers) to `Warehouse.write`, which applies it atomically:
+
+- `scores`: one row per transaction id. A second score for the same id (an at-least-once bridge replaying
+  a batch) is ignored: the first committed score is the decision that was acted on.
+- `labels`: one row per transaction id; a later label (a chargeback overturning an analyst decision) replaces
+  an earlier one, an older or equal one changes nothing.
+- `sink_offsets`: per topic partition, the next Kafka offset to read. Written in the same transaction as the
+  rows, so after a crash the sink resumes exactly where the last committed batch ended; rows of a record
+  below the stored offset are never applied twice (the check is inside the transaction, too).
+
+Rows keep their Kafka topic, partition and offset, so any row can be traced back to its record.
+`scored_labels` is a view joining both tables, which is what offline evaluation reads.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import orjson
+
+from fraud.contract import LabelEvent, ScoreEvent
+from fraud.errors import FraudError
+
+#: (topic, partition), as fraud.stream names a topic partition.
+TopicPartition = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class Located:
+    """Where a parsed event was read from."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True)
+class ScoreRecord:
+    event: ScoreEvent
+    at: Located
+
+
+@dataclass(frozen=True)
+class LabelRecord:
+    event: LabelEvent
+    at: Located
+
+
+@dataclass
+class WarehouseBatch:
+    """What one sink batch applies atomically. `offsets`: next offset per partition covered by the batch
+    (including records that went to the dead-letter topic, which advance the offset but add no row)."""
+
+    scores: list[ScoreRecord] = field(default_factory=list)
+    labels: list[LabelRecord] = field(default_factory=list)
+    offsets: dict[TopicPartition, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    scores_inserted: int
+    scores_ignored: int  # already present (same transaction id) or below the stored offset
+    labels_written: int
+    labels_ignored: int
+
+
+class Warehouse(Protocol):
+    """The sink's storage: create tables, read stored offsets, apply a batch atomically."""
+
+    description: str
+
+    def open(self) -> None:
+        """Create the tables if they do not exist (idempotent)."""
+
+    def stored_offsets(self) -> dict[TopicPartition, int]:
+        """Next offset to read per topic partition, as committed with the rows."""
+
+    def write(self, batch: WarehouseBatch) -> WriteResult:
+        """Apply the rows and the offsets in one transaction; nothing of the batch is visible if it fails."""
+
+    def close(self) -> None: ...
+
+
+# ---------------------------------------------------------------------------------------------
+# Rows (shared by the DuckDB and BigQuery implementations)
+
+#: Column name -> DuckDB type, in table order. BigQuery maps the same columns (see bigquery_warehouse).
+SCORE_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("transaction_id", "VARCHAR"),
+    ("event_time_ms", "BIGINT"),
+    ("card_id", "VARCHAR"),
+    ("score", "DOUBLE"),
+    ("decision", "BOOLEAN"),
+    ("threshold", "DOUBLE"),
+    ("model_name", "VARCHAR"),
+    ("model_version", "BIGINT"),
+    ("source_timestamp_ms", "BIGINT"),
+    ("scored_at_ms", "BIGINT"),
+    ("latency_ms", "BIGINT"),
+    ("reconstruction_error", "DOUBLE"),
+    ("explanation", "VARCHAR"),  # JSON object text
+    ("outputs", "VARCHAR"),  # JSON object text
+    ("kafka_topic", "VARCHAR"),
+    ("kafka_partition", "INTEGER"),
+    ("kafka_offset", "BIGINT"),
+    ("ingested_at_ms", "BIGINT"),
+)
+LABEL_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("transaction_id", "VARCHAR"),
+    ("label", "INTEGER"),
+    ("event_time_ms", "BIGINT"),
+    ("labelled_at_ms", "BIGINT"),
+    ("kafka_topic", "VARCHAR"),
+    ("kafka_partition", "INTEGER"),
+    ("kafka_offset", "BIGINT"),
+    ("ingested_at_ms", "BIGINT"),
+)
+OFFSET_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("topic", "VARCHAR"),
+    ("partition", "INTEGER"),
+    ("next_offset", "BIGINT"),
+    ("updated_at_ms", "BIGINT"),
+)
+
+
+def score_row(rec: ScoreRecord, ingested_at_ms: int) -> dict[str, Any]:
+    e = rec.event
+    return {
+        "transaction_id": e.transaction_id,
+        "event_time_ms": e.event_time_ms,
+        "card_id": e.card_id,
+        "score": e.score,
+        "decision": e.decision,
+        "threshold": e.threshold,
+        "model_name": e.model_name,
+        "model_version": e.model_version,
+        "source_timestamp_ms": e.source_timestamp_ms,
+        "scored_at_ms": e.scored_at_ms,
+        "latency_ms": e.latency_ms,
+        "reconstruction_error": e.reconstruction_error,
+        "explanation": orjson.dumps(dict(e.explanation)).decode() if e.explanation else None,
+        "outputs": orjson.dumps(dict(e.outputs)).decode() if e.outputs else None,
+        "kafka_topic": rec.at.topic,
+        "kafka_partition": rec.at.partition,
+        "kafka_offset": rec.at.offset,
+        "ingested_at_ms": ingested_at_ms,
+    }
+
+
+def label_row(rec: LabelRecord, ingested_at_ms: int) -> dict[str, Any]:
+    e = rec.event
+    return {
+        "transaction_id": e.transaction_id,
+        "label": e.label,
+        "event_time_ms": e.event_time_ms,
+        "labelled_at_ms": e.labelled_at_ms,
+        "kafka_topic": rec.at.topic,
+        "kafka_partition": rec.at.partition,
+        "kafka_offset": rec.at.offset,
+        "ingested_at_ms": ingested_at_ms,
+    }
+
+
+def select_new(batch: WarehouseBatch, stored: Mapping[TopicPartition, int]) -> tuple[list[ScoreRecord], list[LabelRecord]]:
+    """The batch's records at or past the stored offsets, deduplicated within the batch by transaction id:
+    the first score per id, the latest label per id (by labelled_at_ms, then offset)."""
+
+    def fresh(at: Located) -> bool:
+        return at.offset >= stored.get((at.topic, at.partition), 0)
+
+    scores: dict[str, ScoreRecord] = {}
+    for rec in batch.scores:
+        if fresh(rec.at):
+            scores.setdefault(rec.event.transaction_id, rec)
+    labels: dict[str, LabelRecord] = {}
+    for rec in batch.labels:
+        if not fresh(rec.at):
+            continue
+        have = labels.get(rec.event.transaction_id)
+        if have is None or (rec.event.labelled_at_ms, rec.at.offset) >= (have.event.labelled_at_ms, have.at.offset):
+            labels[rec.event.transaction_id] = rec
+    return list(scores.values()), list(labels.values())
+
+
+def merged_offsets(stored: Mapping[TopicPartition, int], batch: Mapping[TopicPartition, int]) -> dict[TopicPartition, int]:
+    """Offsets never move backwards: a replayed older batch leaves the stored offset where it is."""
+    return {tp: max(off, stored.get(tp, 0)) for tp, off in batch.items()}
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+# ---------------------------------------------------------------------------------------------
+# DuckDB
+
+
+def _ddl(table: str, columns: Sequence[tuple[str, str]], key: Sequence[str]) -> str:
+    cols = ",\n  ".join(f"{name} {typ}" for name, typ in columns)
+    return f"CREATE TABLE IF NOT EXISTS {table} (\n  {cols},\n  PRIMARY KEY ({', '.join(key)})\n)"
+
+
+_VIEW = """
+CREATE OR REPLACE VIEW scored_labels AS
+SELECT s.transaction_id, s.event_time_ms, s.score, s.decision, s.threshold, s.model_name, s.model_version,
+       s.latency_ms, l.label, l.labelled_at_ms
+FROM scores s LEFT JOIN labels l USING (transaction_id)
+"""
+
+
+class DuckDBWarehouse:
+    """The embedded warehouse: one DuckDB file, one writer (DuckDB locks the file for one process)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.description = f"duckdb:{self.path}"
+        self._con: Any = None
+
+    def open(self) -> None:
+        import duckdb
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._con = duckdb.connect(str(self.path))
+        except duckdb.IOException as exc:
+            # Most often: another process (a second sink, an open notebook) holds the file's lock.
+            first = str(exc).splitlines()[0]
+            raise FraudError(f"cannot open the warehouse {self.path}: {first}") from None
+        con = self._con
+        con.execute(_ddl("scores", SCORE_COLUMNS, ["transaction_id"]))
+        con.execute(_ddl("labels", LABEL_COLUMNS, ["transaction_id"]))
+        con.execute(_ddl("sink_offsets", OFFSET_COLUMNS, ["topic", "partition"]))
+        con.execute(_VIEW)
+
+    @property
+    def connection(self) -> Any:
+        if self._con is None:
+            raise FraudError(f"warehouse {self.path} is not open")
+        return self._con
+
+    def stored_offsets(self) -> dict[TopicPartition, int]:
+        rows = self.connection.execute("SELECT topic, partition, next_offset FROM sink_offsets").fetchall()
+        return {(t, int(p)): int(o) for t, p, o in rows}
+
+    def write(self, batch: WarehouseBatch) -> WriteResult:
+        import pandas as pd
+
+        con = self.connection
+        ts = now_ms()
+        con.execute("BEGIN TRANSACTION")
+        try:
+            stored = self.stored_offsets()
+            scores, labels = select_new(batch, stored)
+            inserted = labels_written = 0
+            if scores:
+                table = pd.DataFrame.from_records([score_row(r, ts) for r in scores], columns=_names(SCORE_COLUMNS))
+                con.register("_score_batch", table)
+                before = con.execute("SELECT count(*) FROM scores").fetchone()[0]
+                con.execute("INSERT INTO scores SELECT * FROM _score_batch ON CONFLICT DO NOTHING")
+                inserted = con.execute("SELECT count(*) FROM scores").fetchone()[0] - before
+                con.unregister("_score_batch")
+            if labels:
+                table = pd.DataFrame.from_records([label_row(r, ts) for r in labels], columns=_names(LABEL_COLUMNS))
+                con.register("_label_batch", table)
+                labels_written = con.execute(
+                    "SELECT count(*) FROM _label_batch b LEFT JOIN labels l USING (transaction_id) "
+                    "WHERE l.transaction_id IS NULL OR b.labelled_at_ms > l.labelled_at_ms "
+                    "OR (b.labelled_at_ms = l.labelled_at_ms AND b.label <> l.label)"
+                ).fetchone()[0]
+                con.execute(
+                    "INSERT INTO labels SELECT * FROM _label_batch ON CONFLICT (transaction_id) DO UPDATE SET "
+                    "label = excluded.label, event_time_ms = excluded.event_time_ms, "
+                    "labelled_at_ms = excluded.labelled_at_ms, kafka_topic = excluded.kafka_topic, "
+                    "kafka_partition = excluded.kafka_partition, kafka_offset = excluded.kafka_offset, "
+                    "ingested_at_ms = excluded.ingested_at_ms "
+                    "WHERE excluded.labelled_at_ms > labels.labelled_at_ms "
+                    "OR (excluded.labelled_at_ms = labels.labelled_at_ms AND excluded.label <> labels.label)"
+                )
+                con.unregister("_label_batch")
+            offsets = merged_offsets(stored, batch.offsets)
+            if offsets:
+                con.executemany(
+                    "INSERT INTO sink_offsets VALUES (?, ?, ?, ?) ON CONFLICT (topic, partition) DO UPDATE SET "
+                    "next_offset = excluded.next_offset, updated_at_ms = excluded.updated_at_ms",
+                    [(t, p, o, ts) for (t, p), o in sorted(offsets.items())],
+                )
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        return WriteResult(inserted, len(batch.scores) - inserted, labels_written, len(batch.labels) - labels_written)
+
+    def close(self) -> None:
+        if self._con is not None:
+            self._con.close()
+            self._con = None
+
+
+def _names(columns: Iterable[tuple[str, str]]) -> list[str]:
+    # DuckDB scans a pandas frame in place (pyarrow 10 is too old for its Arrow scan); a missing value
+    # (None, or NaN in a float column) arrives as NULL, and INSERT casts each column to the table's type.
+    return [name for name, _ in columns]
+
+
+def open_readonly(path: Path) -> Any:
+    """A read-only DuckDB connection for reports and tests (fails while a sink holds the file)."""
+    import duckdb
+
+    if not Path(path).is_file():
+        raise FraudError(f"warehouse {path} does not exist (has `fraudctl sink run` written to it?)")
+    try:
+        return duckdb.connect(str(path), read_only=True)
+    except duckdb.IOException as exc:
+        raise FraudError(f"cannot open the warehouse {path} read-only: {str(exc).splitlines()[0]}") from None
