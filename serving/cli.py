@@ -64,7 +64,10 @@ def run(args: argparse.Namespace) -> int:
         server.start()
     except ServingError as exc:
         raise FraudError(f"cannot start: {exc.message}") from None
-    server.serve_forever()
+    if not server.serve_forever():
+        # A graph call that outlived the grace period cannot be interrupted; don't let it hold the exit.
+        sys.stderr.flush()
+        os._exit(0)
     return 0
 
 

@@ -52,6 +52,7 @@ class ServerConfig:
     rest_api_port: int | None = 8501  # None: no REST (the CLI's --rest_api_port=0); 0: ephemeral port
     rest_api_timeout_in_ms: int = 30000
     rest_api_enable_cors_support: bool = False
+    rest_api_num_threads: int = 0  # graph-call workers for REST (0: 8)
     model_config_file: str | None = None
     model_config_file_poll_wait_seconds: int = 0
     file_system_poll_wait_seconds: int = 1
@@ -248,7 +249,7 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     a("--rest_api_port", type=int, default=8501, help="REST port (default 8501); 0 disables REST")
     a("--rest_api_host", default=None, help="address the REST server binds (default: --host)")
     a("--rest_api_timeout_in_ms", type=int, default=30000, help="deadline of REST calls (default 30000)")
-    a("--rest_api_num_threads", type=int, default=0, help="accepted for compatibility; REST uses a thread per connection")
+    a("--rest_api_num_threads", type=int, default=0, help="REST graph-call workers (default 8); connections get a thread each")
     a("--rest_api_enable_cors_support", default=False, **flag, help="add CORS headers to REST responses")
     a("--model_name", default="default", help="model name when no --model_config_file is given")
     a("--model_base_path", default=None, help="TF Serving base path (integer version directories)")
@@ -322,6 +323,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         rest_api_port=args.rest_api_port or None,
         rest_api_timeout_in_ms=args.rest_api_timeout_in_ms,
         rest_api_enable_cors_support=args.rest_api_enable_cors_support,
+        rest_api_num_threads=max(0, args.rest_api_num_threads),
         model_config_file=os.path.abspath(args.model_config_file) if args.model_config_file else None,
         model_config_file_poll_wait_seconds=args.model_config_file_poll_wait_seconds,
         file_system_poll_wait_seconds=args.file_system_poll_wait_seconds,

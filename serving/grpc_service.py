@@ -192,10 +192,19 @@ class GrpcServer:
     def start(self) -> None:
         self._server.start()
 
-    def stop(self, grace: float | None) -> None:
-        """Refuse new calls, give running ones `grace` seconds, then join the worker threads."""
-        self._server.stop(grace).wait()
-        self._pool.shutdown(wait=True)
+    def stop(self, deadline: float) -> bool:
+        """Refuse new calls, let running ones finish until `deadline` (time.monotonic()), join the worker
+        threads. False when a handler is still busy at the deadline (a graph call cannot be interrupted)."""
+        self._server.stop(max(0.0, deadline - time.monotonic())).wait()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        return join_threads(list(getattr(self._pool, "_threads", ())), deadline)
+
+
+def join_threads(threads: list, deadline: float) -> bool:
+    """Join threads until `deadline`; True when all of them ended."""
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    return not any(t.is_alive() for t in threads)
 
 
 def make_server(servicer: PredictionServicer, host: str, port: int, max_workers: int) -> GrpcServer:

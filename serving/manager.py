@@ -95,6 +95,10 @@ class Handle:
     def version(self) -> int:
         return self._entry.version
 
+    def retain(self) -> Handle:
+        """Another reference to the same version (for work that may outlive this handle)."""
+        return self._manager._retain(self._entry, self.model_name)
+
     def release(self) -> None:
         if not self._released:
             self._released = True
@@ -284,6 +288,11 @@ class ModelManager:
                 raise ServingError(Code.NOT_FOUND, f"Servable not found for request: {wanted.describe()}")
             chosen.inflight += 1
             return Handle(self, chosen, spec.name)
+
+    def _retain(self, entry: VersionEntry, model_name: str) -> Handle:
+        with self._lock:
+            entry.inflight += 1
+            return Handle(self, entry, model_name)
 
     def _release(self, entry: VersionEntry) -> None:
         with self._lock:

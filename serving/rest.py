@@ -20,7 +20,9 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from concurrent import futures
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import orjson
@@ -28,6 +30,8 @@ import orjson
 from serving import rest_json
 from serving.api import ServingApi
 from serving.errors import Code, ServingError
+from serving.grpc_service import join_threads
+from serving.manager import Handle
 from serving.requests import DEFAULT_SIGNATURE, ExamplesCall, ModelSpec, PredictCall, spec_from_path
 
 log = logging.getLogger("serving.rest")
@@ -44,9 +48,11 @@ class RestApp:
     """Routes one HTTP request to the API; returns (HTTP status, content type, body)."""
 
     def __init__(self, api: ServingApi, timeout_ms: int, cors: bool = False, monitoring_path: str | None = None,
-                 render_metrics: Callable[[], str] | None = None) -> None:
+                 render_metrics: Callable[[], str] | None = None, workers: int = 8) -> None:
         self._api = api
         self._timeout_s = timeout_ms / 1000 if timeout_ms > 0 else None
+        # Graph calls run here so a call that overruns --rest_api_timeout_in_ms answers 504 on time.
+        self._pool = futures.ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="rest-exec")
         self.cors = cors
         self._monitoring_path = monitoring_path
         self._render_metrics = render_metrics
@@ -104,6 +110,28 @@ class RestApp:
     def _deadline(self) -> float | None:
         return None if self._timeout_s is None else time.monotonic() + self._timeout_s
 
+    def _run(self, handle: Handle, fn: Callable[[Handle, float | None], Any]) -> Any:
+        """Run fn(handle, deadline); past the deadline answer DEADLINE_EXCEEDED, leaving the call to
+        finish in the background on its own reference to the version."""
+        deadline = self._deadline()
+        if deadline is None:
+            return fn(handle, None)
+        own = handle.retain()
+
+        def task() -> Any:
+            with own:
+                return fn(own, deadline)
+
+        future = self._pool.submit(task)
+        try:
+            return future.result(timeout=max(0.0, deadline - time.monotonic()))
+        except futures.TimeoutError:
+            raise ServingError(Code.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
+
+    def close(self, deadline: float) -> bool:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        return join_threads(list(getattr(self._pool, "_threads", ())), deadline)
+
     def _predict(self, spec: ModelSpec, body: bytes) -> bytes:
         record = self._api.begin("predict", "REST")
         record.model = spec.name
@@ -124,7 +152,7 @@ class RestApp:
 
                 sig_name, inputs, fmt = rest_json.parse_predict(doc, inputs_of, may_contain_bools)
                 call = PredictCall(ModelSpec(spec.name, spec.version, spec.version_label, sig_name), inputs)
-                result = self._api.predict(handle, call, record, self._deadline())
+                result = self._run(handle, lambda h, deadline: self._api.predict(h, call, record, deadline))
             return rest_json.predict_response(result.outputs, result.output_dtypes, fmt)
         except BaseException as exc:
             error = exc
@@ -141,9 +169,9 @@ class RestApp:
             call = ExamplesCall(ModelSpec(spec.name, spec.version, spec.version_label, sig_name), tuple(examples))
             with self._api.acquire(spec, record) as handle:
                 if verb == "classify":
-                    result = self._api.classify(handle, call, record, self._deadline())
+                    result = self._run(handle, lambda h, deadline: self._api.classify(h, call, record, deadline))
                     return rest_json.classify_response(result.labels, result.scores)
-                regression = self._api.regress(handle, call, record, self._deadline())
+                regression = self._run(handle, lambda h, deadline: self._api.regress(h, call, record, deadline))
                 return rest_json.regress_response(regression.values)
         except BaseException as exc:
             error = exc
@@ -273,11 +301,14 @@ class RestServer:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
-        """Stop accepting, let running requests answer, close idle keep-alive connections, join threads."""
+    def stop(self, deadline: float) -> bool:
+        """Stop accepting, let running requests answer until `deadline`, close idle keep-alive
+        connections, join the threads. False when some request was still running at the deadline."""
         self._server.shutdown()
         self._thread.join()
-        deadline = time.monotonic() + 30
         while self._server.close_idle_connections() and time.monotonic() < deadline:
             time.sleep(0.02)
-        self._server.server_close()
+        self._server.socket.close()
+        threads = list(getattr(self._server, "_threads", None) or ())
+        drained = join_threads(threads, deadline)
+        return self._server.app.close(deadline) and drained

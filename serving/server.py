@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from typing import Any
 
 from serving import logs
@@ -54,6 +55,7 @@ class ModelServer:
         self._stop_requested = threading.Event()
         self._config_thread: threading.Thread | None = None
         self._stopped = False
+        self._drained = True
 
     def start(self, model_timeout: float | None = None) -> ModelServer:
         """Load the models and open the ports. Raises ServingError (and cleans up) when that fails."""
@@ -71,7 +73,7 @@ class ModelServer:
             if config.rest_api_port is not None:
                 render = self.metrics.render if hasattr(self.metrics, "render") else None
                 app = RestApp(api, config.rest_api_timeout_in_ms, config.rest_api_enable_cors_support,
-                              config.monitoring_path, render)
+                              config.monitoring_path, render, workers=config.rest_api_num_threads or 8)
                 self._rest = RestServer(app, config.rest_api_host, config.rest_api_port)
                 self.rest_port = self._rest.port
             self._grpc.start()
@@ -119,29 +121,37 @@ class ModelServer:
                 logs.event(log, "config_reload_failed", logging.ERROR, path=path,
                            error=getattr(exc, "message", None) or str(exc))
 
-    def stop(self, grace: float = 10.0) -> None:
-        """Stop serving: in-flight calls get `grace` seconds, then everything is released. Idempotent."""
+    def stop(self, grace: float = 10.0) -> bool:
+        """Stop serving: in-flight calls get `grace` seconds, then everything is released. Idempotent.
+
+        Returns False when some graph call was still running after the grace period: TensorFlow cannot
+        interrupt it, so its thread is left to finish (the CLI then exits the process anyway).
+        """
         if self._stopped:
-            return
+            return self._drained
         self._stopped = True
         self._stop_requested.set()
+        deadline = time.monotonic() + grace
+        drained = True
         if self._grpc is not None:
-            self._grpc.stop(grace)
+            drained &= self._grpc.stop(deadline)
         if self._rest is not None:
-            self._rest.stop()
+            drained &= self._rest.stop(deadline)
         if self._config_thread is not None:
             self._config_thread.join()
         if self.manager is not None:
-            self.manager.stop(drain_timeout=grace)
+            self.manager.stop(drain_timeout=max(0.0, deadline - time.monotonic()))
         if self.batching is not None:
-            self.batching.close()
-        logs.event(log, "server_stopped")
+            self.batching.close(timeout=max(0.1, deadline - time.monotonic()))
+        self._drained = drained
+        logs.event(log, "server_stopped", drained=drained)
+        return drained
 
     def request_stop(self) -> None:
         self._stop_requested.set()
 
-    def serve_forever(self) -> None:
-        """Block until SIGTERM/SIGINT (or `request_stop`), then stop cleanly."""
+    def serve_forever(self) -> bool:
+        """Block until SIGTERM/SIGINT (or `request_stop`), then stop cleanly; returns `stop()`'s result."""
         previous = {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -152,7 +162,8 @@ class ModelServer:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            self.stop()
+            drained = self.stop()
+        return drained
 
     def __enter__(self) -> ModelServer:
         return self.start()

@@ -7,7 +7,8 @@ never sees half a model):
 
 - `tensors`: generic tensor signatures. `serving_default`: x float32[?,3], k int64[?] -> total float32[?],
   doubled float32[?,3], k_plus_one int64[?], positive bool[?], tag_bytes string[?], version int64[?];
-  `half_plus_two`: x float32[?] -> y float32[?]; `echo`: text string[?] -> length int32[?], upper string[?].
+  `half_plus_two`: x float32[?] -> y float32[?]; `echo`: text string[?] -> length int32[?], upper string[?];
+  `spin`: iterations int64[] -> count int64[] (a graph loop that runs as long as asked: slow calls).
 - `examples`: the project's contract (fraud.signature): `serving_default` takes serialized raw
   tf.Examples (`examples`) and returns score / decision / threshold / reconstruction_error /
   feature_contributions; plus `classify` (method tensorflow/serving/classify: inputs -> classes, scores)
@@ -19,11 +20,13 @@ never sees half a model):
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -107,10 +110,17 @@ def save_tensor_model(base_path: str | os.PathLike, version: int) -> Path:
         def echo(self, text: Any) -> dict:
             return {"length": tf.strings.length(text), "upper": tf.strings.upper(text)}
 
+        @tf.function(input_signature=[tf.TensorSpec([], tf.int64, name="iterations")])
+        def spin(self, iterations: Any) -> dict:
+            count, _ = tf.while_loop(lambda i, acc: i < iterations, lambda i, acc: (i + 1, acc * 1.000001),
+                                     [tf.constant(0, tf.int64), tf.constant(1.0)])
+            return {"count": count}
+
     tmp, final = _atomic_version_dir(base_path, version)
     module = TensorModel()
     tf.saved_model.save(module, str(tmp), signatures={
-        "serving_default": module.serve, "half_plus_two": module.half_plus_two, "echo": module.echo})
+        "serving_default": module.serve, "half_plus_two": module.half_plus_two, "echo": module.echo,
+        "spin": module.spin})
     os.rename(tmp, final)
     return final
 
@@ -274,6 +284,80 @@ def copy_model(src: str | os.PathLike, base_path: str | os.PathLike, version: in
     shutil.copytree(src, tmp)
     os.rename(tmp, final)
     return final
+
+
+# ---------------------------------------------------------------------------------------------
+# A server to test against: this one in process, or an external one (e.g. tensorflow/serving)
+
+GRPC_ENV = "FRAUD_SERVING_GRPC"
+REST_ENV = "FRAUD_SERVING_REST"
+MODEL_DIR_ENV = "FRAUD_SERVING_MODEL_DIR"
+
+
+@dataclass
+class ServingTarget:
+    """Where the serving tests send requests. `server` is None when the server is external."""
+
+    grpc: str  # host:port
+    rest: str  # http://host:port
+    model_dir: Path  # where the test models live (tests add versions here)
+    server: Any = None
+
+    @property
+    def external(self) -> bool:
+        return self.server is None
+
+
+def external_target(environ: Mapping[str, str]) -> ServingTarget | None:
+    """The external server named by FRAUD_SERVING_GRPC / _REST / _MODEL_DIR, or None when unset."""
+    values = {k: environ.get(k, "") for k in (GRPC_ENV, REST_ENV, MODEL_DIR_ENV)}
+    if not any(values.values()):
+        return None
+    missing = [k for k, v in values.items() if not v]
+    if missing:
+        raise ValueError(f"to test an external server set all of {GRPC_ENV}, {REST_ENV}, {MODEL_DIR_ENV}; "
+                         f"missing: {', '.join(missing)}")
+    model_dir = Path(values[MODEL_DIR_ENV])
+    if not (model_dir / CONFIG_FILE).is_file():
+        raise ValueError(f"{MODEL_DIR_ENV}={model_dir}: no {CONFIG_FILE}; create the models with "
+                         f"`python -m serving.testing {model_dir}` before starting the server")
+    return ServingTarget(grpc=values[GRPC_ENV], rest=values[REST_ENV].rstrip("/"), model_dir=model_dir)
+
+
+def local_config(model_dir: Path, **overrides: Any) -> Any:
+    """The ServerConfig the tests run this server with: ephemeral ports, 1 s polling, no load retries,
+    labels allowed before their versions load, Prometheus on the REST port."""
+    from serving.config import PROMETHEUS_DEFAULT_PATH, ServerConfig, parse_model_server_config
+
+    config = model_dir / CONFIG_FILE
+    settings: dict[str, Any] = dict(
+        models=parse_model_server_config(config.read_text(encoding="utf-8"), str(config)),
+        port=0, rest_api_port=0, file_system_poll_wait_seconds=1, max_num_load_retries=0,
+        allow_version_labels_for_unavailable_models=True, monitoring_path=PROMETHEUS_DEFAULT_PATH,
+    )
+    settings.update(overrides)
+    return ServerConfig(**settings)
+
+
+@contextlib.contextmanager
+def serving_target(workdir: str | os.PathLike, environ: Mapping[str, str] | None = None,
+                   **overrides: Any) -> Iterator[ServingTarget]:
+    """The external server if the environment names one, else this server started in process on the
+    test models (written under `workdir`) and stopped on exit."""
+    target = external_target(os.environ if environ is None else environ)
+    if target is not None:
+        yield target
+        return
+    from serving.server import ModelServer
+
+    model_dir = Path(workdir)
+    write_test_models(model_dir)
+    server = ModelServer(local_config(model_dir, **overrides)).start()
+    try:
+        yield ServingTarget(grpc=f"127.0.0.1:{server.grpc_port}", rest=f"http://127.0.0.1:{server.rest_port}",
+                            model_dir=model_dir, server=server)
+    finally:
+        server.stop()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
