@@ -62,3 +62,14 @@ def kafka_connect(kafka_broker: EmbeddedKafka, tmp_path_factory: pytest.TempPath
 
     with temporary_connect(tmp_path_factory.mktemp("connect"), kafka_broker.bootstrap) as connect:
         yield connect
+
+
+@pytest.fixture(scope="session")
+def model_server(tmp_path_factory: pytest.TempPathFactory):
+    """The model server for serving integration tests (see serving.testing.serving_target): this repo's
+    server in process on tiny test models, or an external one (e.g. tensorflow/serving) named by
+    FRAUD_SERVING_GRPC / FRAUD_SERVING_REST / FRAUD_SERVING_MODEL_DIR."""
+    from serving.testing import serving_target
+
+    with serving_target(tmp_path_factory.mktemp("serving")) as target:
+        yield target
