@@ -22,3 +22,6 @@ RECONSTRUCTION_ERROR = "reconstruction_error"
 FEATURE_CONTRIBUTIONS = "feature_contributions"
 
 REQUIRED_OUTPUTS = (SCORE, DECISION, THRESHOLD)
+
+#: The TF Serving model name the pipeline pushes the served model under (serving_model_dir / name).
+DEFAULT_MODEL_NAME = "fraud"

@@ -423,7 +423,7 @@ def train_autoencoder(train: Dataset, validation: Dataset, config: AutoencoderCo
     for seed in range(config.seeds):
         keras.utils.set_random_seed(seed)
         model = _build_autoencoder(keras, d, config)
-        best: tuple[float, int, Any, np.ndarray, float] = (-1.0, -1, None, np.ones(d), 1.0)
+        best: tuple[float, int, Any, np.ndarray, float] = (-np.inf, -1, None, np.ones(d), 1.0)
         ds = _dataset(xs_train, xs_train, config.batch_size, seed, steps)
         for epoch in range(epochs):
             model.fit(ds, epochs=1, verbose=0)
@@ -493,11 +493,12 @@ def train_supervised(train: Dataset, validation: Dataset, config: SupervisedConf
         model = _build_mlp(keras, train.x.shape[1], config)
         ds = _dataset((xs_train, train.y.astype(np.float32)), sample_weight, config.batch_size, seed, steps)
         ds = ds.map(lambda xy, w: (xy[0], xy[1], w))
-        best: tuple[float, int, Any] = (-1.0, -1, None)
+        best: tuple[float, int, Any] = (-np.inf, -1, None)
         for epoch in range(epochs):
             model.fit(ds, epochs=1, verbose=0)
             logits = model.predict(xs_val, batch_size=8192, verbose=0)[:, 0]
-            ap = average_precision(validation.y, logits) if validation.y.any() else 0.0
+            # Without a fraud in validation there is nothing to rank: keep the last epoch.
+            ap = average_precision(validation.y, logits) if validation.y.any() else float(epoch)
             if ap > best[0]:
                 best = (ap, epoch, model.get_weights())
         model.set_weights(best[2])

@@ -1,0 +1,132 @@
+"""Unit tests of the training library: metrics, threshold choice, calibration, configs, layout."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from fraud.features import FEATURE_NAMES, Kind
+from pipeline import training
+from pipeline.training import (
+    ALERT_RATE,
+    PRECISION,
+    AutoencoderConfig,
+    Calibration,
+    SupervisedConfig,
+    ThresholdTarget,
+    choose_threshold,
+)
+
+
+def _data(seed: int = 0, n: int = 5000, frauds: int = 40, ties: bool = False):
+    rng = np.random.default_rng(seed)
+    y = np.zeros(n, dtype=int)
+    y[rng.choice(n, frauds, replace=False)] = 1
+    s = rng.normal(size=n) + 2.5 * y
+    if ties:
+        s = np.round(s, 1)
+    return y, s
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_ranking_metrics_match_scikit_learn(ties: bool) -> None:
+    y, s = _data(ties=ties)
+    assert training.average_precision(y, s) == pytest.approx(average_precision_score(y, s), abs=1e-12)
+    assert training.roc_auc(y, s) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+
+
+def test_precision_at_k_and_at_threshold() -> None:
+    y = np.array([1, 0, 1, 0, 0, 1])
+    s = np.array([0.9, 0.8, 0.7, 0.2, 0.1, 0.05])
+    assert training.precision_at_k(y, s, 3) == pytest.approx(2 / 3)
+    precision, recall, alerts = training.precision_recall_at(y, s, 0.7)
+    assert (precision, recall, alerts) == (pytest.approx(2 / 3), pytest.approx(2 / 3), 3)
+
+
+def test_precision_target_gives_most_recall_at_that_precision() -> None:
+    y, s = _data(seed=1)
+    choice = choose_threshold(s, y, ThresholdTarget(PRECISION, 0.6))
+    precision, recall, _ = training.precision_recall_at(y, s, choice.threshold)
+    assert choice.target_met
+    assert precision >= 0.6 and precision == pytest.approx(choice.precision)
+    assert recall == pytest.approx(choice.recall)
+    # Any lower threshold that still reaches the precision would give no more recall.
+    for t in np.unique(s[s < choice.threshold])[-200:]:
+        p, r, _ = training.precision_recall_at(y, s, t)
+        assert p < 0.6 or r <= choice.recall
+
+
+def test_unreachable_precision_falls_back_to_best_f1_and_says_so() -> None:
+    y, s = _data(seed=2)
+    s = s - 2.5 * y  # no signal: precision never reaches 0.99
+    choice = choose_threshold(s, y, ThresholdTarget(PRECISION, 0.99))
+    assert not choice.target_met
+    assert 0.0 <= choice.precision < 0.99
+
+
+def test_alert_budget_flags_at_most_that_share() -> None:
+    y, s = _data(seed=3)
+    choice = choose_threshold(s, y, ThresholdTarget(ALERT_RATE, 0.01))
+    flagged = int((s >= choice.threshold).sum())
+    assert flagged <= 0.01 * len(s)
+    assert flagged == pytest.approx(0.01 * len(s), abs=1)
+    assert choice.alert_rate == pytest.approx(flagged / len(s))
+
+
+def test_target_is_validated() -> None:
+    with pytest.raises(ValueError, match="kind"):
+        ThresholdTarget("recall", 0.5)
+    with pytest.raises(ValueError, match="value"):
+        ThresholdTarget(PRECISION, 1.5)
+
+
+def test_platt_calibration_recovers_a_logistic_relation() -> None:
+    rng = np.random.default_rng(4)
+    raw = rng.normal(size=200_000)
+    p = 1 / (1 + np.exp(-(2.0 * raw - 5.0)))
+    y = (rng.random(len(raw)) < p).astype(int)
+    cal = Calibration.fit(raw, y)
+    assert cal.a == pytest.approx(2.0, rel=0.05)
+    assert cal.b == pytest.approx(-5.0, rel=0.05)
+    scores = cal.apply(raw)
+    assert 0.0 <= scores.min() and scores.max() <= 1.0
+    # Calibrated: mean prediction close to the observed fraud rate.
+    assert scores.mean() == pytest.approx(y.mean(), rel=0.05)
+
+
+def test_calibration_needs_both_classes() -> None:
+    with pytest.raises(ValueError, match="both classes"):
+        Calibration.fit(np.arange(10.0), np.zeros(10))
+
+
+def test_configs_from_dict_reject_unknown_keys_and_parse_target() -> None:
+    cfg = AutoencoderConfig.from_dict({"epochs": 3, "widths": [8, 4, 8], "target": {"kind": "alert_rate", "value": 0.01}})
+    assert cfg.epochs == 3 and cfg.widths == (8, 4, 8)
+    assert cfg.target == ThresholdTarget(ALERT_RATE, 0.01)
+    assert SupervisedConfig.from_dict({}) == SupervisedConfig()
+    with pytest.raises(ValueError, match="unknown"):
+        SupervisedConfig.from_dict({"epoch": 3})
+
+
+def test_max_steps_bounds_training() -> None:
+    assert training._epochs_and_steps(1000, 100, 5, None) == (5, None)
+    assert training._epochs_and_steps(1000, 100, 5, 3) == (1, 3)
+    assert training._epochs_and_steps(1000, 100, 5, 25) == (2, None)
+
+
+def test_input_columns_and_contribution_matrix_follow_the_feature_module() -> None:
+    class _Spec:
+        def __init__(self, shape):
+            self.shape = shape
+
+    spec = {training.transformed_name(n): _Spec([2] if n == "Time" else [1]) for n in FEATURE_NAMES}
+    columns = training.input_columns(spec)
+    assert [c.raw_name for c in columns] == list(FEATURE_NAMES)
+    matrix = training.contribution_matrix(columns)
+    assert matrix.shape == (31, 30)
+    assert matrix[:2, FEATURE_NAMES.index("Time")].tolist() == [1.0, 1.0]
+    assert (matrix.sum(axis=1) == 1).all()
+    without_time = training.input_columns(spec, exclude_kinds=[Kind.TIME_OF_DAY])
+    assert "Time" not in [c.raw_name for c in without_time]
+    assert training.contribution_matrix(without_time)[:, FEATURE_NAMES.index("Time")].sum() == 0
