@@ -132,7 +132,17 @@ class ConfluentClient:
     def poll(self, max_records: int, timeout_s: float) -> list[Record]:
         from confluent_kafka import KafkaError
 
-        msgs = self._consumer.consume(num_messages=max_records, timeout=timeout_s)
+        # consume(n, timeout) waits until n messages or the timeout; a micro-batch must start as soon as
+        # one record is there (the processor decides how long to wait for more), so: what is already
+        # fetched, else block for one, then take whatever else is already fetched.
+        msgs = self._consumer.consume(num_messages=max_records, timeout=0)
+        if not msgs:
+            first = self._consumer.poll(timeout_s)
+            if first is None:
+                return []
+            msgs = [first]
+            if max_records > 1:
+                msgs += self._consumer.consume(num_messages=max_records - 1, timeout=0)
         out = []
         for m in msgs:
             err = m.error()
