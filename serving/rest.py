@@ -309,6 +309,7 @@ class RestServer:
         while self._server.close_idle_connections() and time.monotonic() < deadline:
             time.sleep(0.02)
         self._server.socket.close()
-        threads = list(getattr(self._server, "_threads", None) or ())
+        tracked = getattr(self._server, "_threads", None)  # socketserver's _Threads (a list) once a request came
+        threads = list(tracked) if isinstance(tracked, list) else []
         drained = join_threads(threads, deadline)
         return self._server.app.close(deadline) and drained
