@@ -148,7 +148,7 @@ class Thresholds:
     min_positives: int = 5
     min_label_coverage: float = 0.9
     max_latency_p99_ms: float | None = 1000.0
-    drift_jsd: float = 0.2
+    drift_jsd: float = 0.25
     min_drift_rows: int = 1000
 
     def __post_init__(self) -> None:
@@ -185,7 +185,7 @@ MONITOR_OPTIONS: tuple[Option, ...] = (
     Option("drift_window", str, "1h", "event-time window of the drift and skew checks", choices=list(GRANULARITIES)),
     Option("drift", parse_bool, True, "check drift and skew against the training statistics (0: off, and no "
            "statistics needed)"),
-    Option("drift_jsd", float, 0.2, "Jensen-Shannon divergence threshold of drift and skew", minimum=0.0001),
+    Option("drift_jsd", float, 0.25, "Jensen-Shannon divergence threshold of drift and skew", minimum=0.0001),
     Option("min_drift_rows", int, 1000, "windows with fewer transactions are not checked for drift", minimum=1),
     Option("alert_granularity", str, "1h", "window size the metric thresholds apply to", choices=list(GRANULARITIES)),
     Option("max_alert_rate", _opt_float, 0.02, "alert when a window flags more than this fraction ('off')"),

@@ -1,0 +1,346 @@
+"""The live monitor: score, label and transaction events in; windowed metrics, drift/skew, alerts and a
+snapshot for the report out.
+
+State is rebuilt on start instead of checkpointed: the reader starts every partition at the first record
+of `lookback` ago (Kafka time) and replays it through the same code, so a restarted monitor has the same
+windows as one that never stopped (given Kafka retains that much). Alerts it raised before are read back
+from the alerts topic, so replaying history does not raise them again (alert ids are deterministic).
+
+Every `publish_interval_s` (and at exit): closed drift windows are checked, alert rules run over closed
+windows, new alerts are produced and flushed, Prometheus gauges are set from the latest closed windows,
+entries older than the retention are dropped, and the report's snapshot is written (atomically).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from fraud.contract import (
+    MALFORMED_JSON,
+    AlertEvent,
+    ContractError,
+    DeadLetter,
+    LabelEvent,
+    ScoreEvent,
+    TransactionEvent,
+)
+from fraud.stream.health import HealthServer
+from fraud.stream.logs import log_event
+from fraud.stream.metrics import Metrics, PrometheusMetrics
+from fraud.stream.records import Record
+from monitoring import metrics as m
+from monitoring.alerts import AlertBook, drift_alerts, window_alerts
+from monitoring.config import GRANULARITIES, MonitorConfig
+from monitoring.drift import DriftChecker, DriftResult, DriftWindows, find_training_statistics
+from monitoring.kafka_io import EventProducer, PartitionReader, read_all
+from monitoring.windows import WindowedMetrics
+
+log = logging.getLogger("monitoring.monitor")
+COMPONENT = "monitor"
+SNAPSHOT_VERSION = 1
+
+
+@dataclass
+class MonitorStats:
+    scores: int = 0
+    duplicate_scores: int = 0
+    labels: int = 0
+    transactions: int = 0
+    dead_letters: int = 0
+    drift_windows_checked: int = 0
+    alerts: int = 0
+
+    def summary(self) -> str:
+        return (f"{self.scores} scores ({self.duplicate_scores} duplicates), {self.labels} labels, "
+                f"{self.transactions} transactions, {self.drift_windows_checked} drift windows checked, "
+                f"{self.alerts} alerts raised, {self.dead_letters} dead letters")
+
+
+def load_schema(path: Path | None) -> Any:
+    import tensorflow_data_validation as tfdv
+
+    from schema import SCHEMA_FILE
+
+    path = Path(path) if path is not None else SCHEMA_FILE
+    if not path.is_file():
+        from fraud.errors import FraudError
+
+        raise FraudError(f"schema {path} does not exist")
+    return tfdv.load_schema_text(str(path))
+
+
+class MonitorJob:
+    def __init__(self, config: MonitorConfig, *, checker: DriftChecker | None = None, metrics: Metrics | None = None,
+                 reader_factory: Callable[..., Any] | None = None, producer: Any = None,
+                 clock_ms: Callable[[], int] | None = None) -> None:
+        self.config = config
+        self.checker = checker
+        self.metrics: Metrics = metrics if metrics is not None else PrometheusMetrics(m.MONITOR_NAMESPACE,
+                                                                                      m.MONITOR_METRICS)
+        self._reader_factory = reader_factory or PartitionReader
+        self._producer = producer
+        self._now_ms = clock_ms or (lambda: int(time.time() * 1000))
+        self.windows = WindowedMetrics(GRANULARITIES, config.retention_ms)
+        self.drift = (DriftWindows(checker, GRANULARITIES[config.drift_window], config.allowed_lateness_ms)
+                      if checker is not None else None)
+        self.drift_results: list[DriftResult] = []
+        self.book = AlertBook()
+        self.label_progress: list[dict] = []
+        self.stats = MonitorStats()
+        self.model_name: str | None = None
+        self._stop = threading.Event()
+        self._state = "starting"
+        self._heartbeat = time.monotonic()
+
+    @classmethod
+    def from_config(cls, config: MonitorConfig, **kwargs: Any) -> MonitorJob:
+        checker = None
+        if config.drift:
+            training = find_training_statistics(stats_path=config.training_stats, metadata_path=config.metadata_path)
+            t = config.thresholds
+            checker = DriftChecker(training, load_schema(config.schema_path), config.drift_features, t.drift_jsd,
+                                   t.min_drift_rows)
+            log_event(log, logging.INFO, "training_statistics", source=training.source,
+                      model_version=training.model_version, quantile_buckets=checker.buckets)
+        return cls(config, checker=checker, **kwargs)
+
+    # -- control -------------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        def handler(signum: int, _frame: Any) -> None:
+            log_event(log, logging.INFO, "stop_requested", signal=signal.Signals(signum).name)
+            self._stop.set()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    def health(self) -> tuple[bool, bool, dict[str, Any]]:
+        healthy = time.monotonic() - self._heartbeat < 120 and self._state not in ("failed", "stopped")
+        return healthy, healthy and self._state == "running", {"state": self._state, **vars(self.stats)}
+
+    # -- input ---------------------------------------------------------------------------------
+
+    def handle(self, records: list[Record]) -> list[DeadLetter]:
+        """Feed a batch of records into the windows and drift collector; returns the dead letters."""
+        c = self.config
+        dead: list[DeadLetter] = []
+        for r in records:
+            try:
+                if r.value is None:
+                    raise ContractError(MALFORMED_JSON, "record has no value (a tombstone?)")
+                if r.topic == c.scores_topic:
+                    self._on_score(ScoreEvent.from_json(r.value))
+                elif r.topic == c.labels_topic:
+                    label = LabelEvent.from_json(r.value)
+                    self.stats.labels += 1
+                    self.metrics.increment(m.MON_LABELS, label=str(label.label))
+                    self.windows.add_label(label)
+                elif r.topic == c.transactions_topic:
+                    tx = TransactionEvent.from_json(r.value)
+                    self.stats.transactions += 1
+                    self.metrics.increment(m.MON_TRANSACTIONS)
+                    if self.drift is not None:
+                        self.drift.add(tx)
+            except ContractError as exc:
+                dead.append(DeadLetter.from_error(exc, key=r.key, value=r.value, topic=r.topic, partition=r.partition,
+                                                  offset=r.offset, component=COMPONENT, stage="VALUE_CONVERTER"))
+        return dead
+
+    def _on_score(self, e: ScoreEvent) -> None:
+        if not self.windows.add_score(e):
+            self.stats.duplicate_scores += 1
+            return
+        self.stats.scores += 1
+        self.model_name = e.model_name
+        version = str(e.model_version)
+        self.metrics.increment(m.MON_SCORED, model_version=version)
+        if e.decision:
+            self.metrics.increment(m.MON_FLAGGED, model_version=version)
+        self.metrics.observe(m.MON_SCORE, e.score)
+        self.metrics.observe(m.MON_LATENCY, max(0, e.latency_ms) / 1000.0)
+
+    # -- periodic work -------------------------------------------------------------------------
+
+    def evaluate(self, *, final: bool = False) -> list[AlertEvent]:
+        """Check closed drift windows and closed metric windows; returns the alerts not raised before."""
+        c = self.config
+        now = self._now_ms()
+        candidates: list[AlertEvent] = []
+        if self.drift is not None:
+            for result in self.drift.close_due(everything=final):
+                self.drift_results.append(result)
+                self.stats.drift_windows_checked += 1
+                self._publish_drift(result)
+                version = self.checker.training.model_version if self.checker is not None else None
+                candidates += drift_alerts(result, c.drift_window, now, self.model_name, version)
+        g = c.thresholds.alert_granularity
+        closed = self.windows.windows(g) if final else self.windows.closed_windows(g, c.allowed_lateness_ms)
+        for w in closed:
+            candidates += window_alerts(w, c.thresholds, now, self.model_name)
+        fresh = self.book.new(candidates)
+        self.stats.alerts += len(fresh)
+        for a in fresh:
+            self.metrics.increment(m.ALERTS_RAISED, kind=a.kind, severity=a.severity)
+            log_event(log, logging.WARNING, "alert", alert_id=a.alert_id, kind=a.kind, features=list(a.features),
+                      value=a.value, threshold=a.threshold, message=a.message)
+        return fresh
+
+    def _publish_drift(self, r: DriftResult) -> None:
+        met = self.metrics
+        for name, value in r.drift_jsd.items():
+            met.gauge(m.DRIFT_JSD, value, feature=name)
+        for name, value in r.skew_jsd.items():
+            met.gauge(m.SKEW_JSD, value, feature=name)
+        met.gauge(m.DRIFTED_FEATURES, len(r.drifted), comparison="drift")
+        met.gauge(m.DRIFTED_FEATURES, len(r.skewed), comparison="skew")
+        met.gauge(m.DRIFT_WINDOW_ROWS, r.rows)
+        met.gauge(m.DRIFT_THRESHOLD, r.threshold)
+
+    def publish(self, *, final: bool = False) -> None:
+        """Set window gauges from the latest closed windows, record label progress, expire old entries."""
+        met = self.metrics
+        c = self.config
+        for g in GRANULARITIES:
+            closed = self.windows.windows(g) if final else self.windows.closed_windows(g, c.allowed_lateness_ms)
+            if not closed:
+                continue
+            w = closed[-1]
+            met.gauge(m.WIN_EVENTS, w.events, window=g)
+            met.gauge(m.WIN_EVENT_RATE, w.event_rate_per_s, window=g)
+            met.gauge(m.WIN_ALERT_RATE, w.alert_rate, window=g)
+            met.gauge(m.WIN_SCORE_MEAN, w.score_mean, window=g)
+            met.gauge(m.WIN_SCORE_P99, w.score_p99, window=g)
+            met.gauge(m.WIN_LABEL_COVERAGE, w.label_coverage, window=g)
+            met.gauge(m.WIN_END, w.end_ms / 1000.0, window=g)
+            for q, value in (("0.5", w.latency_p50_ms), ("0.95", w.latency_p95_ms), ("0.99", w.latency_p99_ms)):
+                met.gauge(m.WIN_LATENCY, value / 1000.0, window=g, quantile=q)
+            settled = [x for x in closed if x.label_coverage >= c.thresholds.min_label_coverage and x.labelled]
+            if settled:
+                s = settled[-1]
+                for metric, value in ((m.WIN_PRECISION, s.precision), (m.WIN_RECALL, s.recall),
+                                      (m.WIN_AUPRC, s.auprc)):
+                    if value is not None:
+                        met.gauge(metric, value, window=g)
+        progress = self.windows.label_progress()
+        progress["at_ms"] = self._now_ms()
+        if not self.label_progress or (progress["labelled"], progress["scored"]) != (
+                self.label_progress[-1]["labelled"], self.label_progress[-1]["scored"]):
+            self.label_progress.append(progress)
+            del self.label_progress[:-2000]
+        self.windows.expire()
+
+    def snapshot(self) -> dict:
+        c = self.config
+        return {
+            "version": SNAPSHOT_VERSION,
+            "generated_at_ms": self._now_ms(),
+            "model_name": self.model_name,
+            "training_statistics": None if self.checker is None else self.checker.training.source,
+            "thresholds": vars(c.thresholds),
+            "drift_window": c.drift_window,
+            "drift_features": list(c.drift_features),
+            "windows": {g: [w.to_dict() for w in self.windows.windows(g)] for g in GRANULARITIES},
+            "drift": [r.to_dict() for r in self.drift_results[-500:]],
+            "drift_skipped": [] if self.drift is None else [
+                {"window_start_ms": s, "rows": n} for s, n in self.drift.skipped[-500:]],
+            "alerts": [a.to_dict() for a in self.book.raised[-1000:]],
+            "label_progress": self.label_progress,
+            "stats": vars(self.stats),
+        }
+
+    def write_snapshot(self) -> None:
+        path = self.config.snapshot_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(orjson.dumps(self.snapshot(), option=orjson.OPT_SERIALIZE_NUMPY))
+        os.replace(tmp, path)
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def run(self) -> MonitorStats:
+        c = self.config
+        http = None
+        if c.http_port is not None:
+            http = HealthServer(c.http_host, c.http_port, self.health, getattr(self.metrics, "exposition", None)).start()
+            log_event(log, logging.INFO, "http_listening", host=c.http_host, port=http.port)
+        since = self._now_ms() - c.lookback_ms
+        known = [AlertEvent.from_json(r.value).alert_id
+                 for r in read_all(c.kafka, c.alerts_topic, group_id=c.group_id, since_ms=since, idle_s=1.0)
+                 if r.value is not None and _parses(r.value)]
+        self.book = AlertBook(known)
+        reader = self._reader_factory(c.kafka, [c.scores_topic, c.labels_topic, c.transactions_topic],
+                                      group_id=c.group_id, default_start=since)
+        producer = self._producer or EventProducer(c.kafka)
+        log_event(log, logging.INFO, "monitor_starting", lookback_ms=c.lookback_ms, known_alerts=len(known),
+                  drift=self.checker is not None)
+        self._state = "running"
+        last_publish = 0.0
+        last_record = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                self._heartbeat = time.monotonic()
+                records = reader.poll(2000, 0.2)
+                if records:
+                    last_record = time.monotonic()
+                    dead = self.handle(records)
+                    for d in dead:
+                        producer.send_dead_letter(c.dlq_topic, d)
+                        self.metrics.increment(m.MON_DEAD_LETTERS, reason=d.reason)
+                    self.stats.dead_letters += len(dead)
+                idle = c.stop_when_idle_s and time.monotonic() - last_record >= c.stop_when_idle_s
+                if idle or time.monotonic() - last_publish >= c.publish_interval_s:
+                    last_publish = time.monotonic()
+                    self._emit(producer, final=bool(idle))
+                    for (t, p), lag in reader.lag().items():
+                        self.metrics.gauge(m.MON_LAG, lag, topic=t, partition=str(p))
+                if idle:
+                    log_event(log, logging.INFO, "idle_stop", idle_s=c.stop_when_idle_s)
+                    break
+            else:
+                self._emit(producer, final=False)
+            self._state = "stopping"
+        except BaseException:
+            self._state = "failed"
+            raise
+        finally:
+            try:
+                reader.close()
+                if self._producer is None:
+                    producer.close()
+            finally:
+                if http is not None:
+                    http.close()
+                if self._state != "failed":
+                    self._state = "stopped"
+                log_event(log, logging.INFO, "monitor_stopped", state=self._state, **vars(self.stats))
+        return self.stats
+
+    def _emit(self, producer: Any, *, final: bool) -> None:
+        fresh = self.evaluate(final=final)
+        for a in fresh:
+            producer.send(self.config.alerts_topic, a.to_json(), a.alert_id.encode())
+        producer.flush()
+        self.publish(final=final)
+        self.write_snapshot()
+
+
+def _parses(value: bytes) -> bool:
+    try:
+        AlertEvent.from_json(value)
+        return True
+    except ContractError:
+        return False
+
