@@ -24,7 +24,17 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
+    _record_prog(parser)
     return parser
+
+
+def _record_prog(parser: argparse.ArgumentParser) -> None:
+    """Let each (sub)command know its full name (e.g. "fraudctl data fetch") for one-line errors."""
+    parser.set_defaults(prog_name=parser.prog)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _record_prog(sub)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,10 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(func(args) or 0)
     except FraudError as exc:
-        print(f"fraudctl {args.command}: {exc}", file=sys.stderr)
+        print(f"{args.prog_name}: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print(f"fraudctl {args.command}: interrupted", file=sys.stderr)
+        print(f"{args.prog_name}: interrupted", file=sys.stderr)
         return 130
 
 
