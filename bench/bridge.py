@@ -220,7 +220,11 @@ def run_client(client: str, args: argparse.Namespace, bootstrap: str, server_por
 
     names = topics("latency")
     latencies: dict[float, tuple[float, float, float, float]] = {}
-    with reader(bootstrap, names["out"]) as out, worker("bridge", env(names, "latency"), tmp / f"{client}-lat.log"):
+    from fraud.embedded.process import free_port
+
+    metrics_port = free_port()
+    lat_env = {**env(names, "latency"), "FRAUD_BRIDGE_HTTP_PORT": str(metrics_port)}
+    with reader(bootstrap, names["out"]) as out, worker("bridge", lat_env, tmp / f"{client}-lat.log"):
         warm = [_event(10_000_000 + i, rng) for i in range(200)]
         fill(bootstrap, names["in"], warm)  # start-up, assignment and first Predict out of the way
         wait_for(out, len(warm), args.timeout)
@@ -246,8 +250,32 @@ def run_client(client: str, args: argparse.Namespace, bootstrap: str, server_por
             latencies[frac] = (rate, achieved, percentile(lat, 50), percentile(lat, 99))
             print(f"  [{client}] offered {rate:,.0f}/s ({frac:.2f} x max), achieved {achieved:,.0f}/s: "
                   f"latency p50 {latencies[frac][2]:.1f} ms, p99 {latencies[frac][3]:.1f} ms", flush=True)
+        results["breakdown"] = breakdown(metrics_port)
+        print(f"  [{client}] where a batch's time goes (means over the latency stages): {results['breakdown']}",
+              flush=True)
     results["latency"] = latencies
     return results
+
+
+def breakdown(port: int) -> str:
+    """Mean batch size and mean seconds per stage from the bridge's own Prometheus histograms."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("fraud_bridge_") and ("_sum " in line or "_count " in line):
+            name, value = line.split(" ")
+            values[name] = float(value)
+    out = []
+    for metric, label, scale in (("batch_size", "batch", 1), ("predict_batch_size", "predict batch", 1),
+                                 ("batch_process_seconds", "process ms", 1000), ("predict_seconds", "predict ms", 1000),
+                                 ("batch_deliver_seconds", "deliver ms", 1000)):
+        count = values.get(f"fraud_bridge_{metric}_count", 0)
+        if count:
+            out.append(f"{label} {values[f'fraud_bridge_{metric}_sum'] / count * scale:.1f}")
+    return ", ".join(out)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,7 +32,8 @@ class StreamClient(Protocol):
     def flush(self, timeout_s: float) -> None:
         """Wait until every queued record is acknowledged; RetriableError if any failed or timed out."""
 
-    def commit(self, offsets: Mapping[TopicPartition, int], timeout_s: float) -> None: ...
+    def commit(self, offsets: Mapping[TopicPartition, int], timeout_s: float, asynchronous: bool = False) -> None:
+        """Commit offsets; `asynchronous` returns at once (a failure is logged, the records are redelivered)."""
 
     def committed(self, partitions: Sequence[TopicPartition], timeout_s: float) -> dict[TopicPartition, int | None]: ...
 

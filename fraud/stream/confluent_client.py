@@ -79,6 +79,7 @@ class ConfluentClient:
             "fetch.wait.max.ms": 100,
             "error_cb": self._on_error,
             "logger": rdkafka_log,
+            "on_commit": self._on_commit,
         })
         if config.static_membership:
             consumer_conf["group.instance.id"] = config.instance_id
@@ -114,6 +115,11 @@ class ConfluentClient:
         if text != self._last_error[0] or now - self._last_error[1] > 10:
             self._last_error = (text, now)
             log_event(log, logging.WARNING, "kafka_client_error", error=text, fatal=bool(err.fatal()))
+
+    def _on_commit(self, err: Any, partitions: list) -> None:
+        failed = [f"{p.topic}[{p.partition}]" for p in partitions if p.error is not None]
+        if err is not None or failed:
+            log_event(log, logging.WARNING, "commit_failed", error=str(err) if err else None, partitions=failed)
 
     # -- consumer ------------------------------------------------------------------------------
 
@@ -159,12 +165,12 @@ class ConfluentClient:
                               tuple(hs) if hs else ()))
         return out
 
-    def commit(self, offsets: Mapping[TopicPartition, int], timeout_s: float) -> None:
+    def commit(self, offsets: Mapping[TopicPartition, int], timeout_s: float, asynchronous: bool = False) -> None:
         from confluent_kafka import TopicPartition as TP
 
         try:
             result = self._consumer.commit(offsets=[TP(t, p, o) for (t, p), o in offsets.items()],
-                                           asynchronous=False)
+                                           asynchronous=asynchronous)
         except Exception as exc:  # noqa: BLE001 (classified below)
             _raise(exc, "commit offsets")
         for tp in result or ():

@@ -106,14 +106,22 @@ class KafkaPythonClient:
                                   tuple(r.headers) if r.headers else ()))
         return out
 
-    def commit(self, offsets: Mapping[TopicPartition, int], timeout_s: float) -> None:
+    def commit(self, offsets: Mapping[TopicPartition, int], timeout_s: float, asynchronous: bool = False) -> None:
         from kafka.structs import OffsetAndMetadata
 
+        request = {self._tp(tp): OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()}
         try:
-            self._consumer.commit({self._tp(tp): OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()},
-                                  timeout_ms=int(timeout_s * 1000))
+            if asynchronous:
+                self._consumer.commit_async(request, callback=self._on_commit)
+            else:
+                self._consumer.commit(request, timeout_ms=int(timeout_s * 1000))
         except Exception as exc:  # noqa: BLE001
             _raise(exc, "commit offsets")
+
+    @staticmethod
+    def _on_commit(offsets: Any, response: Any) -> None:
+        if isinstance(response, Exception):
+            log.warning("commit_failed", extra={"fields": {"error": repr(response)}})
 
     def committed(self, partitions: Sequence[TopicPartition], timeout_s: float) -> dict[TopicPartition, int | None]:
         try:

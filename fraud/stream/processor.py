@@ -5,7 +5,8 @@ One batch at a time, on one thread:
 
 1. collect up to `batch_max_size` records, waiting at most `batch_max_wait_ms` after the first one;
 2. call the job's process function (records in -> outputs + dead letters out);
-3. deliver: at-least-once = produce everything, flush (every ack in), then commit the offsets;
+3. deliver: at-least-once = produce everything, flush (every ack in), then commit the offsets (in the
+   background: the next batch does not wait for it; a synchronous commit confirms them on revoke and close);
    exactly-once = one transaction holding the outputs, the dead letters and the input offsets
    (sent with the consumer's group metadata, so a member that lost its partitions is fenced).
 
@@ -83,6 +84,7 @@ class StreamProcessor:
         self._resets: deque[float] = deque()
         self._attempt = 0
         self._committed_next: dict[TopicPartition, int] = {}
+        self._async_offsets: dict[TopicPartition, int] = {}  # at-least-once: committed in the background
         self._last_lag = 0.0
         self._heartbeat = clock()
         self._last_commit: float | None = None
@@ -145,6 +147,7 @@ class StreamProcessor:
             while not self._stop.is_set():
                 self._loop_once(client)
             self._state = "stopping"
+            self._commit_sync(client, list(self._async_offsets))
             log_event(log, logging.INFO, "stream_stopping", batches_committed=self.batches_committed)
         except BaseException:
             self._state = "failed"
@@ -260,7 +263,10 @@ class StreamProcessor:
             for out in dead:
                 client.produce(out)
             client.flush(c.operation_timeout_s)
-            client.commit(offsets, c.operation_timeout_s)
+            # The outputs are acknowledged: committing can happen in the background (a lost commit only
+            # means those records are delivered again). A synchronous commit follows on revoke and close.
+            client.commit(offsets, c.operation_timeout_s, asynchronous=True)
+            self._async_offsets.update(offsets)
             return
         client.begin_transaction()
         try:
@@ -346,6 +352,16 @@ class StreamProcessor:
         log_event(log, logging.INFO, "partitions_assigned", partitions=_names(partitions),
                   total=len(self._assigned))
 
+    def _commit_sync(self, client: StreamClient, partitions: list[TopicPartition]) -> None:
+        """Confirm background commits (at-least-once) before partitions move or the job stops."""
+        offsets = {tp: self._async_offsets.pop(tp) for tp in partitions if tp in self._async_offsets}
+        if not offsets:
+            return
+        try:
+            client.commit(offsets, self.config.operation_timeout_s)
+        except RetriableError as exc:  # their records will be delivered again: allowed in at-least-once
+            log_event(log, logging.WARNING, "final_commit_failed", error=str(exc), partitions=_names(list(offsets)))
+
     def _drop(self, partitions: list[TopicPartition], event: str) -> None:
         gone = set(partitions)
         self._assigned -= gone
@@ -360,9 +376,13 @@ class StreamProcessor:
                   dropped_uncommitted=before - len(self._pending), total=len(self._assigned))
 
     def _on_revoke(self, partitions: list[TopicPartition]) -> None:
+        if self._client is not None:
+            self._commit_sync(self._client, partitions)
         self._drop(partitions, "revoked")
 
     def _on_lost(self, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:  # no longer ours: committing them would be refused
+            self._async_offsets.pop(tp, None)
         self._drop(partitions, "lost")
 
 
