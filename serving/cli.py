@@ -4,7 +4,8 @@
     python -m serving --model_config_file=models.config --enable_batching --monitoring_config_file=mon.config
 
 Without --model_base_path or --model_config_file, `fraudctl serve` serves every model directory under
-the project's serving model dir (fraud.paths: FRAUD_HOME/serving/models/<name>/<version>).
+the project's serving model dir (fraud.paths: FRAUD_HOME/serving/models/<name>/<version>), each under
+its directory's name.
 """
 
 from __future__ import annotations
@@ -12,8 +13,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from fraud.errors import FraudError
+
+if TYPE_CHECKING:
+    from serving.config import ModelConfig, ServerConfig
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,35 +30,37 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_serve)
 
 
-def _default_models(args: argparse.Namespace) -> None:
-    """Point a bare `fraudctl serve` at the project's serving model dir (one model per subdirectory)."""
-    if args.model_base_path or args.model_config_file:
-        return
+def _project_models() -> tuple[ModelConfig, ...]:
+    """Every model directory under the project's serving model dir (FRAUD_HOME/serving/models/<name>)."""
     from fraud.paths import load_paths
+    from serving.config import ModelConfig
 
     root = load_paths().serving_model_dir
-    names = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []
     if not names:
         raise FraudError(f"no --model_base_path or --model_config_file, and no model directories under {root}")
-    if len(names) == 1 or args.model_name in names:
-        name = args.model_name if args.model_name in names else names[0]
-        args.model_name, args.model_base_path = name, str(root / name)
-        return
-    raise FraudError(f"several models under {root} ({', '.join(names)}): pick one with --model_name "
-                     "or write a --model_config_file")
+    return tuple(ModelConfig(name=name, base_path=str(root / name)) for name in names)
 
 
 def _serve(args: argparse.Namespace) -> int:
-    _default_models(args)
-    return run(args)
+    from dataclasses import replace
 
-
-def run(args: argparse.Namespace) -> int:
-    """Parse the flags into a ServerConfig, start, serve until SIGTERM/SIGINT."""
-    from serving import logs
     from serving.config import config_from_args
 
+    models = None
+    if not args.model_base_path and not args.model_config_file:
+        models = _project_models()
+        args.model_name, args.model_base_path = models[0].name, models[0].base_path
     config = config_from_args(args)
+    if models is not None:
+        config = replace(config, models=models)
+    return run(config)
+
+
+def run(config: ServerConfig) -> int:
+    """Start the server for `config` and serve until SIGTERM/SIGINT."""
+    from serving import logs
+
     logs.configure(config.log_level)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ banner out of the JSON log
     from serving.errors import ServingError
@@ -80,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     add_flags(parser)
     args = parser.parse_args(argv)
     try:
-        return run(args)
+        from serving.config import config_from_args
+
+        return run(config_from_args(args))
     except FraudError as exc:
         print(f"serving: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -340,3 +340,37 @@ def test_request_counts_by_version_and_signature(tmp_path, sources):
         assert states[:3] == ["START", "LOADING", "AVAILABLE"]
     finally:
         server.stop()
+
+
+def test_server_side_batching_merges_concurrent_requests(tmp_path, sources):
+    testing.copy_model(sources["examples"], tmp_path / "m", 1)
+    metrics = RecordingMetrics()
+    from serving.batching import BatchingParameters
+
+    server = _server((ModelConfig("m", str(tmp_path / "m")),), metrics=metrics, enable_batching=True,
+                     batching=BatchingParameters(max_batch_size=64, batch_timeout_micros=20_000, num_batch_threads=1))
+    failures: list[BaseException] = []
+    try:
+        def client(i: int) -> None:
+            rows = [testing.example(seed=100 * i + j) for j in range(3)]
+            try:
+                with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+                    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+                    for _ in range(5):
+                        response = stub.Predict(examples_request("m", rows), timeout=60)
+                        scores = tf.make_ndarray(response.outputs["score"]).tolist()
+                        assert scores == pytest.approx([testing.expected_score(r)[0] for r in rows], rel=1e-5)
+            except BaseException as exc:  # collected and asserted on below
+                failures.append(exc)
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        server.stop()
+    assert failures == []
+    sizes = [b["size"] for b in metrics.of("batch")]
+    assert sum(sizes) == 8 * 5 * 3  # every row went through the batcher exactly once
+    assert max(sizes) > 3  # and some graph calls served several requests
