@@ -82,8 +82,11 @@ def load_schema(path: Path | None) -> Any:
 class MonitorJob:
     def __init__(self, config: MonitorConfig, *, checker: DriftChecker | None = None, metrics: Metrics | None = None,
                  reader_factory: Callable[..., Any] | None = None, producer: Any = None,
-                 clock_ms: Callable[[], int] | None = None) -> None:
+                 clock_ms: Callable[[], int] | None = None,
+                 alert_history: Callable[[int], list[str]] | None = None) -> None:
+        """`alert_history(since_ms)` gives the ids of alerts raised before (default: read the alerts topic)."""
         self.config = config
+        self._alert_history = alert_history or self._alerts_on_topic
         self.checker = checker
         self.metrics: Metrics = metrics if metrics is not None else PrometheusMetrics(m.MONITOR_NAMESPACE,
                                                                                       m.MONITOR_METRICS)
@@ -130,6 +133,12 @@ class MonitorJob:
     def health(self) -> tuple[bool, bool, dict[str, Any]]:
         healthy = time.monotonic() - self._heartbeat < 120 and self._state not in ("failed", "stopped")
         return healthy, healthy and self._state == "running", {"state": self._state, **vars(self.stats)}
+
+    def _alerts_on_topic(self, since_ms: int) -> list[str]:
+        c = self.config
+        return [AlertEvent.from_json(r.value).alert_id
+                for r in read_all(c.kafka, c.alerts_topic, group_id=c.group_id, since_ms=since_ms, idle_s=1.0)
+                if r.value is not None and _parses(r.value)]
 
     # -- input ---------------------------------------------------------------------------------
 
@@ -277,9 +286,7 @@ class MonitorJob:
             http = HealthServer(c.http_host, c.http_port, self.health, getattr(self.metrics, "exposition", None)).start()
             log_event(log, logging.INFO, "http_listening", host=c.http_host, port=http.port)
         since = self._now_ms() - c.lookback_ms
-        known = [AlertEvent.from_json(r.value).alert_id
-                 for r in read_all(c.kafka, c.alerts_topic, group_id=c.group_id, since_ms=since, idle_s=1.0)
-                 if r.value is not None and _parses(r.value)]
+        known = self._alert_history(since)
         self.book = AlertBook(known)
         reader = self._reader_factory(c.kafka, [c.scores_topic, c.labels_topic, c.transactions_topic],
                                       group_id=c.group_id, default_start=since)
