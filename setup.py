@@ -28,6 +28,7 @@ setup(
         "fraud": ["embedded/pom.xml", "embedded/*.yaml", "sample/*"],
         "schema": ["*.pbtxt"],
         "monitoring": ["*.json"],
+        "preprocessing": ["*.yaml"],
     },
     install_requires=[
         "tfx==1.16.0",
