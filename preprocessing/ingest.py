@@ -171,7 +171,7 @@ def ingest_file(worker: ConnectStandalone, kafka: KafkaClientConfig, file: Path,
     except KafkaError as exc:
         raise FraudError(f"cannot reach Kafka at {kafka.bootstrap}: {exc}") from None
     try:
-        if consumer.partitions_for_topic(topic) is None:
+        if not consumer.partitions_for_topic(topic):
             raise FraudError(f"topic {topic} does not exist on {kafka.bootstrap} (`fraudctl topics` creates it)")
         if name in worker.connectors():
             worker.delete_connector(name)

@@ -125,17 +125,19 @@ def read_ids_file(path: Path) -> dict[str, str]:
 # Where to look
 
 
-def iter_topic(kafka: KafkaClientConfig, topic: str, timeout_s: float = 60.0) -> Iterator[Any]:
-    """Every record of `topic` from the log start to its current end (read_uncommitted: aborted ones too)."""
+def iter_topic(kafka: KafkaClientConfig, topic: str, timeout_s: float = 60.0,
+               isolation_level: str = "read_uncommitted") -> Iterator[Any]:
+    """Every record of `topic` from the log start to its current end (by default read_uncommitted: records of
+    aborted transactions too, since they sit in the log as well)."""
     import time
 
     from kafka import KafkaConsumer, TopicPartition
 
     consumer = KafkaConsumer(**kafka.consumer_kwargs(None, client_id=f"{kafka.client_id}-privacy",
-                                                     isolation_level="read_uncommitted"))
+                                                     isolation_level=isolation_level))
     try:
         parts = consumer.partitions_for_topic(topic)
-        if parts is None:
+        if not parts:
             raise FraudError(f"topic {topic} does not exist on {kafka.bootstrap}")
         tps = [TopicPartition(topic, p) for p in sorted(parts)]
         consumer.assign(tps)

@@ -144,10 +144,10 @@ class UsersTable(Mapping[str, Mapping[str, str]]):
         self._consumer = consumer
         try:
             parts = None
-            while parts is None and time.monotonic() - started < min(timeout_s, 10.0):
+            while not parts and time.monotonic() - started < min(timeout_s, 10.0):
                 parts = consumer.partitions_for_topic(self.topic)
-                if parts is None:
-                    time.sleep(0.2)
+                if not parts:
+                    time.sleep(0.5)
             if not parts:
                 raise FraudError(f"users topic {self.topic} does not exist on {self.kafka.bootstrap} "
                                  f"(`fraudctl topics` creates it, `fraudctl preprocess users` fills it)")
