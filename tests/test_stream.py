@@ -35,6 +35,17 @@ from fraud.stream.records import (
 IN, OUT, DLQ = "in", "out", "dlq"
 
 
+class FakeDelivery:
+    """Acknowledged only when the processor waits for it (so pipelining is exercised)."""
+
+    def __init__(self, outs) -> None:
+        self.outs = outs
+        self.acked = self.failed = False
+
+    def done(self) -> bool:
+        return self.acked
+
+
 class FakeClient:
     """An in-memory Kafka: partition logs, committed offsets, transactions that publish only on commit.
 
@@ -61,6 +72,8 @@ class FakeClient:
         self.on_poll = None  # hook(client) run at the start of each poll
         self.callbacks = None
         self.commit_calls: list[bool] = []
+        self.deliveries: list[FakeDelivery] = []
+        self.max_unacked = 0
 
     def _maybe_fail(self, op: str) -> None:
         if self.fail.get(op, 0) > 0:
@@ -102,6 +115,24 @@ class FakeClient:
         self._maybe_fail("flush")
         self.published.extend(self.queued)
         self.queued = []
+
+    def produce_batch(self, outs):
+        for _ in outs:
+            self._maybe_fail("produce")
+        delivery = FakeDelivery(list(outs))
+        self.deliveries.append(delivery)
+        self.max_unacked = max(self.max_unacked, sum(not (d.acked or d.failed) for d in self.deliveries))
+        return delivery
+
+    def wait(self, delivery, timeout_s: float) -> None:
+        if not delivery.acked:
+            try:
+                self._maybe_fail("wait")
+            except RetriableError:
+                delivery.failed = True
+                raise
+            delivery.acked = True
+            self.published.extend(delivery.outs)
 
     def commit(self, offsets: Mapping[TopicPartition, int], timeout_s: float, asynchronous: bool = False) -> None:
         self.commit_calls.append(asynchronous)
@@ -264,6 +295,33 @@ def test_at_least_once_commits_in_background_after_flush_and_confirms_on_stop():
     assert client.commit_calls[-1] is False  # the synchronous confirmation on stop
 
 
+def test_at_least_once_pipelined_failure_redoes_the_in_flight_batches_and_never_commits_unacked():
+    logs = logs_of(12, partitions=1)
+    client = FakeClient(logs, False)
+    client.fail["wait"] = 2  # acknowledgements of in-flight batches fail twice
+    violations = []
+    original_commit = client.commit
+
+    def checked_commit(offsets, timeout_s, asynchronous=False):
+        published = {o.value for o in client.published}
+        for (_, _), off in offsets.items():  # every record below the committed offset has its output acked
+            missing = [i for i in range(off) if logs[(IN, 0)][i].upper() not in published]
+            if missing:
+                violations.append((off, missing))
+        original_commit(offsets, timeout_s, asynchronous)
+
+    client.commit = checked_commit
+    metrics = m.RecordingMetrics()
+    proc = StreamProcessor(make_config(batch_max_size=2), upper_or_dead, client=client, metrics=metrics)
+    run_until_drained(proc, client, 12)
+    assert violations == []
+    assert set(values(client.published, OUT)) == {f"V{i}".encode() for i in range(12)}
+    assert client.committed_offsets == {(IN, 0): 12}
+    assert metrics.total(m.RETRIES, stage="deliver") == 2
+    # pipelining happened: a batch was produced while the previous one still awaited its acks
+    assert client.max_unacked == 2
+
+
 def test_at_least_once_lost_commits_mean_redelivery_after_restart_never_loss():
     logs = logs_of(8)
     first = FakeClient(logs, False)
@@ -374,7 +432,7 @@ def test_unexpected_process_error_stops_the_job_without_commit():
 
 def test_rewind_failure_is_retried_before_any_poll():
     client = FakeClient(logs_of(6, partitions=1), False)
-    client.fail["flush"] = 1
+    client.fail["wait"] = 1
     client.fail["committed"] = 2
     metrics = m.RecordingMetrics()
     proc = StreamProcessor(make_config(), upper_or_dead, client=client, metrics=metrics)

@@ -20,6 +20,12 @@ from fraud.stream.records import Output, Record, TopicPartition
 PartitionsCallback = Callable[[list[TopicPartition]], None]
 
 
+class Delivery(Protocol):
+    """The acknowledgements of one batch of produced records."""
+
+    def done(self) -> bool: ...
+
+
 class StreamClient(Protocol):
     def subscribe(self, topics: Sequence[str], on_assign: PartitionsCallback, on_revoke: PartitionsCallback,
                   on_lost: PartitionsCallback) -> None: ...
@@ -31,6 +37,12 @@ class StreamClient(Protocol):
 
     def flush(self, timeout_s: float) -> None:
         """Wait until every queued record is acknowledged; RetriableError if any failed or timed out."""
+
+    def produce_batch(self, outs: Sequence[Output]) -> Delivery:
+        """Queue records without waiting; their acknowledgements are tracked together."""
+
+    def wait(self, delivery: Delivery, timeout_s: float) -> None:
+        """Until every record of `delivery` is acknowledged; RetriableError if one failed or timed out."""
 
     def commit(self, offsets: Mapping[TopicPartition, int], timeout_s: float, asynchronous: bool = False) -> None:
         """Commit offsets; `asynchronous` returns at once (a failure is logged, the records are redelivered)."""

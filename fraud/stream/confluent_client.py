@@ -60,6 +60,25 @@ def _raise(exc: Exception, what: str) -> None:
     raise RetriableError(f"{what}: {exc}") from exc
 
 
+class _Delivery:
+    __slots__ = ("pending", "errors", "_producer")
+
+    def __init__(self, n: int, producer: Any) -> None:
+        self.pending = n
+        self.errors: list[str] = []
+        self._producer = producer
+
+    def callback(self, err: Any, msg: Any) -> None:
+        self.pending -= 1
+        if err is not None:
+            self.errors.append(f"{msg.topic()}: {err.str()}")
+
+    def done(self) -> bool:
+        if self.pending > 0:
+            self._producer.poll(0)  # delivery callbacks only run inside poll
+        return self.pending <= 0
+
+
 class ConfluentClient:
     def __init__(self, config: StreamConfig) -> None:
         from confluent_kafka import Consumer
@@ -243,6 +262,36 @@ class ConfluentClient:
                 self._producer.poll(0.05)
             except Exception as exc:  # noqa: BLE001
                 _raise(exc, f"produce to {out.topic}")
+
+    def produce_batch(self, outs: Sequence[Output]) -> _Delivery:
+        delivery = _Delivery(len(outs), self._producer)
+        produce = self._producer.produce
+        for out in outs:
+            kwargs: dict[str, Any] = {"key": out.key, "on_delivery": delivery.callback}
+            if out.headers:
+                kwargs["headers"] = list(out.headers)
+            if out.partition is not None:
+                kwargs["partition"] = out.partition
+            while True:
+                try:
+                    produce(out.topic, out.value, **kwargs)
+                    break
+                except BufferError:
+                    self._producer.poll(0.05)
+                except Exception as exc:  # noqa: BLE001
+                    _raise(exc, f"produce to {out.topic}")
+        self._producer.poll(0)
+        return delivery
+
+    def wait(self, delivery: _Delivery, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not delivery.done():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise RetriableError(f"{delivery.pending} records not acknowledged after {timeout_s:g} s")
+            self._producer.poll(min(left, 0.05))
+        if delivery.errors:
+            raise RetriableError(f"{len(delivery.errors)} records not acknowledged, e.g. {delivery.errors[0]}")
 
     def flush(self, timeout_s: float) -> None:
         left = self._producer.flush(timeout_s)

@@ -30,6 +30,16 @@ def _raise(exc: Exception, what: str) -> None:
     raise RetriableError(detail) from exc
 
 
+class _Delivery:
+    __slots__ = ("futures",)
+
+    def __init__(self, futures: list[Any]) -> None:
+        self.futures = futures
+
+    def done(self) -> bool:
+        return all(f.is_done for f in self.futures)
+
+
 class KafkaPythonClient:
     def __init__(self, config: StreamConfig) -> None:
         from kafka import KafkaConsumer
@@ -165,6 +175,22 @@ class KafkaPythonClient:
         except Exception as exc:  # noqa: BLE001
             _raise(exc, f"produce to {out.topic}")
         self._futures.append(fut)
+
+    def produce_batch(self, outs: Sequence[Output]) -> _Delivery:
+        for out in outs:
+            self.produce(out)
+        futures, self._futures = self._futures, []
+        return _Delivery(futures)
+
+    def wait(self, delivery: _Delivery, timeout_s: float) -> None:
+        import time
+
+        deadline = time.monotonic() + timeout_s
+        for f in delivery.futures:
+            try:
+                f.get(timeout=max(0.0, deadline - time.monotonic()))
+            except Exception as exc:  # noqa: BLE001
+                raise RetriableError(f"records not acknowledged: {type(exc).__name__}: {exc}") from exc
 
     def _check_futures(self) -> None:
         futures, self._futures = self._futures, []

@@ -5,8 +5,10 @@ One batch at a time, on one thread:
 
 1. collect up to `batch_max_size` records, waiting at most `batch_max_wait_ms` after the first one;
 2. call the job's process function (records in -> outputs + dead letters out);
-3. deliver: at-least-once = produce everything, flush (every ack in), then commit the offsets (in the
-   background: the next batch does not wait for it; a synchronous commit confirms them on revoke and close);
+3. deliver: at-least-once = produce everything, and commit the batch's offsets once every record of it
+   is acknowledged; meanwhile the next batch is already being processed (at most
+   `MAX_INFLIGHT_BATCHES` batches await their acknowledgements; offsets commit in batch order, in the
+   background, confirmed by a synchronous commit on revoke and close);
    exactly-once = one transaction holding the outputs, the dead letters and the input offsets
    (sent with the consumer's group metadata, so a member that lost its partitions is fenced).
 
@@ -56,6 +58,8 @@ log = logging.getLogger("fraud.stream")
 #: Producer resets (fenced, expired transaction) tolerated within FENCE_WINDOW_S before giving up: more
 #: means another live instance shares this transactional id.
 MAX_RESETS = 5
+#: At-least-once: batches whose records may still await acknowledgement while the next one is processed.
+MAX_INFLIGHT_BATCHES = 1
 FENCE_WINDOW_S = 120.0
 _IDLE_POLL_S = 0.2
 
@@ -85,6 +89,8 @@ class StreamProcessor:
         self._attempt = 0
         self._committed_next: dict[TopicPartition, int] = {}
         self._async_offsets: dict[TopicPartition, int] = {}  # at-least-once: committed in the background
+        # at-least-once: (offsets to commit, delivery, first offsets) of batches awaiting their acks, oldest first
+        self._inflight: deque[tuple[dict[TopicPartition, int], Any, dict[TopicPartition, int]]] = deque()
         self._last_lag = 0.0
         self._heartbeat = clock()
         self._last_commit: float | None = None
@@ -147,6 +153,11 @@ class StreamProcessor:
             while not self._stop.is_set():
                 self._loop_once(client)
             self._state = "stopping"
+            try:
+                self._settle(client, keep=0)
+            except RetriableError as exc:
+                self._inflight.clear()  # not committed: delivered again after a restart
+                log_event(log, logging.WARNING, "final_delivery_failed", error=str(exc))
             self._commit_sync(client, list(self._async_offsets))
             log_event(log, logging.INFO, "stream_stopping", batches_committed=self.batches_committed)
         except BaseException:
@@ -174,6 +185,12 @@ class StreamProcessor:
                 return
             except RetriableError as exc:
                 self._retry_later("init_transactions", exc)
+                return
+        if self._inflight:
+            try:
+                self._settle(client, keep=MAX_INFLIGHT_BATCHES)
+            except RetriableError as exc:
+                self._fail([], "deliver", exc)
                 return
         if self._needs_rewind:
             try:
@@ -229,11 +246,9 @@ class StreamProcessor:
         if self._attempt:
             log_event(log, logging.INFO, "recovered", attempts=self._attempt)
         self._attempt = 0
-        self._last_commit = t2
-        self.batches_committed += 1
-        self._committed_next.update(next_offsets(batch))
+        if self.config.exactly_once:
+            self._committed(next_offsets(batch), t2)
         met = self.metrics
-        met.increment(m.COMMITS)
         met.observe(m.BATCH_SIZE, len(batch))
         met.observe(m.PROCESS_SECONDS, t1 - t0)
         met.observe(m.DELIVER_SECONDS, t2 - t1)
@@ -258,15 +273,9 @@ class StreamProcessor:
         offsets = next_offsets(batch)
         dead = [self._dead_letter_output(d) for d in result.dead_letters]
         if not c.exactly_once:
-            for out in result.outputs:
-                client.produce(out)
-            for out in dead:
-                client.produce(out)
-            client.flush(c.operation_timeout_s)
-            # The outputs are acknowledged: committing can happen in the background (a lost commit only
-            # means those records are delivered again). A synchronous commit follows on revoke and close.
-            client.commit(offsets, c.operation_timeout_s, asynchronous=True)
-            self._async_offsets.update(offsets)
+            delivery = client.produce_batch(result.outputs + dead)
+            self._inflight.append((offsets, delivery, first_offsets(batch)))
+            self._settle(client, keep=MAX_INFLIGHT_BATCHES)
             return
         client.begin_transaction()
         try:
@@ -279,6 +288,28 @@ class StreamProcessor:
         except RetriableError:
             self._abort(client)
             raise
+
+    def _committed(self, offsets: dict[TopicPartition, int], now: float) -> None:
+        self._last_commit = now
+        self.batches_committed += 1
+        self._committed_next.update(offsets)
+        self.metrics.increment(m.COMMITS)
+
+    def _settle(self, client: StreamClient, keep: int) -> None:
+        """At-least-once: commit the offsets of in-flight batches whose records are all acknowledged, in
+        batch order, waiting for the oldest ones until at most `keep` remain. A failed delivery raises
+        RetriableError; the caller rewinds every in-flight batch (none of them gets committed)."""
+        while self._inflight:
+            offsets, delivery, _ = self._inflight[0]
+            if len(self._inflight) <= keep and not delivery.done():
+                return
+            client.wait(delivery, self.config.operation_timeout_s)
+            self._inflight.popleft()
+            # Acknowledged: the commit can go in the background (a lost commit only means those records
+            # are delivered again); a synchronous commit follows on revoke and close.
+            client.commit(offsets, self.config.operation_timeout_s, asynchronous=True)
+            self._async_offsets.update(offsets)
+            self._committed(offsets, self._clock())
 
     def _abort(self, client: StreamClient) -> None:
         try:
@@ -304,10 +335,18 @@ class StreamProcessor:
         self._client.reset_producer()
         self._producer_ready = not self.config.exactly_once
 
+    def _abandon_inflight(self, batch: Sequence[Record]) -> None:
+        """Mark `batch` and every batch awaiting acknowledgements for a redo (none of them is committed:
+        committing a later batch would skip an earlier one)."""
+        firsts = [first_offsets(batch)] + [f for _, _, f in self._inflight]
+        self._inflight.clear()
+        for starts in firsts:
+            for tp, offset in starts.items():
+                if tp not in self._needs_rewind or offset < self._needs_rewind[tp]:
+                    self._needs_rewind[tp] = offset
+
     def _fail(self, batch: Sequence[Record], stage: str, exc: Exception, reset: bool = False) -> None:
-        for tp, offset in first_offsets(batch).items():
-            if tp not in self._needs_rewind or offset < self._needs_rewind[tp]:
-                self._needs_rewind[tp] = offset
+        self._abandon_inflight(batch)
         if reset:
             self._reset_producer(exc)
         self._retry_later(stage, exc, records=len(batch))
@@ -377,10 +416,17 @@ class StreamProcessor:
 
     def _on_revoke(self, partitions: list[TopicPartition]) -> None:
         if self._client is not None:
+            try:
+                self._settle(self._client, keep=0)
+            except RetriableError as exc:
+                log_event(log, logging.WARNING, "delivery_failed_on_revoke", error=str(exc))
+                self._abandon_inflight([])
             self._commit_sync(self._client, partitions)
         self._drop(partitions, "revoked")
 
     def _on_lost(self, partitions: list[TopicPartition]) -> None:
+        if any(tp in offsets for offsets, _, _ in self._inflight for tp in partitions):
+            self._abandon_inflight([])
         for tp in partitions:  # no longer ours: committing them would be refused
             self._async_offsets.pop(tp, None)
         self._drop(partitions, "lost")
