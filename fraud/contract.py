@@ -95,7 +95,7 @@ def _raise_decode_error(data: bytes, exc: Exception) -> None:
         raise ContractError(BAD_ENCODING, f"record is not UTF-8 ({uexc.reason} at byte {uexc.start})") from None
     try:
         obj = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than Python's json accepts
         raise ContractError(MALFORMED_JSON, f"not valid JSON ({exc})") from None
     path = _first_non_finite(obj, "")
     if path is not None:
