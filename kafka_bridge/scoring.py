@@ -88,6 +88,11 @@ class Scorer:
                 result.dead_letters.append(DeadLetter.from_error(
                     err, key=r.key, value=r.value, topic=r.topic, partition=r.partition, offset=r.offset,
                     component=COMPONENT, stage=stage))
+            except Exception as exc:  # noqa: BLE001 (a parser bug must not make one record stall the partition)
+                result.dead_letters.append(DeadLetter(
+                    key=r.key, value=r.value, source_topic=r.topic, source_partition=r.partition,
+                    source_offset=r.offset, reason=MALFORMED_JSON, message=f"{type(exc).__name__}: {exc}"[:500],
+                    component=COMPONENT, stage=STAGE_CONVERT, exception_class=type(exc).__qualname__))
         if good:
             encode = self._encoder.encode
             examples = [encode(ev.feature_vector()) for _, ev in good]

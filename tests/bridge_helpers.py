@@ -105,6 +105,7 @@ def malformed_corpus() -> list[tuple[str, bytes]]:
     return [
         ("malformed_json", b'{"transaction_id": "tx-x", '),
         ("malformed_json", b"not json at all"),
+        ("malformed_json", b"[" * 5000 + b"]" * 5000),  # nested deeper than Python's json parser goes
         ("bad_encoding", b'{"transaction_id": "\xff\xfe"}'),
         ("not_an_object", b"[1, 2, 3]"),
         ("missing_field", mutate(lambda d: d.pop("card_id"))),

@@ -243,3 +243,14 @@ def test_bad_config_is_one_line_error(env, message):
 
 def test_transaction_roundtrip_helper_is_valid():
     assert TransactionEvent.from_json(transaction(5).to_json()).transaction_id == "tx-0000005"
+
+
+def test_unexpected_parser_exception_is_a_dead_letter_not_a_crash(monkeypatch):
+    def boom(data):
+        raise RecursionError("deep")
+
+    monkeypatch.setattr(TransactionEvent, "from_json", staticmethod(boom))
+    scorer, _ = _scorer(FakeModel())
+    result = scorer(_records([b"{}"]))
+    assert [d.reason for d in result.dead_letters] == ["malformed_json"]
+    assert result.dead_letters[0].exception_class == "RecursionError"
