@@ -91,7 +91,9 @@ def eval_config(gates: Gates) -> tfma.EvalConfig:
     score_metrics = [
         tfma.MetricConfig(class_name="ExampleCount"),
         tfma.MetricConfig(class_name="AUC"),
-        tfma.MetricConfig(class_name="AUCPrecisionRecall", threshold=auprc_threshold),
+        # Thresholds on the overall slice only: a slice with a handful of rows must not veto a model.
+        tfma.MetricConfig(class_name="AUCPrecisionRecall", per_slice_thresholds=[
+            tfma.PerSliceMetricThreshold(slicing_specs=[tfma.SlicingSpec()], threshold=auprc_threshold)]),
         tfma.MetricConfig(class_name="Calibration"),
         tfma.MetricConfig(class_name="MeanLabel"),
         tfma.MetricConfig(class_name="MeanPrediction"),
@@ -125,7 +127,9 @@ def _infra_validator(kind: str, model: Any, examples: Any) -> Any | None:
     if kind == INFRA_NONE:
         return None
     if kind == INFRA_KUBERNETES:
-        return tfx.components.InfraValidator(
+        from components.k8s_infra_validator import KubernetesInfraValidator
+
+        return KubernetesInfraValidator(
             model=model,
             examples=examples,
             serving_spec=tfx.proto.ServingSpec(

@@ -1,0 +1,499 @@
+"""`fraudctl report`: the latest pipeline run as one HTML page a person can read.
+
+Everything comes from the run's own records: MLMD (which components ran, what they produced), TFDV
+(statistics and anomalies of each split), TFMA (metrics, slices, plots of each evaluated model), the
+ModelSelector's decision and the Pusher's version. Plots (PR curve, score histogram by class,
+calibration) are drawn with matplotlib and embedded as PNG, so the page is one self-contained file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import io
+import math
+import os
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fraud.errors import FraudError
+from fraud.features import AMOUNT_BAND_KEY, AMOUNT_BAND_LABELS, HOUR_OF_DAY_KEY
+from fraud.signature import DECISION, SCORE
+
+_SUMMARY_METRICS = ("example_count", "auc", "auc_precision_recall", "calibration", "mean_label", "mean_prediction")
+
+
+# ---------------------------------------------------------------------------------------------
+# What the run recorded (MLMD)
+
+
+@dataclass
+class RunRecord:
+    run_id: str
+    started_ms: int
+    states: dict[str, str] = field(default_factory=dict)  # node id -> execution state
+    outputs: dict[str, dict[str, list[Any]]] = field(default_factory=dict)  # node -> key -> artifacts
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+def latest_run(metadata_path: Path, run_id: str | None = None) -> RunRecord:
+    from ml_metadata import metadata_store
+    from ml_metadata.proto import metadata_store_pb2
+
+    if not Path(metadata_path).exists():
+        raise FraudError(f"{metadata_path}: no pipeline metadata yet (run `fraudctl train` first)")
+    config = metadata_store_pb2.ConnectionConfig()
+    config.sqlite.filename_uri = str(metadata_path)
+    config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+    store = metadata_store.MetadataStore(config)
+    runs = sorted(store.get_contexts_by_type("pipeline_run"), key=lambda c: c.id)
+    if run_id is not None:
+        runs = [r for r in runs if r.name == run_id]
+    if not runs:
+        raise FraudError(f"{metadata_path}: no pipeline run {run_id or ''} recorded".replace("  ", " "))
+    run = runs[-1]
+    node_of = {}
+    for ctx in store.get_contexts_by_type("node"):
+        for e in store.get_executions_by_context(ctx.id):
+            node_of[e.id] = ctx.name.split(".")[-1]
+    record = RunRecord(run_id=run.name, started_ms=run.create_time_since_epoch)
+    executions = sorted(store.get_executions_by_context(run.id), key=lambda e: e.id)
+    for e in executions:
+        node = node_of.get(e.id, f"execution-{e.id}")
+        record.states[node] = metadata_store_pb2.Execution.State.Name(e.last_known_state)
+        if "__execution_result__" in e.custom_properties:
+            record.errors[node] = e.custom_properties["__execution_result__"].string_value
+    events = store.get_events_by_execution_ids([e.id for e in executions])
+    ids = [ev.artifact_id for ev in events if ev.type == metadata_store_pb2.Event.OUTPUT]
+    artifacts = {a.id: a for a in store.get_artifacts_by_id(ids)} if ids else {}
+    for ev in events:
+        if ev.type != metadata_store_pb2.Event.OUTPUT or ev.artifact_id not in artifacts:
+            continue
+        key = next((s.key for s in ev.path.steps if s.HasField("key")), "output")
+        node = node_of.get(ev.execution_id, "?")
+        record.outputs.setdefault(node, {}).setdefault(key, []).append(artifacts[ev.artifact_id])
+    return record
+
+
+def _prop(artifact: Any, name: str) -> Any:
+    if name not in artifact.custom_properties:
+        return None
+    v = artifact.custom_properties[name]
+    kind = v.WhichOneof("value")
+    return getattr(v, kind) if kind else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading TFDV and TFMA results
+
+
+def anomalies_lines(artifact: Any) -> list[str]:
+    from components.validation_gate import summarize_anomalies
+
+    names = [p.name[len("Split-"):] for p in Path(artifact.uri).glob("Split-*")]
+    return summarize_anomalies(artifact.uri, sorted(names))
+
+
+def statistics_rows(artifact: Any, features: Iterable[str]) -> dict[str, dict[str, dict[str, float]]]:
+    """split -> feature -> {mean, std, min, max, count}."""
+    import tensorflow_data_validation as tfdv
+
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for split_dir in sorted(Path(artifact.uri).glob("Split-*")):
+        path = split_dir / "FeatureStats.pb"
+        if not path.exists():
+            continue
+        stats = tfdv.load_stats_binary(str(path))
+        rows: dict[str, dict[str, float]] = {}
+        for dataset in stats.datasets:
+            for f in dataset.features:
+                name = f.path.step[0] if f.path.step else f.name
+                if name in features and f.HasField("num_stats"):
+                    ns = f.num_stats
+                    rows[name] = {"count": float(ns.common_stats.num_non_missing), "mean": ns.mean,
+                                  "std": ns.std_dev, "min": ns.min, "max": ns.max}
+        out[split_dir.name[len("Split-"):]] = rows
+    return out
+
+
+@dataclass
+class Evaluation:
+    model: str
+    overall: dict[str, float]
+    decision: dict[str, float]
+    slices: list[tuple[str, dict[str, float]]]
+    curve: list[dict[str, float]]  # confusion matrices at thresholds (score output)
+    histogram: list[tuple[float, float, float, float]]  # (lower, upper, examples, frauds)
+    blessed: bool | None
+    validation_failures: list[str]
+
+
+def _slice_name(slice_key: Any) -> str:
+    parts = []
+    for k in slice_key.single_slice_keys:
+        value = k.int64_value if k.HasField("int64_value") else k.float_value if k.HasField("float_value") \
+            else k.bytes_value.decode()
+        if k.column == AMOUNT_BAND_KEY and isinstance(value, int) and 0 <= value < len(AMOUNT_BAND_LABELS):
+            value = f"{value} ({AMOUNT_BAND_LABELS[value]})"
+        parts.append(f"{k.column} = {value}")
+    return ", ".join(parts) or "overall"
+
+
+def _slice_order(item: tuple[str, dict[str, float]]) -> tuple[int, str, float]:
+    name = item[0]
+    if name == "overall":
+        return (0, "", 0.0)
+    column, _, value = name.partition(" = ")
+    try:
+        number = float(value.split(" ")[0])
+    except ValueError:
+        number = 0.0
+    return (1, column, number)
+
+
+def read_evaluation(model: str, uri: str, blessed: bool | None) -> Evaluation:
+    import tensorflow_model_analysis as tfma
+
+    overall: dict[str, float] = {}
+    decision: dict[str, float] = {}
+    slices: list[tuple[str, dict[str, float]]] = []
+    for m in tfma.load_metrics(uri):
+        values: dict[str, float] = {}
+        for kv in m.metric_keys_and_values:
+            key = kv.key
+            if key.is_diff or key.model_name not in ("", "candidate") or key.HasField("sub_key"):
+                continue
+            if kv.value.HasField("double_value"):
+                target = values if key.output_name == SCORE else decision if not m.slice_key.single_slice_keys \
+                    and key.output_name == DECISION else None
+                if target is not None:
+                    target[key.name] = kv.value.double_value.value
+            elif kv.value.HasField("confusion_matrix_at_thresholds") and key.output_name == DECISION \
+                    and not m.slice_key.single_slice_keys:
+                (matrix,) = kv.value.confusion_matrix_at_thresholds.matrices
+                decision.update(tp=matrix.true_positives, fp=matrix.false_positives, tn=matrix.true_negatives,
+                                fn=matrix.false_negatives)
+        name = _slice_name(m.slice_key)
+        if name == "overall":
+            overall = values
+        slices.append((name, values))
+    curve: list[dict[str, float]] = []
+    histogram: list[tuple[float, float, float, float]] = []
+    for p in tfma.load_plots(uri):
+        if p.slice_key.single_slice_keys:
+            continue
+        for kv in p.plot_keys_and_values:
+            if kv.key.output_name != SCORE or kv.key.model_name not in ("", "candidate"):
+                continue
+            if kv.value.HasField("confusion_matrix_at_thresholds"):
+                curve = [{"threshold": c.threshold, "tp": c.true_positives, "fp": c.false_positives,
+                          "fn": c.false_negatives, "tn": c.true_negatives}
+                         for c in kv.value.confusion_matrix_at_thresholds.matrices]
+            if kv.value.HasField("calibration_histogram_buckets"):
+                for b in kv.value.calibration_histogram_buckets.buckets:
+                    if b.num_weighted_examples.value:
+                        histogram.append((b.lower_threshold_inclusive, b.upper_threshold_exclusive,
+                                          b.num_weighted_examples.value, b.total_weighted_label.value))
+    failures = []
+    try:
+        result = tfma.load_validation_result(uri)
+        for per_slice in result.metric_validations_per_slice:
+            for f in per_slice.failures:
+                failures.append(f"{_slice_name(per_slice.slice_key)}: {f.metric_key.name} = "
+                                f"{f.metric_value.double_value.value:.4f} fails {_threshold_text(f.metric_threshold)}")
+    except Exception:  # noqa: BLE001 - an evaluation without validation output still renders
+        pass
+    slices.sort(key=_slice_order)
+    return Evaluation(model, overall, decision, slices, curve, histogram, blessed, failures)
+
+
+def _threshold_text(threshold: Any) -> str:
+    parts = []
+    if threshold.HasField("value_threshold"):
+        vt = threshold.value_threshold
+        if vt.HasField("lower_bound"):
+            parts.append(f">= {vt.lower_bound.value:g}")
+    if threshold.HasField("change_threshold"):
+        parts.append(f"change >= {threshold.change_threshold.absolute.value:g} vs baseline")
+    return " and ".join(parts) or "threshold"
+
+
+# ---------------------------------------------------------------------------------------------
+# Plots
+
+
+def _png(fig: Any) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return f'<img alt="plot" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def pr_curve_plot(evaluations: list[Evaluation], thresholds: Mapping[str, float]) -> str:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for ev in evaluations:
+        pts = [(c["tp"] / (c["tp"] + c["fn"]), c["tp"] / (c["tp"] + c["fp"]))
+               for c in ev.curve if c["tp"] + c["fn"] > 0 and c["tp"] + c["fp"] > 0]
+        if not pts:
+            continue
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], label=f"{ev.model} (AUPRC {ev.overall.get('auc_precision_recall', math.nan):.3f})")
+        if ev.model in thresholds and ev.decision:
+            tp, fp, fn = ev.decision.get("tp", 0), ev.decision.get("fp", 0), ev.decision.get("fn", 0)
+            if tp + fn and tp + fp:
+                ax.plot([tp / (tp + fn)], [tp / (tp + fp)], "o", color=ax.lines[-1].get_color())
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_title("Precision-recall on the eval split (dot: shipped threshold)")
+    ax.legend(loc="lower left", fontsize=8)
+    return _png(fig)
+
+
+def score_histogram_plot(ev: Evaluation, bins: int = 40) -> str:
+    import numpy as np
+
+    plt = _plt()
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    normal = np.zeros(bins)
+    fraud = np.zeros(bins)
+    for lower, upper, n, frauds in ev.histogram:
+        mid = min(max((max(lower, 0.0) + min(upper, 1.0)) / 2, 0.0), 1.0 - 1e-9)
+        i = int(mid * bins)
+        normal[i] += n - frauds
+        fraud[i] += frauds
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    for ax, values, name in ((axes[0], normal, "normal"), (axes[1], fraud, "fraud")):
+        ax.bar(edges[:-1], values, width=1.0 / bins, align="edge", color="tab:blue" if name == "normal" else "tab:red")
+        ax.set_yscale("log" if values.max() > 100 else "linear")
+        ax.set_title(f"{ev.model}: score of {name} rows ({int(values.sum())})")
+        ax.set_xlabel("score")
+    return _png(fig)
+
+
+def calibration_plot(ev: Evaluation, bins: int = 10) -> str:
+    import numpy as np
+
+    plt = _plt()
+    n = np.zeros(bins)
+    label = np.zeros(bins)
+    pred = np.zeros(bins)
+    for lower, upper, count, frauds in ev.histogram:
+        mid = min(max((max(lower, 0.0) + min(upper, 1.0)) / 2, 0.0), 1.0 - 1e-9)
+        i = int(mid * bins)
+        n[i] += count
+        label[i] += frauds
+        pred[i] += mid * count
+    ok = n > 0
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.plot([0, 1], [0, 1], "--", color="grey")
+    ax.plot(pred[ok] / n[ok], label[ok] / n[ok], "o-")
+    ax.set_xlabel("mean score")
+    ax.set_ylabel("fraud rate")
+    ax.set_title(f"{ev.model}: calibration")
+    return _png(fig)
+
+
+# ---------------------------------------------------------------------------------------------
+# The page
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "–"
+        return f"{v:.0f}" if v.is_integer() and abs(v) >= 10 else f"{v:.4g}"
+    return html.escape(str(v))
+
+
+def _table(headers: list[str], rows: Iterable[Iterable[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{_fmt(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def threshold_table(ev: Evaluation, shipped: float | None) -> str:
+    rows = []
+    picks = [0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9]
+    for t in picks:
+        best = min(ev.curve, key=lambda c: abs(c["threshold"] - t), default=None)
+        if best is None:
+            continue
+        alerts = best["tp"] + best["fp"]
+        positives = best["tp"] + best["fn"]
+        rows.append([f"{best['threshold']:.3f}", alerts, best["tp"], best["fp"],
+                     best["tp"] / alerts if alerts else math.nan, best["tp"] / positives if positives else math.nan])
+    if shipped is not None and ev.decision:
+        d = ev.decision
+        alerts = d.get("tp", 0) + d.get("fp", 0)
+        rows.append([f"{shipped:.4g} (shipped)", alerts, d.get("tp", 0), d.get("fp", 0),
+                     d.get("precision", math.nan), d.get("recall", math.nan)])
+    return _table(["threshold", "alerts", "frauds caught", "false alarms", "precision", "recall"], rows)
+
+
+_CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
+th{background:#f3f3f3}td:first-child{text-align:left}.ok{color:#070}.bad{color:#b00}h2{margin-top:1.6em}
+.small{font-size:.9em;color:#555}"""
+
+
+def render(record: RunRecord, model_infos: Mapping[str, Mapping[str, Any]]) -> str:
+    """The HTML page for one run."""
+    from fraud.features import FEATURE_NAMES
+
+    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>Pipeline run {html.escape(record.run_id)}</title>"
+           f"<style>{_CSS}</style></head><body>",
+           f"<h1>Fraud pipeline run {html.escape(record.run_id)}</h1>",
+           f"<p class='small'>started {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(record.started_ms / 1000))}; "
+           f"report written {time.strftime('%Y-%m-%d %H:%M:%S')}</p>"]
+
+    # Outcome
+    selector = record.outputs.get("ModelSelector", {}).get("blessing", [])
+    pushed = record.outputs.get("Pusher", {}).get("pushed_model", [])
+    outcome = []
+    if any(s == "FAILED" for s in record.states.values()):
+        failed = [n for n, s in record.states.items() if s == "FAILED"]
+        outcome.append(f"<p class='bad'>The run stopped: {', '.join(failed)} failed.</p>")
+        for n in failed:
+            if record.errors.get(n):
+                outcome.append(f"<pre>{html.escape(record.errors[n][:3000])}</pre>")
+    if selector:
+        b = selector[0]
+        outcome.append(f"<p>Model selected: <b>{html.escape(str(_prop(b, 'selected_model')))}</b>, "
+                       f"{'<span class=ok>blessed</span>' if _prop(b, 'blessed') else '<span class=bad>not blessed</span>'}.</p>")
+    if pushed:
+        p = pushed[0]
+        if _prop(p, "pushed"):
+            outcome.append(f"<p class='ok'>Pushed as version {html.escape(str(_prop(p, 'pushed_version')))} to "
+                           f"{html.escape(str(_prop(p, 'pushed_destination')))}.</p>")
+        else:
+            outcome.append("<p class='bad'>Nothing pushed.</p>")
+    out += ["<h2>Outcome</h2>", *outcome]
+    out.append(_table(["component", "state"], sorted(record.states.items())))
+
+    # Data
+    examples = record.outputs.get("KafkaExportExampleGen", {}).get("examples", [])
+    if examples:
+        e = examples[0]
+        counts = [(k, _prop(e, k)) for k in sorted(e.custom_properties) if k.startswith("rows_")]
+        out += ["<h2>Data</h2>", f"<p>span {_prop(e, 'span')}</p>", _table(["count", "rows"], counts)]
+    anomalies = record.outputs.get("ExampleValidator", {}).get("anomalies", [])
+    if anomalies:
+        lines = anomalies_lines(anomalies[0])
+        out.append("<h3>Anomalies (TFDV against the curated schema)</h3>")
+        out.append("<p class='ok'>None.</p>" if not lines else
+                   "<ul>" + "".join(f"<li class='bad'>{html.escape(line)}</li>" for line in lines) + "</ul>")
+    stats = record.outputs.get("StatisticsGen", {}).get("statistics", [])
+    if stats:
+        per_split = statistics_rows(stats[0], FEATURE_NAMES)
+        splits = list(per_split)
+        rows = []
+        for name in FEATURE_NAMES:
+            row: list[Any] = [name]
+            for s in splits:
+                st = per_split[s].get(name, {})
+                row += [st.get("mean", math.nan), st.get("std", math.nan)]
+            rows.append(row)
+        headers = ["feature"] + [f"{s} {m}" for s in splits for m in ("mean", "std")]
+        out += ["<h3>Feature statistics by split (TFDV)</h3>", _table(headers, rows)]
+
+    # Models
+    evaluations = []
+    for node, keys in sorted(record.outputs.items()):
+        if node.startswith("Evaluator_") and keys.get("evaluation"):
+            model = node[len("Evaluator_"):]
+            blessing = keys.get("blessing", [None])[0]
+            evaluations.append(read_evaluation(model, keys["evaluation"][0].uri,
+                                               bool(_prop(blessing, "blessed")) if blessing is not None else None))
+    if evaluations:
+        thresholds = {m: float(i["threshold"]) for m, i in model_infos.items() if "threshold" in i}
+        out.append("<h2>Models on the eval split (TFMA)</h2>")
+        rows = []
+        for ev in evaluations:
+            info = model_infos.get(ev.model, {})
+            rows.append([ev.model, ev.overall.get("example_count", math.nan), ev.overall.get("auc_precision_recall", math.nan),
+                         ev.overall.get("auc", math.nan), ev.overall.get("calibration", math.nan),
+                         ev.decision.get("precision", math.nan), ev.decision.get("recall", math.nan),
+                         info.get("threshold", math.nan), info.get("threshold_target_text", ""),
+                         "yes" if ev.blessed else "no"])
+        out.append(_table(["model", "examples", "AUPRC", "ROC AUC", "calibration", "precision @ shipped",
+                           "recall @ shipped", "threshold", "target", "blessed"], rows))
+        for ev in evaluations:
+            if ev.validation_failures:
+                out.append(f"<p>{html.escape(ev.model)} not blessed because:</p><ul>" +
+                           "".join(f"<li>{html.escape(f)}</li>" for f in ev.validation_failures) + "</ul>")
+        out.append(pr_curve_plot(evaluations, thresholds))
+        for ev in evaluations:
+            out.append(f"<h3>{html.escape(ev.model)}</h3>")
+            if ev.decision:
+                d = ev.decision
+                out.append("<p>Confusion matrix at the shipped threshold</p>")
+                out.append(_table(["", "flagged", "not flagged"],
+                                  [["fraud", d.get("tp", 0), d.get("fn", 0)], ["normal", d.get("fp", 0), d.get("tn", 0)]]))
+            out.append("<p>Thresholds</p>" + threshold_table(ev, thresholds.get(ev.model)))
+            if ev.histogram:
+                out.append(score_histogram_plot(ev) + calibration_plot(ev))
+            out.append("<p>Slices</p>")
+            out.append(_table(["slice", *_SUMMARY_METRICS],
+                              [[name, *(vals.get(k, math.nan) for k in _SUMMARY_METRICS)] for name, vals in ev.slices]))
+    out.append(f"<p class='small'>Slices: {AMOUNT_BAND_KEY} bands {', '.join(AMOUNT_BAND_LABELS)}; {HOUR_OF_DAY_KEY} "
+               f"0-23 from Time.</p></body></html>")
+    return "\n".join(out)
+
+
+def model_infos(record: RunRecord) -> dict[str, dict[str, Any]]:
+    from pipeline.training import read_model_info
+
+    infos = {}
+    for node, keys in record.outputs.items():
+        if node.startswith("Trainer_") and keys.get("model"):
+            path = os.path.join(keys["model"][0].uri, "Format-Serving")
+            try:
+                infos[node[len("Trainer_"):]] = read_model_info(path)
+            except Exception:  # noqa: BLE001 - a model without its info file still gets a report
+                continue
+    return infos
+
+
+def write_report(metadata_path: Path, out_dir: Path, run_id: str | None = None) -> Path:
+    record = latest_run(metadata_path, run_id)
+    page = render(record, model_infos(record))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in record.run_id)
+    path = out_dir / f"pipeline-{safe}.html"
+    path.write_text(page, encoding="utf-8")
+    (out_dir / "pipeline-latest.html").write_text(page, encoding="utf-8")
+    return path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("report", help="render the latest pipeline run (TFMA + TFDV) as an HTML page")
+    p.add_argument("--metadata", type=Path, default=None, help="MLMD sqlite (default: FRAUD_HOME/tfx/metadata.sqlite)")
+    p.add_argument("--out", type=Path, default=None, help="output directory (default: FRAUD_HOME/reports)")
+    p.add_argument("--run", default=None, help="pipeline run id (default: the latest)")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from fraud.paths import load_paths
+
+    paths = load_paths()
+    path = write_report(args.metadata or paths.metadata_path, args.out or paths.reports_dir, args.run)
+    print(path)
+    return 0
