@@ -25,7 +25,7 @@ DEFAULT_OUTPUT = "fraud_pipeline.json"
 
 
 def compile_pipeline(*, image: str, root: str, output: Path, project: str | None = None, region: str | None = None,
-                     gates: Gates = Gates()) -> Path:
+                     gates: Gates | None = None) -> Path:
     """Writes the pipeline's IR JSON to `output` and returns its path."""
     root = root.rstrip("/")
     args = beam_args("dataflow", project=project, region=region, temp_location=f"{root}/tmp") if project and region \
@@ -36,7 +36,7 @@ def compile_pipeline(*, image: str, root: str, output: Path, project: str | None
         schema_file=f"{root}/schema/schema.pbtxt",  # upload schema/schema.pbtxt there with the exports
         serving_model_dir=f"{root}/serving/models",
         beam_pipeline_args=args,
-        gates=gates,
+        gates=gates or Gates(),
         infra_validation=INFRA_KUBERNETES,
         package_user_modules=False,
         versioned_push=False,

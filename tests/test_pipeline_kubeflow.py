@@ -4,7 +4,6 @@ parameters, dependencies."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
