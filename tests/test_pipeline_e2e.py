@@ -1,0 +1,162 @@
+"""End to end: the whole TFX pipeline with LocalDagRunner on the shipped sample, three runs.
+
+1. A good span: every component executes, a model is blessed and pushed as version 1, and the pushed
+   SavedModel answers its signature for raw tf.Examples.
+2. (slow) The same span with a deliberately worse configuration (models that see only Amount and
+   time): nothing is blessed, nothing is pushed (the data components come from the cache).
+3. A new span with values outside the curated schema: the run stops at data validation, says why,
+   and no model is trained or pushed.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from ml_metadata import metadata_store
+from ml_metadata.proto import metadata_store_pb2
+
+from fraud import signature
+from fraud.dataset import iter_rows
+from fraud.features import FEATURE_NAMES
+from fraud.paths import SAMPLE_CSV, Paths
+from fraud.replay import CardPool, transaction_event
+from fraud.topics import TRANSACTIONS
+from pipeline import local_runner, spans
+from pipeline.export import write_span
+from pipeline.pipeline import MODEL_KINDS, Gates, SplitFractions, TrainingSettings
+from pipeline.training import read_model_info
+
+SPLITS = SplitFractions(train=0.5, validation=0.2, eval=0.3)  # the sample's frauds sit early in its window
+GATES = Gates(min_auprc=0.1, max_auprc_drop=0.02)
+EXPECTED_NODES = {
+    "KafkaExportExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "DataValidationGate",
+    "Transform", "Trainer_autoencoder", "Trainer_supervised", "latest_blessed_autoencoder",
+    "latest_blessed_supervised", "Evaluator_autoencoder", "Evaluator_supervised", "ModelSelector", "Pusher",
+}
+
+
+def _sample_records(corrupt_every: int = 0):
+    cards = CardPool()
+    for i, row in enumerate(iter_rows(SAMPLE_CSV)):
+        features = dict(row.features)
+        if corrupt_every and i % corrupt_every == 0:
+            features["V3"] = 5_000.0  # far outside the curated range of V3
+        ev = replace(transaction_event(row, cards), features=features, label=row.label)
+        yield i % 2, i // 2, ev
+
+
+class _Mlmd:
+    def __init__(self, paths: Paths) -> None:
+        config = metadata_store_pb2.ConnectionConfig()
+        config.sqlite.filename_uri = str(paths.metadata_path)
+        self.store = metadata_store.MetadataStore(config)
+
+    def runs(self) -> list[dict[str, str]]:
+        """Per pipeline run (oldest first): node id -> state of its execution in that run."""
+        node_of = {}
+        for ctx in self.store.get_contexts_by_type("node"):
+            for e in self.store.get_executions_by_context(ctx.id):
+                node_of[e.id] = ctx.name.split(".")[-1]
+        out = []
+        for run in sorted(self.store.get_contexts_by_type("pipeline_run"), key=lambda c: c.id):
+            executions = sorted(self.store.get_executions_by_context(run.id), key=lambda e: e.id)
+            out.append({node_of[e.id]: metadata_store_pb2.Execution.State.Name(e.last_known_state)
+                        for e in executions})
+        return out
+
+    def artifacts(self, type_name: str) -> list[metadata_store_pb2.Artifact]:
+        return sorted(self.store.get_artifacts_by_type(type_name), key=lambda a: a.id)
+
+
+def _raw_examples(n: int) -> tuple[list[bytes], list[int]]:
+    examples, labels = [], []
+    rows = list(iter_rows(SAMPLE_CSV))
+    chosen = [r for r in rows if r.label == 1][:n // 2] + [r for r in rows if r.label == 0][:n - n // 2]
+    for row in chosen:
+        feature = {k: tf.train.Feature(float_list=tf.train.FloatList(value=[row.features[k]])) for k in FEATURE_NAMES}
+        examples.append(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+        labels.append(row.label)
+    return examples, labels
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory: pytest.TempPathFactory) -> Paths:
+    """An installation with one good span, after one pipeline run."""
+    home = tmp_path_factory.mktemp("fraud-home")
+    paths = Paths(home=home, cache=home / "cache")
+    write_span(paths.exports_dir, 1, TRANSACTIONS.name, _sample_records())
+    local_runner.run(paths, splits=SPLITS, gates=GATES, enable_cache=True, infra_validation="none")
+    return paths
+
+
+def _versions(paths: Paths) -> list[str]:
+    return sorted(p.name for p in (paths.serving_model_dir / signature.DEFAULT_MODEL_NAME).iterdir())
+
+
+def test_first_run_executes_everything_and_pushes_version_1(first_run: Paths) -> None:
+    mlmd = _Mlmd(first_run)
+    run1 = mlmd.runs()[0]
+    assert EXPECTED_NODES <= set(run1), f"missing executions: {EXPECTED_NODES - set(run1)}"
+    assert {run1[n] for n in EXPECTED_NODES} == {"COMPLETE"}, run1
+    assert _versions(first_run) == ["1"]
+    pushed = mlmd.artifacts("PushedModel")[0]
+    assert pushed.custom_properties["pushed"].int_value == 1
+    assert pushed.custom_properties["pushed_version"].string_value == "1"
+    (selection,) = [b for b in mlmd.artifacts("ModelBlessing") if "ModelSelector" in b.uri][:1]
+    assert selection.custom_properties["blessed"].int_value == 1
+    selected = selection.custom_properties["selected_model"].string_value
+    assert selected in MODEL_KINDS
+
+    # The pushed model answers its signature for raw examples (no label, Transform inside).
+    version_dir = first_run.serving_model_dir / signature.DEFAULT_MODEL_NAME / "1"
+    serve = tf.saved_model.load(str(version_dir)).signatures[signature.SIGNATURE_NAME]
+    examples, labels = _raw_examples(40)
+    out = {k: v.numpy() for k, v in serve(**{signature.INPUT_EXAMPLES: tf.constant(examples)}).items()}
+    assert set(signature.REQUIRED_OUTPUTS) | {signature.FEATURE_CONTRIBUTIONS} <= set(out)
+    score = out[signature.SCORE]
+    assert score.shape == (40,) and ((score >= 0) & (score <= 1)).all()
+    info = read_model_info(str(version_dir))
+    assert info["model"] == selected
+    np.testing.assert_allclose(out[signature.THRESHOLD], info["threshold"], rtol=1e-6)
+    np.testing.assert_array_equal(out[signature.DECISION], (score >= info["threshold"]).astype(np.int64))
+    assert out[signature.FEATURE_CONTRIBUTIONS].shape == (40, len(FEATURE_NAMES))
+    assert info["threshold_target"]["kind"] in ("precision", "alert_rate")
+    # Frauds rank above normal transactions on these rows (the model learned something).
+    assert score[np.array(labels) == 1].mean() > score[np.array(labels) == 0].mean()
+
+
+@pytest.mark.slow
+def test_a_deliberately_worse_model_is_not_blessed(first_run: Paths) -> None:
+    """Same span, models that see only Amount and time: the change threshold against the latest
+    blessed model (and the value threshold) refuse them; nothing is pushed."""
+    worse = TrainingSettings(autoencoder={"exclude_kinds": ["zscore", "time_of_day"], "seeds": 1, "epochs": 2},
+                             supervised={"exclude_kinds": ["zscore"], "seeds": 1, "epochs": 2})
+    runs_before = len(_Mlmd(first_run).runs())
+    local_runner.run(first_run, splits=SPLITS, gates=GATES, enable_cache=True, infra_validation="none",
+                     training=worse)
+    mlmd = _Mlmd(first_run)
+    run = mlmd.runs()[runs_before]
+    assert run["Transform"] == "CACHED" and run["Trainer_supervised"] == "COMPLETE"
+    blessings = mlmd.artifacts("ModelBlessing")[-3:]
+    assert [b.custom_properties["blessed"].int_value for b in blessings] == [0, 0, 0]
+    assert _versions(first_run) == ["1"]
+    assert mlmd.artifacts("PushedModel")[-1].custom_properties["pushed"].int_value == 0
+
+
+def test_a_span_breaking_the_schema_stops_the_run_before_training(first_run: Paths) -> None:
+    runs_before = len(_Mlmd(first_run).runs())
+    bad = spans.span_dir(first_run.exports_dir, 2)
+    write_span(first_run.exports_dir, 2, TRANSACTIONS.name, _sample_records(corrupt_every=50))
+    try:
+        with pytest.raises(RuntimeError, match=r"data validation failed.*feature V3"):
+            local_runner.run(first_run, splits=SPLITS, gates=GATES, enable_cache=True, infra_validation="none")
+    finally:
+        shutil.rmtree(bad)
+    run = _Mlmd(first_run).runs()[runs_before]
+    assert run["ExampleValidator"] == "COMPLETE" and run["DataValidationGate"] == "FAILED"
+    assert not {"Transform", "Trainer_autoencoder", "Trainer_supervised", "Pusher"} & set(run)
+    assert _versions(first_run) == ["1"]
