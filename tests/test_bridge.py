@@ -254,3 +254,20 @@ def test_unexpected_parser_exception_is_a_dead_letter_not_a_crash(monkeypatch):
     result = scorer(_records([b"{}"]))
     assert [d.reason for d in result.dead_letters] == ["malformed_json"]
     assert result.dead_letters[0].exception_class == "RecursionError"
+
+
+def test_fraudctl_bridge_run_bad_setting_is_one_line_and_exit_1(monkeypatch, capsys):
+    from fraud.cli import main
+
+    monkeypatch.setenv("FRAUD_BRIDGE_DELIVERY", "twice")
+    assert main(["bridge", "run"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fraudctl bridge") and "\n" not in err
+    assert err.endswith("FRAUD_BRIDGE_DELIVERY='twice': expected one of at_least_once, exactly_once")
+
+
+def test_python_m_kafka_bridge_bad_flag_is_one_line_and_exit_1(capsys):
+    from kafka_bridge.cli import main
+
+    assert main(["--batch-max-size", "0"]) == 1
+    assert capsys.readouterr().err.strip() == "kafka_bridge: --batch-max-size='0': must be >= 1"
