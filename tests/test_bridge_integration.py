@@ -373,6 +373,8 @@ def run_chaos(kafka_broker, kafka_topic, model_base: Path, tmp_path: Path, *, de
             kafka_broker.start()
     ids = score_ids(scores)
     dead_keys = Counter(m.key() for m in dead)
+    print(f"chaos {delivery}: {total} events, {len(ids)} ids scored, {sum(ids.values()) - len(ids)} duplicate "
+          f"scores, {len(dead)} dead letters ({len(bad_keys)} bad events), bridge starts {kills + 1}")
     log_text = (tmp_path / "bridge.log").read_text(errors="replace")
     log_tail = log_text[-3000:]
     log_events = Counter(json.loads(line).get("event") for line in log_text.splitlines() if line.startswith("{"))
