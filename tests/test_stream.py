@@ -313,9 +313,17 @@ def test_at_least_once_pipelined_failure_redoes_the_in_flight_batches_and_never_
 
     client.commit = checked_commit
     metrics = m.RecordingMetrics()
-    proc = StreamProcessor(make_config(batch_max_size=2), upper_or_dead, client=client, metrics=metrics)
+    hooked: list[int] = []
+
+    def on_committed(batch, result):  # runs once the batch's offsets are committed, never for failed attempts
+        hooked.extend(r.offset for r in batch)
+
+    proc = StreamProcessor(make_config(batch_max_size=2), upper_or_dead, client=client, metrics=metrics,
+                           on_committed=on_committed)
     run_until_drained(proc, client, 12)
     assert violations == []
+    assert sorted(hooked) == list(range(12))  # each record's batch reported exactly once
+    assert metrics.total(m.PRODUCED, topic=OUT) == 12  # counted when committed, not per attempt
     assert set(values(client.published, OUT)) == {f"V{i}".encode() for i in range(12)}
     assert client.committed_offsets == {(IN, 0): 12}
     assert metrics.total(m.RETRIES, stage="deliver") == 2

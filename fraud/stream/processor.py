@@ -89,8 +89,10 @@ class StreamProcessor:
         self._attempt = 0
         self._committed_next: dict[TopicPartition, int] = {}
         self._async_offsets: dict[TopicPartition, int] = {}  # at-least-once: committed in the background
-        # at-least-once: (offsets to commit, delivery, first offsets) of batches awaiting their acks, oldest first
-        self._inflight: deque[tuple[dict[TopicPartition, int], Any, dict[TopicPartition, int]]] = deque()
+        # at-least-once: (offsets to commit, delivery, first offsets, batch, result) of the batches awaiting
+        # their acknowledgements, oldest first
+        self._inflight: deque[tuple[dict[TopicPartition, int], Any, dict[TopicPartition, int], Sequence[Record],
+                                    ProcessResult]] = deque()
         self._last_lag = 0.0
         self._heartbeat = clock()
         self._last_commit: float | None = None
@@ -246,13 +248,23 @@ class StreamProcessor:
         if self._attempt:
             log_event(log, logging.INFO, "recovered", attempts=self._attempt)
         self._attempt = 0
-        if self.config.exactly_once:
-            self._committed(next_offsets(batch), t2)
         met = self.metrics
         met.observe(m.BATCH_SIZE, len(batch))
         met.observe(m.PROCESS_SECONDS, t1 - t0)
         met.observe(m.DELIVER_SECONDS, t2 - t1)
         met.observe(m.RECORD_AGE_SECONDS, max(0.0, time.time() - min(r.timestamp_ms for r in batch) / 1000.0))
+        if self.config.exactly_once:
+            self._committed(next_offsets(batch), t2, batch, result)
+
+    def _committed(self, offsets: dict[TopicPartition, int], now: float, batch: Sequence[Record],
+                   result: ProcessResult) -> None:
+        """Book-keeping for a batch whose outputs are delivered and whose offsets are committed (at-least-once:
+        the commit is issued), once per batch, never for a failed attempt."""
+        self._last_commit = now
+        self.batches_committed += 1
+        self._committed_next.update(offsets)
+        met = self.metrics
+        met.increment(m.COMMITS)
         for topic, n in Counter(o.topic for o in result.outputs).items():
             met.increment(m.PRODUCED, n, topic=topic)
         for reason, n in Counter(d.reason for d in result.dead_letters).items():
@@ -274,7 +286,7 @@ class StreamProcessor:
         dead = [self._dead_letter_output(d) for d in result.dead_letters]
         if not c.exactly_once:
             delivery = client.produce_batch(result.outputs + dead)
-            self._inflight.append((offsets, delivery, first_offsets(batch)))
+            self._inflight.append((offsets, delivery, first_offsets(batch), batch, result))
             self._settle(client, keep=MAX_INFLIGHT_BATCHES)
             return
         client.begin_transaction()
@@ -289,18 +301,12 @@ class StreamProcessor:
             self._abort(client)
             raise
 
-    def _committed(self, offsets: dict[TopicPartition, int], now: float) -> None:
-        self._last_commit = now
-        self.batches_committed += 1
-        self._committed_next.update(offsets)
-        self.metrics.increment(m.COMMITS)
-
     def _settle(self, client: StreamClient, keep: int) -> None:
         """At-least-once: commit the offsets of in-flight batches whose records are all acknowledged, in
         batch order, waiting for the oldest ones until at most `keep` remain. A failed delivery raises
         RetriableError; the caller rewinds every in-flight batch (none of them gets committed)."""
         while self._inflight:
-            offsets, delivery, _ = self._inflight[0]
+            offsets, delivery, _, batch, result = self._inflight[0]
             if len(self._inflight) <= keep and not delivery.done():
                 return
             client.wait(delivery, self.config.operation_timeout_s)
@@ -309,7 +315,7 @@ class StreamProcessor:
             # are delivered again); a synchronous commit follows on revoke and close.
             client.commit(offsets, self.config.operation_timeout_s, asynchronous=True)
             self._async_offsets.update(offsets)
-            self._committed(offsets, self._clock())
+            self._committed(offsets, self._clock(), batch, result)
 
     def _abort(self, client: StreamClient) -> None:
         try:
@@ -338,7 +344,7 @@ class StreamProcessor:
     def _abandon_inflight(self, batch: Sequence[Record]) -> None:
         """Mark `batch` and every batch awaiting acknowledgements for a redo (none of them is committed:
         committing a later batch would skip an earlier one)."""
-        firsts = [first_offsets(batch)] + [f for _, _, f in self._inflight]
+        firsts = [first_offsets(batch)] + [entry[2] for entry in self._inflight]
         self._inflight.clear()
         for starts in firsts:
             for tp, offset in starts.items():
@@ -425,7 +431,7 @@ class StreamProcessor:
         self._drop(partitions, "revoked")
 
     def _on_lost(self, partitions: list[TopicPartition]) -> None:
-        if any(tp in offsets for offsets, _, _ in self._inflight for tp in partitions):
+        if any(tp in entry[0] for entry in self._inflight for tp in partitions):
             self._abandon_inflight([])
         for tp in partitions:  # no longer ours: committing them would be refused
             self._async_offsets.pop(tp, None)
