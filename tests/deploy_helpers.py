@@ -428,11 +428,6 @@ def parse_container(argv: list[str], env: Mapping[str, str]) -> Parsed:
     from fraud.paths import load_paths
 
     rec = RecordingEnv(env)
-    if argv[:3] == ["python", "-m", "pipeline.local_runner"]:
-        import importlib.util
-
-        assert importlib.util.find_spec("pipeline.local_runner") is not None
-        return Parsed("train", load_paths(rec), rec.read)
     assert argv[0] == "fraudctl", argv
     args = build_parser().parse_args(argv[1:])
     assert getattr(args, "func", None) is not None, f"{argv}: not a runnable fraudctl command"
@@ -463,6 +458,8 @@ def parse_container(argv: list[str], env: Mapping[str, str]) -> Parsed:
         c = MonitorConfig.from_args(args, rec, paths)
         ins = (c.scores_topic, c.labels_topic, c.transactions_topic)
         return Parsed("monitor", c, rec.read, c.http_host, c.http_port, (*ins, c.alerts_topic, c.dlq_topic), ins)
+    if command[:1] == ("train",):
+        return Parsed("train", paths, rec.read)
     if command[:1] in (("topics",), ("export",)):
         c = KafkaClientConfig.from_env_and_args(args, rec)
         topics = (args.topic,) if command[0] == "export" else ()

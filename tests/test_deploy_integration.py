@@ -1,0 +1,193 @@
+"""The containers' commands, run here: each project service of deploy/docker-compose.yml is started with the
+compose file's own command line and environment (only what cannot exist on this machine is replaced: the
+Kafka address, the model server address, the HTTP port, FRAUD_HOME and the secret file) against a real
+Kafka broker, and the compose healthcheck command itself must pass; /healthz and /metrics must answer;
+SIGTERM must stop it cleanly. The services image's processes run under an import guard that hides every
+package outside deploy/requirements-services.lock. The TF Serving healthcheck / readiness command runs
+against a TF Serving-compatible server (the project's, or a real tensorflow/serving named by
+FRAUD_SERVING_* as in tests/conftest.py).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fraud.embedded.testing import EmbeddedKafka, temporary_broker
+from fraud.topics import ALL_TOPICS
+from tests import deploy_helpers as h
+
+pytestmark = pytest.mark.integration
+
+SERVICES = h.load_compose()["services"]
+SERVICES_LOCK = h.lock_names(h.SERVICES_LOCK)
+
+
+@pytest.fixture(scope="module")
+def deploy_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedKafka]:
+    """A broker of its own: `fraudctl topics` creates the project's real topic names, which the shared
+    session broker's tests must not see."""
+    with temporary_broker(tmp_path_factory.mktemp("deploy-kafka")) as kafka:
+        yield kafka
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _local_env(name: str, home: Path, bootstrap: str, port: int | None, **extra: str) -> dict[str, str]:
+    """The compose service's environment with the machine-specific values replaced."""
+    env = h.compose_env(SERVICES[name])
+    local = {}
+    for key, value in env.items():
+        value = value.replace(h.CONTAINER_HOME, str(home))
+        if key == "FRAUD_KAFKA_BOOTSTRAP":
+            value = bootstrap
+        if key.endswith("_HTTP_PORT") and port is not None:
+            value = str(port)
+        if key == "FRAUD_ANONYMIZE_KEY_FILE":
+            key_file = home / "anonymize.key"
+            key_file.write_text("a-test-key-of-enough-bytes-0123456789\n")
+            value = str(key_file)
+        local[key] = value
+    local.update(extra)
+    base = {k: v for k, v in os.environ.items() if not k.startswith("FRAUD_")}
+    return {**base, **local}
+
+
+def _healthcheck(name: str, port: int) -> list[str]:
+    argv = h.healthcheck_argv(SERVICES[name])
+    assert argv[0] == "python"
+    return [sys.executable, *[a.replace(f":{_compose_port(name)}/", f":{port}/") for a in argv[1:]]]
+
+
+def _compose_port(name: str) -> int:
+    env = h.compose_env(SERVICES[name])
+    return int(next(v for k, v in env.items() if k.endswith("_HTTP_PORT")))
+
+
+def _start(name: str, env: dict[str, str], guarded: bool, log: Path) -> subprocess.Popen:
+    argv = h.compose_argv(SERVICES[name])
+    assert argv[0] == "fraudctl"
+    out = log.open("wb")
+    if guarded:
+        return h.guarded_fraudctl(argv[1:], SERVICES_LOCK, env, stdout=out, stderr=subprocess.STDOUT)
+    return subprocess.Popen([sys.executable, "-m", "fraud.cli", *argv[1:]], env=env, stdout=out,
+                            stderr=subprocess.STDOUT)
+
+
+def _stop(proc: subprocess.Popen) -> int | None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            return proc.wait(timeout=45)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+            return None
+    return proc.returncode
+
+
+def _get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def _run_topics(kafka: EmbeddedKafka, home: Path) -> str:
+    env = _local_env("topics", home, kafka.bootstrap, None)
+    argv = h.compose_argv(SERVICES["topics"])
+    proc = h.guarded_fraudctl(argv[1:], SERVICES_LOCK, env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    return out
+
+
+@pytest.fixture(scope="module")
+def deploy_topics(deploy_kafka: EmbeddedKafka, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The compose `topics` one-shot, run once against the module's broker: its output."""
+    return _run_topics(deploy_kafka, tmp_path_factory.mktemp("topics"))
+
+
+def test_topics_init_creates_every_project_topic(deploy_kafka: EmbeddedKafka, deploy_topics: str,
+                                                 tmp_path: Path) -> None:
+    rows = {line.split()[0]: line.split()[-1] for line in deploy_topics.splitlines() if line.strip()}
+    assert rows == {spec.name: "created" for spec in ALL_TOPICS}, deploy_topics
+    # Idempotent: the one-shot container runs again on every `docker compose up`.
+    again = _run_topics(deploy_kafka, tmp_path)
+    assert {line.split()[-1] for line in again.splitlines() if line.strip()} == {"exists"}, again
+
+
+@pytest.mark.parametrize("name", ["preprocessing", "bridge", "sink", "monitor"])
+def test_service_runs_from_compose_settings_and_passes_its_healthcheck(
+        name: str, deploy_kafka: EmbeddedKafka, deploy_topics: str, tmp_path: Path) -> None:
+    h_env = {}
+    if name == "bridge":
+        # Any reachable gRPC address: the bridge only calls it for records, and there are none.
+        h_env["FRAUD_BRIDGE_SERVER"] = f"127.0.0.1:{_free_port()}"
+    if name == "monitor":
+        # No pipeline has run here, so there are no training statistics to check drift against.
+        h_env["FRAUD_MONITOR_DRIFT"] = "0"
+    port = _free_port()
+    env = _local_env(name, tmp_path, deploy_kafka.bootstrap, port, **h_env)
+    guarded = "fraud-tfx-services" in SERVICES[name]["image"]
+    log = tmp_path / f"{name}.log"
+    proc = _start(name, env, guarded, log)
+    try:
+        check = _healthcheck(name, port)
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, f"{name} exited ({proc.returncode}):\n{log.read_text()[-3000:]}"
+            done = subprocess.run(check, capture_output=True, timeout=30)
+            if done.returncode == 0:
+                break
+            assert time.monotonic() < deadline, f"{name} never passed its healthcheck:\n{log.read_text()[-3000:]}"
+            time.sleep(1)
+        status, body = _get(f"http://127.0.0.1:{port}/healthz")
+        assert status == 200 and b'"status":"ok"' in body.replace(b" ", b"")
+        status, body = _get(f"http://127.0.0.1:{port}/metrics")
+        assert status == 200 and b"# HELP" in body
+        assert _get(f"http://127.0.0.1:{port}/nothing-here")[0] == 404
+    finally:
+        code = _stop(proc)
+    assert code == 0, f"{name} did not stop cleanly on SIGTERM ({code}):\n{log.read_text()[-3000:]}"
+    if name == "sink":
+        assert (tmp_path / "warehouse" / "fraud.duckdb").is_file()  # FRAUD_SINK_DUCKDB_PATH, under FRAUD_HOME
+
+
+def test_service_healthcheck_fails_when_nothing_listens() -> None:
+    """The compose healthcheck can fail: nothing on the port -> non-zero."""
+    port = _free_port()
+    done = subprocess.run(_healthcheck("bridge", port), capture_output=True, timeout=30)
+    assert done.returncode != 0
+
+
+def test_tf_serving_readiness_command_waits_for_an_available_version(model_server) -> None:
+    """The bash /dev/tcp check of compose's healthcheck and the Kubernetes readiness probe, run against a
+    TF Serving-compatible REST API: passes for a model with an AVAILABLE version, fails otherwise."""
+    argv = h.healthcheck_argv(SERVICES["tf-serving"])
+    port = model_server.rest.rsplit(":", 1)[1]
+    argv = [a.replace("/dev/tcp/127.0.0.1/8501", f"/dev/tcp/127.0.0.1/{port}") for a in argv]
+    assert any(f"/{port}" in a for a in argv)
+    env = {"PATH": os.environ["PATH"]}
+    ok = subprocess.run(argv, env={**env, "MODEL_NAME": "examples"}, capture_output=True, timeout=30)
+    assert ok.returncode == 0, ok.stderr
+    missing = subprocess.run(argv, env={**env, "MODEL_NAME": "no-such-model"}, capture_output=True, timeout=30)
+    assert missing.returncode != 0
+    closed = [a.replace(f"/dev/tcp/127.0.0.1/{port}", f"/dev/tcp/127.0.0.1/{_free_port()}") for a in argv]
+    assert subprocess.run(closed, env={**env, "MODEL_NAME": "examples"}, capture_output=True, timeout=30).returncode != 0
