@@ -84,14 +84,20 @@ def to_numpy(dtype: int) -> np.dtype:
     return _NUMPY[dtype]
 
 
+_FROM_NUMPY: dict[np.dtype, int] = {np_dtype: enum for enum, np_dtype in _NUMPY.items()}
+
+
 def from_numpy(dtype: np.dtype) -> int:
     """The DataType enum value of a numpy dtype (bytes/str/object arrays are DT_STRING)."""
+    found = _FROM_NUMPY.get(dtype)
+    if found is not None:
+        return found
     dtype = np.dtype(dtype)
     if dtype.kind in "OSU":
         return DT_STRING
-    for enum, np_dtype in _NUMPY.items():
-        if np_dtype == dtype:
-            return enum
+    found = _FROM_NUMPY.get(dtype.newbyteorder("=")) if dtype.byteorder not in "=|" else _FROM_NUMPY.get(dtype)
+    if found is not None:
+        return found
     if dtype.name == "bfloat16":
         return DT_BFLOAT16
     raise KeyError(f"no TensorFlow DataType for numpy dtype {dtype}")

@@ -16,7 +16,7 @@ server) plus `fraud_serving_*` series that add the version and signature TF Serv
 
 from __future__ import annotations
 
-import math
+import bisect
 import threading
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -91,12 +91,7 @@ class _Family:
         if cells is None:
             cells = [0.0] * (len(self.buckets) + 3)
             self.hist[key] = cells
-        for i, limit in enumerate(self.buckets):
-            if value <= limit:
-                cells[i] += 1
-                break
-        else:
-            cells[len(self.buckets)] += 1
+        cells[bisect.bisect_left(self.buckets, value)] += 1  # first bucket with value <= limit; last is +Inf
         cells[-2] += value
         cells[-1] += 1
 
@@ -242,7 +237,3 @@ class RecordingMetrics:
 
     def batch(self, **kwargs: object) -> None:
         self._add("batch", **kwargs)
-
-
-def is_finite_number(value: float) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)

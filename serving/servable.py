@@ -374,17 +374,20 @@ class Servable:
                                                   f"Inputs expected to be in the set {{{','.join(sorted(expected))}}}.")
 
     @staticmethod
-    def _check_tensor(info: TensorInfo, value: np.ndarray, index: int) -> None:
-        got = dtypes.from_numpy(value.dtype)
+    def _check_tensor(info: TensorInfo, value: Any, index: int) -> None:
+        if isinstance(value, np.ndarray):
+            got, shape = dtypes.from_numpy(value.dtype), value.shape
+        else:  # a tf.Tensor from the bulk decoder
+            got, shape = value.dtype.as_datatype_enum, tuple(value.shape.as_list())
         if got != info.dtype:
             raise ServingError(Code.INVALID_ARGUMENT,
                                f"Expects arg[{index}] ('{info.key}') to be {dtypes.name(info.dtype)} "
                                f"but {dtypes.name(got)} is provided")
         if info.shape is None:
             return
-        if len(info.shape) != value.ndim or any(e >= 0 and e != g for e, g in zip(info.shape, value.shape, strict=False)):
+        if len(info.shape) != len(shape) or any(e >= 0 and e != g for e, g in zip(info.shape, shape, strict=True)):
             raise ServingError(Code.INVALID_ARGUMENT,
-                               f"input '{info.key}' has shape [{','.join(map(str, value.shape))}], which is not "
+                               f"input '{info.key}' has shape [{','.join(map(str, shape))}], which is not "
                                f"compatible with the signature's {info.describe_shape()}")
 
     @staticmethod
@@ -410,6 +413,7 @@ class Servable:
         if deadline is not None and time.monotonic() >= deadline:
             raise ServingError(Code.DEADLINE_EXCEEDED, "Deadline Exceeded")
         if use_batching and self._batching is not None:
+            inputs = {k: v if isinstance(v, np.ndarray) else v.numpy() for k, v in inputs.items()}
             key = _batch_key(sig.key, inputs)
             if key is not None:
                 return self._batching.submit(self, key, lambda batch: self.run(sig.key, batch), inputs, deadline)
@@ -424,7 +428,8 @@ class Servable:
             raise ServingError(Code.FAILED_PRECONDITION, f'Serving signature key "{signature_key}" not found.')
         tf_dtypes = self._input_dtypes(signature_key)
         try:
-            tensors = {key: self._tf.constant(value, dtype=tf_dtypes[key]) for key, value in inputs.items()}
+            tensors = {key: self._tf.constant(value, dtype=tf_dtypes[key]) if isinstance(value, np.ndarray) else value
+                       for key, value in inputs.items()}
             out = fn(**tensors)
             return {key: value.numpy() for key, value in out.items()}
         except ServingError:

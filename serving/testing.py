@@ -50,6 +50,7 @@ LABELS = "labels"
 BROKEN = "broken"
 MODEL_NAMES = (TENSORS, EXAMPLES, RELOAD, LABELS, BROKEN)
 CONFIG_FILE = "models.config"
+MONITORING_FILE = "monitoring.config"
 
 CLASSIFY_METHOD = "tensorflow/serving/classify"
 REGRESS_METHOD = "tensorflow/serving/regress"
@@ -269,6 +270,8 @@ def write_test_models(root: str | os.PathLike, mount: str | None = None) -> Path
         save_tensor_model(root / BROKEN, 1)
     config = root / CONFIG_FILE
     config.write_text(model_config_text(root, mount), encoding="utf-8")
+    (root / MONITORING_FILE).write_text('prometheus_config { enable: true, path: "/monitoring/prometheus/metrics" }\n',
+                                        encoding="utf-8")
     return config
 
 
@@ -369,15 +372,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     root = Path(argv[0])
     mount = argv[1] if len(argv) > 1 else None
     config = write_test_models(root, mount)
-    print(f"wrote the test models and {config}")
-    print("serve them, e.g.:\n"
-          f"  docker run --rm -p 8500:8500 -p 8501:8501 -v {root.resolve()}:{mount or root.resolve()} "
+    inside = mount or str(root.resolve())
+    print(f"wrote the test models, {config} and {root / MONITORING_FILE}")
+    print("serve them with TF Serving, e.g. (deploy/compose/serving-tests.yaml does the same):\n"
+          f"  docker run --rm -p 8500:8500 -p 8501:8501 -v {root.resolve()}:{inside}:ro --entrypoint tensorflow_model_server "
           "tensorflow/serving:2.16.1 \\\n"
-          f"    --model_config_file={mount or root.resolve()}/{CONFIG_FILE} --file_system_poll_wait_seconds=1 \\\n"
-          "    --allow_version_labels_for_unavailable_models=true --max_num_load_retries=0\n"
+          f"    --port=8500 --rest_api_port=8501 --model_config_file={inside}/{CONFIG_FILE} "
+          f"--monitoring_config_file={inside}/{MONITORING_FILE} \\\n"
+          "    --file_system_poll_wait_seconds=1 --allow_version_labels_for_unavailable_models=true --max_num_load_retries=0\n"
           "then run the tests against it:\n"
-          f"  FRAUD_SERVING_GRPC=127.0.0.1:8500 FRAUD_SERVING_REST=http://127.0.0.1:8501 "
-          f"FRAUD_SERVING_MODEL_DIR={root.resolve()} pytest tests/test_serving_api.py tests/test_serving_lifecycle.py")
+          f"  {GRPC_ENV}=127.0.0.1:8500 {REST_ENV}=http://127.0.0.1:8501 {MODEL_DIR_ENV}={root.resolve()} "
+          ".venv/bin/python -m pytest tests/test_serving_api.py tests/test_serving_lifecycle.py")
     return 0
 
 

@@ -227,15 +227,16 @@ def test_predict_by_version_and_by_label(stub):
     assert latest.model_spec.version.value == 2
 
 
-def test_predict_project_signature_on_serialized_examples(stub):
-    rows = [testing.example(seed=i) for i in range(5)]
+@pytest.mark.parametrize("batch", [5, 300])  # 300 rows take the large-tensor decoding path
+def test_predict_project_signature_on_serialized_examples(stub, batch):
+    rows = [testing.example(seed=i) for i in range(batch)]
     request = predict_request(E, **{INPUT_EXAMPLES: np.array(rows, dtype=object)})
     out = outputs(stub.Predict(request, timeout=30))
     expected = [testing.expected_score(r) for r in rows]
     np.testing.assert_allclose(out[SCORE], [e[0] for e in expected], rtol=1e-5)
     assert out[DECISION].tolist() == [e[1] for e in expected]
-    np.testing.assert_allclose(out[THRESHOLD], [0.1] * 5)
-    assert out[FEATURE_CONTRIBUTIONS].shape == (5, 30)
+    np.testing.assert_allclose(out[THRESHOLD], [0.1] * batch)
+    assert out[FEATURE_CONTRIBUTIONS].shape == (batch, 30)
 
 
 # ---------------------------------------------------------------------------------------------

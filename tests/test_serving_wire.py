@@ -202,3 +202,25 @@ def test_encode_example_matches_official_example():
     assert list(ex.features.feature["i"].int64_list.value) == [-1, 300]
     assert list(ex.features.feature["b"].bytes_list.value) == [b"x"]
     assert ex.features.feature["e"].WhichOneof("kind") is None
+
+
+def test_large_string_tensors_go_to_the_bulk_decoder():
+    rows = [bytes([i % 251]) * 300 for i in range(64)]  # > BULK_STRING_BYTES
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "m"
+    request.inputs["big"].CopyFrom(tf.make_tensor_proto(rows))
+    request.inputs["small"].CopyFrom(tf.make_tensor_proto([b"x"]))
+    seen = []
+
+    def bulk(raw: bytes):
+        seen.append(len(raw))
+        return tf.io.parse_tensor(raw, tf.string)
+
+    call = wire.decode_predict_request(request.SerializeToString(), bulk)
+    assert len(seen) == 1 and seen[0] >= wire.BULK_STRING_BYTES
+    assert call.inputs["big"].numpy().tolist() == rows  # a tf.Tensor
+    assert call.inputs["small"].tolist() == [b"x"]  # a numpy array
+    request.inputs["big"].tensor_shape.dim[0].size = 63  # 64 values for 63 elements: not a tensor
+    with pytest.raises(ServingError) as info:
+        wire.decode_predict_request(request.SerializeToString(), bulk)
+    assert info.value.message == "tensor parsing error: big"
