@@ -39,8 +39,9 @@ MODULES_DIR = Path(__file__).resolve().parent / "modules"
 TRAIN_SPLIT, VALIDATION_SPLIT, EVAL_SPLIT = "train", "validation", "eval"
 MODEL_KINDS = ("autoencoder", "supervised")
 
-#: Infra validation before the Pusher: the project's own (colleague's component, loads the model in
-#: the project's TF Serving-compatible server), TFX's stock InfraValidator on Kubernetes, or none.
+#: Infra validation before the Pusher: "local" = components/infra_validator (loads the model in the
+#: project's TF Serving-compatible server, queries it with eval examples, ships them as warm-up
+#: requests), "kubernetes" = TFX's stock InfraValidator executor (Kubeflow), or "none".
 INFRA_LOCAL, INFRA_KUBERNETES, INFRA_NONE = "local", "kubernetes", "none"
 
 
@@ -143,11 +144,9 @@ def _infra_validator(kind: str, model: Any, examples: Any) -> Any | None:
             ),
         )
     if kind == INFRA_LOCAL:
-        try:
-            from components.infra_validator import component as local_infra
-        except ImportError:  # the colleague's component is not in this checkout yet
-            return None
-        return local_infra.build_for_pipeline(model=model, examples=examples, split_name=EVAL_SPLIT)
+        from components.infra_validator import build_for_pipeline
+
+        return build_for_pipeline(model=model, examples=examples, split_name=EVAL_SPLIT)
     raise ValueError(f"unknown infra validation {kind!r}")
 
 
@@ -247,6 +246,9 @@ def create_pipeline(
     if infra is not None:
         nodes.append(infra)
         pusher_args["infra_blessing"] = infra.outputs["blessing"]
+        if infra_validation == INFRA_LOCAL:
+            # Push the validated copy (<blessing>/stamped_model), which carries the warm-up requests.
+            del pusher_args["model"]
     if versioned_push:
         pusher_args["custom_executor_spec"] = executor_spec.ExecutorClassSpec(versioned_pusher.Executor)
     nodes.append(tfx.components.Pusher(**pusher_args))
