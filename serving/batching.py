@@ -36,7 +36,25 @@ from serving.metrics import ServingMetrics
 
 log = logging.getLogger("serving.batching")
 
-Runner = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
+Runner = Callable[[Mapping[str, Any]], dict[str, np.ndarray]]
+
+
+def _concat(values: list[Any]) -> Any:
+    """Concatenate inputs along dimension 0: numpy arrays with numpy, anything else (tf.Tensors from
+    the bulk decoder) with one tf.concat, so large string batches never become Python objects."""
+    if all(isinstance(v, np.ndarray) for v in values):
+        return np.concatenate(values)
+    import tensorflow as tf
+
+    return tf.concat([tf.convert_to_tensor(v) for v in values], axis=0)
+
+
+def _repeat_first(value: Any, count: int) -> Any:
+    if isinstance(value, np.ndarray):
+        return np.repeat(value[:1], count, axis=0)
+    import tensorflow as tf
+
+    return tf.repeat(value[:1], count, axis=0)
 
 
 @dataclass(frozen=True)
@@ -261,14 +279,14 @@ class BatchScheduler:
 
     def _run_merged(self, queue: _Queue, tasks: list[_Task], size: int) -> None:
         keys = list(tasks[0].inputs)
-        merged = {k: np.concatenate([t.inputs[k] for t in tasks]) for k in keys}
+        merged = {k: _concat([t.inputs[k] for t in tasks]) for k in keys}
         padded = size
         for allowed in self.params.allowed_batch_sizes:
             if allowed >= size:
                 padded = allowed
                 break
         if padded > size:
-            merged = {k: np.concatenate([v, np.repeat(v[:1], padded - size, axis=0)]) for k, v in merged.items()}
+            merged = {k: _concat([v, _repeat_first(v, padded - size)]) for k, v in merged.items()}
         outputs = queue.runner(merged)
         if any(np.ndim(v) == 0 or np.shape(v)[0] != padded for v in outputs.values()):
             log.warning("outputs of %s/%s are not batch-major; running its requests one by one",

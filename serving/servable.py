@@ -413,7 +413,6 @@ class Servable:
         if deadline is not None and time.monotonic() >= deadline:
             raise ServingError(Code.DEADLINE_EXCEEDED, "Deadline Exceeded")
         if use_batching and self._batching is not None:
-            inputs = {k: v if isinstance(v, np.ndarray) else v.numpy() for k, v in inputs.items()}
             key = _batch_key(sig.key, inputs)
             if key is not None:
                 return self._batching.submit(self, key, lambda batch: self.run(sig.key, batch), inputs, deadline)
@@ -446,19 +445,26 @@ class Servable:
         return cached
 
 
-def _batch_key(signature_key: str, inputs: Mapping[str, np.ndarray]) -> tuple | None:
-    """Requests sharing a key can be concatenated along dimension 0; None when the inputs can't be batched."""
+def _batch_key(signature_key: str, inputs: Mapping[str, Any]) -> tuple | None:
+    """Requests sharing a key can be concatenated along dimension 0; None when the inputs can't be batched.
+
+    Values are numpy arrays or tf.Tensors (large string inputs); both are keyed by DataType and shape.
+    """
     batch = None
     parts = []
     for key in sorted(inputs):
         value = inputs[key]
-        if value.ndim == 0:
+        if isinstance(value, np.ndarray):
+            dtype, shape = dtypes.from_numpy(value.dtype), value.shape
+        else:
+            dtype, shape = value.dtype.as_datatype_enum, tuple(value.shape.as_list())
+        if not shape:
             return None
         if batch is None:
-            batch = value.shape[0]
-        elif value.shape[0] != batch:
+            batch = shape[0]
+        elif shape[0] != batch:
             return None
-        parts.append((key, value.dtype.str, value.shape[1:]))
+        parts.append((key, dtype, shape[1:]))
     if not batch:
         return None
     return (signature_key, tuple(parts))
