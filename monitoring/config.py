@@ -44,6 +44,7 @@ SINK_OPTIONS: tuple[Option, ...] = (
     Option("bigquery_dataset", str, "fraud", "BigQuery dataset"),
     Option("bigquery_location", str, None, "BigQuery location of the dataset and jobs (e.g. EU)"),
     Option("bigquery_endpoint", str, None, "BigQuery API endpoint (an emulator; default Google's)", metavar="URL"),
+    Option("bigquery_retry_deadline_s", float, 120.0, "how long the BigQuery client retries one call", minimum=0.1),
     Option("scores_topic", str, SCORES.name, "score events topic"),
     Option("labels_topic", str, LABELS.name, "label events topic"),
     Option("dlq_topic", str, DLQ_MONITORING.name, "dead-letter topic for records that cannot be parsed"),
@@ -65,6 +66,9 @@ class BigQueryConfig:
     dataset: str
     location: str | None = None
     api_endpoint: str | None = None
+    #: How long the client library retries one call (HTTP 5xx, 429, connection errors) before the sink
+    #: sees a transient failure and retries the whole batch itself.
+    retry_deadline_s: float = 120.0
 
 
 @dataclass(frozen=True)
@@ -109,7 +113,7 @@ class SinkConfig:
         bq = None
         if v["warehouse"] == "bigquery" and v["bigquery_project"]:
             bq = BigQueryConfig(v["bigquery_project"], v["bigquery_dataset"], v["bigquery_location"],
-                                v["bigquery_endpoint"])
+                                v["bigquery_endpoint"], v["bigquery_retry_deadline_s"])
         port = v["http_port"]
         return cls(kafka=kafka, warehouse=v["warehouse"],
                    duckdb_path=v["duckdb_path"] or paths.warehouse_dir / "fraud.duckdb", bigquery=bq,

@@ -1,5 +1,7 @@
 """The warehouse sink against the real embedded Kafka broker: `fraudctl sink run` as a subprocess, killed
-with SIGKILL mid-stream several times and restarted; every score row must end up in DuckDB exactly once."""
+with SIGKILL mid-stream several times and restarted; every score row must end up in the warehouse exactly
+once. Run on DuckDB, and on the BigQuery code path (the real client library) against the local fake
+BigQuery server of test_warehouse_bigquery.py, whose MERGE semantics are an emulation."""
 
 from __future__ import annotations
 
@@ -30,26 +32,80 @@ MALFORMED = [
 ]
 
 
-def sink_command(bootstrap: str, scores: str, labels: str, dlq: str, db: Path, *extra: str) -> list[str]:
+def sink_command(bootstrap: str, scores: str, labels: str, dlq: str, *warehouse: str) -> list[str]:
     return [sys.executable, "-m", "fraud.cli", "sink", "run", "--bootstrap", bootstrap, "--scores-topic", scores,
-            "--labels-topic", labels, "--dlq-topic", dlq, "--duckdb-path", str(db), "--batch-max-size", "150",
-            "--batch-max-wait-ms", "20", "--group-id", f"sink-{scores}", *extra]
+            "--labels-topic", labels, "--dlq-topic", dlq, "--batch-max-size", "150",
+            "--batch-max-wait-ms", "20", "--group-id", f"sink-{scores}", *warehouse]
 
 
-def rows_in(db: Path) -> int:
-    if not db.exists():
-        return 0
-    con = open_readonly(db)
-    try:
-        return con.execute("SELECT count(*) FROM scores").fetchone()[0]
-    finally:
-        con.close()
+def wait_for_line(proc: subprocess.Popen, needle: str, timeout_s: float) -> bool:
+    """Read the process's stderr (JSON log lines) until one contains `needle`; keep draining it afterwards."""
+    found = threading.Event()
+
+    def pump() -> None:
+        for line in proc.stderr:
+            if needle in line:
+                found.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    return found.wait(timeout_s)
+
+
+class DuckDBStore:
+    """Reads the DuckDB warehouse between runs (the sink holds the file's lock while it runs)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.args = ["--duckdb-path", str(path)]
+
+    def _query(self, sql: str) -> list[tuple]:
+        con = open_readonly(self.path)
+        try:
+            return con.execute(sql).fetchall()
+        finally:
+            con.close()
+
+    def count(self) -> int:
+        return self._query("SELECT count(*) FROM scores")[0][0] if self.path.exists() else 0
+
+    def contents(self) -> tuple[int, dict, dict, dict]:
+        total = self._query("SELECT count(*) FROM scores")[0][0]
+        scores = dict(self._query("SELECT transaction_id, score FROM scores"))
+        labels = dict(self._query("SELECT transaction_id, label FROM labels"))
+        offsets = {(t, p): o for t, p, o in self._query("SELECT topic, partition, next_offset FROM sink_offsets")}
+        return total, scores, labels, offsets
+
+
+class BigQueryStore:
+    """The sink on the BigQuery code path (real client library) against the local fake server."""
+
+    def __init__(self, fake) -> None:
+        self.fake = fake
+        self.args = ["--warehouse", "bigquery", "--bigquery-project", "test-project", "--bigquery-endpoint",
+                     fake.endpoint, "--bigquery-retry-deadline-s", "5"]
+
+    def count(self) -> int:
+        return len(self.fake.scores)
+
+    def contents(self) -> tuple[int, dict, dict, dict]:
+        scores = {tx: row["score"] for tx, row in self.fake.scores.items()}
+        return len(scores), scores, {tx: row["label"] for tx, row in self.fake.labels.items()}, dict(self.fake.offsets)
+
+
+@pytest.fixture(params=["duckdb", "bigquery"])
+def store(request, tmp_path: Path):
+    if request.param == "duckdb":
+        yield DuckDBStore(tmp_path / "warehouse.duckdb")
+        return
+    from test_warehouse_bigquery import FakeBigQuery
+
+    with FakeBigQuery() as fake:
+        yield BigQueryStore(fake)
 
 
 def test_sink_kill_9_mid_stream_leaves_every_score_exactly_once(kafka_broker, kafka_topic, kafka_client_config,
-                                                                 tmp_path: Path):
+                                                                 store):
     scores_t, labels_t, dlq_t = kafka_topic(partitions=4), kafka_topic(partitions=2), kafka_topic(partitions=1)
-    db = tmp_path / "warehouse.duckdb"
     events = synthetic_scores(N_EVENTS, seed=11)
     # An at-least-once bridge re-sends some scores: the same transaction id twice (same payload).
     resent = [events[i] for i in range(0, N_EVENTS, 97)]
@@ -60,20 +116,22 @@ def test_sink_kill_9_mid_stream_leaves_every_score_exactly_once(kafka_broker, ka
     labelled = events[: N_EVENTS // 2]
     stream += [(labels_t, e.label.transaction_id.encode(), e.label.to_json()) for e in labelled]
 
-    producer = threading.Thread(target=produce, args=(kafka_client_config, stream), kwargs={"rate": 900.0})
+    producer = threading.Thread(target=produce, args=(kafka_client_config, stream), kwargs={"rate": 600.0})
     producer.start()
-    cmd = sink_command(kafka_broker.bootstrap, scores_t, labels_t, dlq_t, db)
+    cmd = sink_command(kafka_broker.bootstrap, scores_t, labels_t, dlq_t, *store.args)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     partial_counts = []
     rng = random.Random(5)
     try:
         for _ in range(3):
-            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            time.sleep(rng.uniform(3.5, 5.0))
-            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            started = wait_for_line(proc, '"sink_starting"', timeout_s=90)
+            assert started, "the sink did not start"
+            time.sleep(rng.uniform(0.5, 2.0))  # the sink is consuming while the producer still produces
+            assert proc.poll() is None, "the sink exited early"
             proc.send_signal(signal.SIGKILL)
             proc.wait(10)
-            partial_counts.append(rows_in(db))
+            partial_counts.append(store.count())
     finally:
         producer.join(60)
     assert not producer.is_alive()
@@ -83,21 +141,10 @@ def test_sink_kill_9_mid_stream_leaves_every_score_exactly_once(kafka_broker, ka
     done = subprocess.run(cmd + ["--stop-when-idle-s", "3"], env=env, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-2000:]
 
-    con = open_readonly(db)
-    try:
-        total, distinct = con.execute("SELECT count(*), count(DISTINCT transaction_id) FROM scores").fetchone()
-        assert total == distinct == N_EVENTS
-        stored = dict(((t, p), o) for t, p, o in con.execute(
-            "SELECT topic, partition, next_offset FROM sink_offsets").fetchall())
-        got = dict(con.execute("SELECT transaction_id, score FROM scores").fetchall())
-        labels = dict(con.execute("SELECT transaction_id, label FROM labels").fetchall())
-        offsets_ok = con.execute(
-            "SELECT count(*) FROM scores WHERE kafka_topic = ? AND kafka_offset >= 0", [scores_t]).fetchone()[0]
-    finally:
-        con.close()
+    total, got, labels, stored = store.contents()
+    assert total == N_EVENTS
     assert got == {e.score.transaction_id: e.score.score for e in events}
     assert labels == {e.label.transaction_id: e.label.label for e in labelled}
-    assert offsets_ok == N_EVENTS
     # The stored offsets are the ends of every partition: nothing left unread, nothing beyond.
     assert sum(o for (t, _p), o in stored.items() if t == scores_t) == len(stream) - len(labelled)
     assert sum(o for (t, _p), o in stored.items() if t == labels_t) == len(labelled)
@@ -110,4 +157,3 @@ def test_sink_kill_9_mid_stream_leaves_every_score_exactly_once(kafka_broker, ka
     assert {d.reason for d in dead} == {"malformed_json", "missing_field", "out_of_range"}
     assert all(d.source_topic == scores_t and d.component == "warehouse_sink" for d in dead)
     assert "sink:" in done.stdout
-
