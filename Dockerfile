@@ -41,7 +41,8 @@ RUN python -m pip install --no-deps . \
  && python -c "import tensorflow as tf, tfx; assert tfx.__version__ == '1.16.0', tfx.__version__; assert tf.__version__.startswith('2.16.'), tf.__version__" \
  && python -c "import tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor, pipeline.pipeline, monitoring.monitor" \
  && fraudctl --help > /dev/null \
- && fraudctl preprocess check-rules > /dev/null
+ && fraudctl preprocess check-rules > /dev/null \
+ && rm -rf build *.egg-info
 
 # The user the compose file and the Kubernetes manifests run the monitor as (Kubeflow runs as the image's
 # default user, root, as with the stock TFX image).
