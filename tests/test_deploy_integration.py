@@ -11,6 +11,7 @@ FRAUD_SERVING_* as in tests/conftest.py).
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -191,3 +192,78 @@ def test_tf_serving_readiness_command_waits_for_an_available_version(model_serve
     assert missing.returncode != 0
     closed = [a.replace(f"/dev/tcp/127.0.0.1/{port}", f"/dev/tcp/127.0.0.1/{_free_port()}") for a in argv]
     assert subprocess.run(closed, env={**env, "MODEL_NAME": "examples"}, capture_output=True, timeout=30).returncode != 0
+
+
+def _image_properties(env: dict[str, str]) -> dict[str, str]:
+    """server.properties as the apache/kafka image renders them from KAFKA_* variables
+    (docker/resources/common-scripts: prefix dropped, '___' -> '-', '__' -> '_', '_' -> '.', lower case)."""
+    excluded = {"KAFKA_VERSION", "KAFKA_HEAP_OPTS", "KAFKA_LOG4J_OPTS", "KAFKA_OPTS", "KAFKA_JMX_OPTS",
+                "KAFKA_JVM_PERFORMANCE_OPTS", "KAFKA_GC_LOG_OPTS", "KAFKA_LOG4J_ROOT_LOGLEVEL", "KAFKA_LOG4J_LOGGERS",
+                "KAFKA_TOOLS_LOG4J_LOGLEVEL"}
+    props = {}
+    for key, value in env.items():
+        if key.startswith("KAFKA_") and key not in excluded:
+            name = key[len("KAFKA_"):].replace("___", "-").replace("__", "\0").replace("_", ".").replace("\0", "_")
+            props[name.lower()] = value
+    return props
+
+
+def test_compose_kafka_settings_make_a_working_broker(tmp_path: Path) -> None:
+    """The compose broker's environment, rendered as the image renders it, formats (with its CLUSTER_ID) and
+    starts a real Kafka 4.1.1 broker+controller here; the compose `topics` one-shot then creates every topic
+    through the listener the services use. Only host names and ports are moved to free loopback ports."""
+    from fraud.embedded import jars
+    from fraud.embedded.broker import MAIN_CLASS, STORAGE_TOOL, write_properties
+    from fraud.paths import load_paths
+
+    env = h.compose_env(SERVICES["kafka"])
+    ports = {p: _free_port() for p in ("9092", "9093", "9094")}
+
+    def local(value: str) -> str:
+        value = re.sub(r"(?<=//)(?=:)", "127.0.0.1", value)  # ':9092' listeners bind to loopback here
+        value = value.replace("@kafka:", "@127.0.0.1:").replace("//kafka:", "//127.0.0.1:")
+        return re.sub(r":(909[234])\b", lambda m: f":{ports[m.group(1)]}", value)
+
+    props = {k: local(v) for k, v in _image_properties(env).items()}
+    assert props["log.dirs"] == "/var/lib/kafka/data"  # the image's VOLUME
+    props["log.dirs"] = str(tmp_path / "data")
+    properties = tmp_path / "server.properties"
+    write_properties(properties, props, "rendered from deploy/docker-compose.yml's kafka environment")
+    jars_dir = jars.ensure_jars(load_paths().jars_dir)
+    jars.run_tool(jars_dir, STORAGE_TOOL, ["format", "-t", env["CLUSTER_ID"], "-c", str(properties)])
+    log = (tmp_path / "kafka.out").open("wb")
+    broker = subprocess.Popen(jars.java_command(jars_dir, MAIN_CLASS, [str(properties)], heap="512m",
+                                                jvm_opts=("-XX:TieredStopAtLevel=1",)),
+                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        bootstrap = f"127.0.0.1:{ports['9092']}"  # kafka:9092, what every service is given
+        deadline = time.monotonic() + 120
+        while True:
+            assert broker.poll() is None, (tmp_path / "kafka.out").read_text()[-3000:]
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", ports["9092"])) == 0:
+                    break
+            assert time.monotonic() < deadline, "the broker never listened"
+            time.sleep(0.5)
+        rendered = _local_env("topics", tmp_path, bootstrap, None)
+        proc = h.guarded_fraudctl(h.compose_argv(SERVICES["topics"])[1:], SERVICES_LOCK, rendered,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        out, err = proc.communicate(timeout=180)
+        assert proc.returncode == 0, err
+        assert {line.split()[0] for line in out.splitlines() if line.strip()} == {t.name for t in ALL_TOPICS}
+        # The host listener (127.0.0.1:9094 in compose) answers too.
+        from kafka import KafkaAdminClient
+
+        admin = KafkaAdminClient(bootstrap_servers=f"127.0.0.1:{ports['9094']}", request_timeout_ms=10_000)
+        try:
+            assert {t.name for t in ALL_TOPICS} <= set(admin.list_topics())
+        finally:
+            admin.close()
+    finally:
+        broker.terminate()
+        try:
+            broker.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            broker.kill()
+            broker.wait(timeout=10)
+        log.close()
