@@ -320,7 +320,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"broker {bootstrap}, model server 127.0.0.1:{port}, delivery {args.delivery}, "
               f"{args.events:,} events per throughput stage, batch <= {args.batch_max_size}, "
               f"wait <= {args.batch_max_wait_ms} ms", flush=True)
-        all_results = [run_client(c, args, bootstrap, port, tmp) for c in args.clients]
+        all_results = []
+        for client in args.clients:
+            try:
+                all_results.append(run_client(client, args, bootstrap, port, tmp))
+            except RuntimeError as exc:  # e.g. a client that stalls: report it, go on with the next one
+                print(f"  [{client}] FAILED: {exc} (worker logs in {tmp} were removed; rerun to inspect)",
+                      flush=True)
 
     print("\nsummary (ratios against the passthrough of the same client, same run)")
     for r in all_results:
@@ -330,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{ratio:.2f}x passthrough (goal >= 0.70: {'met' if ratio >= 0.7 else 'NOT met'})"
               + (f"; p99 at half max {half[3]:.1f} ms (goal <= 50: {'met' if half[3] <= 50 else 'NOT met'})"
                  if half else ""))
-    if len(all_results) == 2:
+    if len(all_results) == 2 and all(r.get("latency") for r in all_results):
         a, b = all_results
         print(f"  {b['client']} / {a['client']}: passthrough {b['passthrough'] / a['passthrough']:.2f}x, "
               f"bridge {b['bridge_max'] / a['bridge_max']:.2f}x")
