@@ -279,6 +279,8 @@ def _build_array(buf: bytes, dtype: int, dims: list[int], unknown_rank: bool, co
     shape = tuple(dims)
     field, encoding = _VALUE_FIELD[dtype]
     if dtype == dtypes.DT_STRING:
+        if content is not None and content[1] > content[0]:
+            raise WireError("tensor_content is not supported for string tensors")  # clients use string_val
         values: np.ndarray | list[bytes] = strings
         count = len(strings)
     elif content is not None and content[1] > content[0]:
@@ -293,11 +295,11 @@ def _build_array(buf: bytes, dtype: int, dims: list[int], unknown_rank: bool, co
         arr = _as_array(values, np_dtype)
     elif count == 0:
         arr = np.full(n, b"", dtype=object) if dtype == dtypes.DT_STRING else np.zeros(n, dtype=np_dtype)
-    elif count < n:  # Tensor::FromProto repeats the last value to fill the tensor
+    elif count < n:  # Tensor::FromProto repeats the last value to fill the tensor ...
         arr = _as_array(values, np_dtype)
         arr = np.concatenate([arr, np.repeat(arr[-1:], n - count)])
-    else:
-        raise WireError(f"tensor holds {count} values, shape {list(dims)} has room for {n}")
+    else:  # ... and ignores values beyond the shape
+        arr = _as_array(values[:n], np_dtype)
     return arr.reshape(shape)
 
 

@@ -71,6 +71,9 @@ def test_typed_fields_packed_and_unpacked_and_fill_rules():
     assert _decode(proto).tolist() == [1.0, 2.0, 2.0, 2.0]
     proto.ClearField("float_val")
     assert _decode(proto).tolist() == [0.0] * 4  # no values: zeros
+    proto.float_val.extend([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+    assert _decode(proto).tolist() == [1.0, 2.0, 3.0, 4.0]  # values beyond the shape: ignored, as TF does
+    proto.ClearField("float_val")
     unpacked = b"".join(b"\x2d" + np.float32(v).tobytes() for v in (5.0, 6.0, 7.0, 8.0))  # field 5, fixed32
     data = proto.SerializeToString() + unpacked
     assert wire.decode_tensor(data, 0, len(data)).tolist() == [5.0, 6.0, 7.0, 8.0]
@@ -81,7 +84,6 @@ def test_typed_fields_packed_and_unpacked_and_fill_rules():
 
 
 @pytest.mark.parametrize("mutate", [
-    lambda p: p.float_val.extend([1.0] * 5),  # more values than elements
     lambda p: setattr(p, "tensor_content", b"\x00" * 5),  # content of the wrong size
     lambda p: setattr(p, "dtype", 20),  # DT_RESOURCE
     lambda p: p.tensor_shape.dim.add().__setattr__("size", -1),  # unknown dimension
@@ -220,7 +222,7 @@ def test_large_string_tensors_go_to_the_bulk_decoder():
     assert len(seen) == 1 and seen[0] >= wire.BULK_STRING_BYTES
     assert call.inputs["big"].numpy().tolist() == rows  # a tf.Tensor
     assert call.inputs["small"].tolist() == [b"x"]  # a numpy array
-    request.inputs["big"].tensor_shape.dim[0].size = 63  # 64 values for 63 elements: not a tensor
+    request.inputs["big"].tensor_content = b"\x00"  # tensor_content on a string tensor: not a tensor
     with pytest.raises(ServingError) as info:
         wire.decode_predict_request(request.SerializeToString(), bulk)
     assert info.value.message == "tensor parsing error: big"
