@@ -1,10 +1,12 @@
-"""A JVM service run in the background from a state directory: pid file, logs, start, readiness, stop.
+"""A background service run from a state directory: pid file, logs, start, readiness, stop.
 
-The broker and the Connect worker share this: one pid file (`<name>.pid`) and one run record
-(`<name>.json`: pid, ports, start time) in the state directory, the JVM's stdout/stderr in
-`logs/<name>.out`, log4j's output in `logs/<name>.log`. A pid file is trusted only if that process is
-alive and its command line carries this state directory's marker (`-Dfraud.state.dir=...`), so a pid
-reused by an unrelated process is reported as stale rather than signalled.
+The broker, the Connect worker (JVMs) and the project's Python services started by `fraudctl demo`
+share this: one pid file (`<name>.pid`) and one run record (`<name>.json`: pid, ports, start time) in
+the state directory, the process's stdout/stderr in `logs/<name>.out` (log4j's output in
+`logs/<name>.log` for the JVMs). A pid file is trusted only if that process is alive and its command
+line carries this state directory's marker (`-Dfraud.state.dir=...` for a JVM, the ignored interpreter
+option `-Xfraud.state.dir=...` for Python), so a pid reused by an unrelated process is reported as
+stale rather than signalled.
 """
 
 from __future__ import annotations
@@ -115,14 +117,21 @@ def tail(path: Path, lines: int = 20) -> list[str]:
     return [ln for ln in text.splitlines() if ln.strip()][-lines:]
 
 
-class JvmService:
-    """One background JVM bound to a state directory (used by KafkaBroker and ConnectStandalone)."""
+class BackgroundService:
+    """One background process bound to a state directory.
 
-    def __init__(self, name: str, label: str, state_dir: Path, main_class: str) -> None:
+    `main_class` is what identifies the program on its command line (a JVM main class, a Python module);
+    `marker_option` is the interpreter option that carries the state-directory marker, inserted right
+    after the executable.
+    """
+
+    def __init__(self, name: str, label: str, state_dir: Path, main_class: str,
+                 marker_option: str = "-Dfraud.state.dir") -> None:
         self.name = name  # file stem: kafka -> kafka.pid, logs/kafka.log
         self.label = label  # for messages: "Kafka broker"
         self.state_dir = state_dir
         self.main_class = main_class
+        self.marker_option = marker_option
         self._proc: subprocess.Popen | None = None
 
     @property
@@ -147,7 +156,7 @@ class JvmService:
 
     @property
     def marker(self) -> str:
-        return f"-Dfraud.state.dir={self.state_dir}"
+        return f"{self.marker_option}={self.state_dir}"
 
     @contextlib.contextmanager
     def start_lock(self) -> Iterator[None]:
@@ -312,3 +321,14 @@ class JvmService:
                 except subprocess.TimeoutExpired:
                     pass
             self._proc = None
+
+
+class JvmService(BackgroundService):
+    """A background JVM (KafkaBroker, ConnectStandalone): the marker is a `-D` system property."""
+
+
+class PythonService(BackgroundService):
+    """A background `python -m <module>` service: the marker is an `-X` option CPython ignores."""
+
+    def __init__(self, name: str, label: str, state_dir: Path, module: str) -> None:
+        super().__init__(name, label, state_dir, module, marker_option="-Xfraud.state.dir")
