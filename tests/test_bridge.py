@@ -271,3 +271,23 @@ def test_python_m_kafka_bridge_bad_flag_is_one_line_and_exit_1(capsys):
 
     assert main(["--batch-max-size", "0"]) == 1
     assert capsys.readouterr().err.strip() == "kafka_bridge: --batch-max-size='0': must be >= 1"
+
+
+def test_grpc_tls_uses_a_secure_channel_with_the_given_files(tmp_path, monkeypatch):
+    import grpc
+
+    from kafka_bridge.predict import GrpcTls, PredictClient
+
+    for name in ("ca", "cert", "key"):
+        (tmp_path / f"{name}.pem").write_bytes(f"{name}-bytes".encode())
+    made = {}
+    monkeypatch.setattr(grpc, "ssl_channel_credentials",
+                        lambda root, key, chain: made.setdefault("creds", (root, key, chain)))
+    monkeypatch.setattr(grpc, "secure_channel",
+                        lambda target, creds, options: made.setdefault("channel", (target, creds, dict(options))))
+    tls = GrpcTls(tmp_path / "ca.pem", tmp_path / "cert.pem", tmp_path / "key.pem", server_name="model.internal")
+    with pytest.raises(AttributeError):  # the recorded "channel" is a tuple: no unary_unary; we only check wiring
+        PredictClient("model:8500", model_name="fraud", signature_name="s", input_key="examples", tls=tls)
+    assert made["creds"] == (b"ca-bytes", b"key-bytes", b"cert-bytes")
+    target, _, options = made["channel"]
+    assert target == "model:8500" and options["grpc.ssl_target_name_override"] == "model.internal"

@@ -548,3 +548,52 @@ def test_json_logs_one_object_per_line_with_fields():
     obj = json.loads(lines[0])
     assert obj["event"] == "dead_letter" and obj["transaction_id"] == "tx-1" and obj["offset"] == 7
     assert obj["level"] == "warning"
+
+
+# -- Kafka TLS/SASL settings reach both clients ------------------------------------------------------
+
+
+def _secure_config(tmp_path) -> StreamConfig:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    kafka = KafkaClientConfig(bootstrap_servers=("broker:9093",), security_protocol="SASL_SSL",
+                              sasl_mechanism="SCRAM-SHA-512", sasl_username="bridge", sasl_password="s3cret",
+                              ssl_cafile=ca, client_id="fraud-bridge")
+    return make_config(Delivery.EXACTLY_ONCE, kafka=kafka, static_membership=True)
+
+
+def test_confluent_client_passes_tls_sasl_and_delivery_settings(tmp_path, monkeypatch):
+    confluent_kafka = pytest.importorskip("confluent_kafka")
+    seen: dict[str, dict] = {}
+    monkeypatch.setattr(confluent_kafka, "Consumer", lambda conf: seen.setdefault("consumer", conf))
+    monkeypatch.setattr(confluent_kafka, "Producer", lambda conf: seen.setdefault("producer", conf))
+    from fraud.stream.confluent_client import ConfluentClient
+
+    ConfluentClient(_secure_config(tmp_path))
+    for conf in seen.values():
+        assert conf["security.protocol"] == "SASL_SSL" and conf["sasl.mechanism"] == "SCRAM-SHA-512"
+        assert conf["sasl.username"] == "bridge" and conf["sasl.password"] == "s3cret"
+        assert conf["ssl.ca.location"] == str(tmp_path / "ca.pem") and conf["bootstrap.servers"] == "broker:9093"
+    c, p = seen["consumer"], seen["producer"]
+    assert c["enable.auto.commit"] is False and c["isolation.level"] == "read_committed"
+    assert c["group.instance.id"] == "i0" and c["group.id"] == "g"
+    assert p["transactional.id"] == "g-i0" and p["acks"] == "all" and p["enable.idempotence"] is True
+
+
+def test_kafka_python_client_passes_tls_sasl_and_delivery_settings(tmp_path, monkeypatch):
+    import kafka
+
+    seen: dict[str, dict] = {}
+    monkeypatch.setattr(kafka, "KafkaConsumer", lambda **kw: seen.setdefault("consumer", kw))
+    monkeypatch.setattr(kafka, "KafkaProducer", lambda **kw: seen.setdefault("producer", kw))
+    from fraud.stream.kafka_python_client import KafkaPythonClient
+
+    KafkaPythonClient(_secure_config(tmp_path))
+    for kw in seen.values():
+        assert kw["security_protocol"] == "SASL_SSL" and kw["sasl_mechanism"] == "SCRAM-SHA-512"
+        assert kw["sasl_plain_username"] == "bridge" and kw["sasl_plain_password"] == "s3cret"
+        assert kw["ssl_cafile"] == str(tmp_path / "ca.pem")
+    c, p = seen["consumer"], seen["producer"]
+    assert c["enable_auto_commit"] is False and c["isolation_level"] == "read_committed"
+    assert c["group_instance_id"] == "i0"
+    assert p["transactional_id"] == "g-i0" and p["acks"] == "all" and p["enable_idempotence"] is True
