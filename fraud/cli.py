@@ -14,7 +14,16 @@ import sys
 from fraud.errors import FraudError
 
 #: Modules that register subcommands, in the order `fraudctl --help` lists them.
-COMMAND_MODULES: tuple[str, ...] = ("fraud.data_cli", "fraud.embedded.cli", "kafka_bridge.cli", "preprocessing.cli", "monitoring.cli", "serving.cli", "pipeline.cli")
+COMMAND_MODULES: tuple[str, ...] = (
+    "fraud.demo",
+    "fraud.data_cli",
+    "fraud.embedded.cli",
+    "preprocessing.cli",
+    "pipeline.cli",
+    "serving.cli",
+    "kafka_bridge.cli",
+    "monitoring.cli",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,437 @@
+"""`fraudctl demo run|stop|status`: the whole flow on embedded defaults, from a CSV file to live scores.
+
+`demo run`:
+ 1. starts the embedded Kafka broker and creates the project's topics;
+ 2. splits the sample (or --file) in time order: the first part is history (ingested and trained on),
+    the rest is held out and later replayed as live traffic;
+ 3. ingests the history CSV through Kafka Connect (FileStreamSource -> fraud.ingest.csv);
+ 4. runs the preprocessing job (validate, filter, anonymize) as a service and waits until it caught up;
+ 5. exports a training span from fraud.transactions and runs the TFX pipeline, which pushes a model;
+ 6. starts the model server, the bridge, the warehouse sink and the monitor as services;
+ 7. replays the held-out rows as live raw transactions (labels follow after a delay);
+ 8. waits until every live transaction is scored and its label is in, renders the reports, and prints
+    where they are with headline numbers read from the same sources as the reports.
+
+A re-run reuses what exists: running services are left alone, Connect sends only lines it has not
+sent, an export with nothing new writes nothing, training is skipped when a model is already pushed
+and no new span was exported, and the bridge continues from its committed offsets.
+`demo stop` stops every service the demo started, in reverse order. Services are ordinary processes
+with pid files and logs under FRAUD_HOME/run/<service>/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from fraud.errors import FraudError
+from fraud.paths import SAMPLE_CSV, Paths, load_paths
+
+MODEL_NAME = "fraud"
+
+#: Loopback ports of the demo's services (the same as deploy/docker-compose.yml).
+GRPC_PORT = 8500
+REST_PORT = 8501
+HTTP_PORTS = {"bridge": 9464, "preprocess": 9465, "sink": 9466, "monitor": 9467}
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    paths: Paths
+    source: Path = SAMPLE_CSV
+    history_fraction: float = 0.7
+    rate: float = 200.0  # live events per second
+    label_delay_s: float = 5.0
+    delivery: str = "exactly_once"
+    wait_timeout_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        if not 0.1 <= self.history_fraction <= 0.95:
+            raise FraudError(f"--history-fraction must be in [0.1, 0.95], got {self.history_fraction}")
+        if self.rate < 0:
+            raise FraudError(f"--rate must be >= 0, got {self.rate}")
+        if not self.source.is_file():
+            raise FraudError(f"no such file: {self.source}")
+
+    @property
+    def demo_dir(self) -> Path:
+        return self.paths.home / "demo"
+
+    @property
+    def history_csv(self) -> Path:
+        return self.demo_dir / "history.csv"
+
+    @property
+    def key_file(self) -> Path:
+        return self.demo_dir / "anonymize.key"
+
+    @property
+    def warehouse(self) -> Path:
+        return self.paths.warehouse_dir / "fraud.duckdb"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.demo_dir / "logs"
+
+
+# ---------------------------------------------------------------------------------------------
+# Small helpers
+
+
+def _say(step: str, text: str) -> None:
+    print(f"[demo] {step:<10} {text}", flush=True)
+
+
+def _fraudctl(args: Sequence[str], *, log: Path | None = None) -> str:
+    """Runs `fraudctl ARGS` (same interpreter). Its output goes to the terminal, or to `log` (quiet steps)."""
+    cmd = [sys.executable, "-m", "fraud.cli", *args]
+    if log is None:
+        done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+        if done.stdout:
+            print(done.stdout, end="", flush=True)
+        if done.returncode != 0:
+            raise FraudError(f"`fraudctl {' '.join(args)}` failed (exit {done.returncode})")
+        return done.stdout
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as out:
+        done = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, text=True)
+    text = log.read_text(errors="replace")
+    if done.returncode != 0:
+        last = [ln for ln in text.splitlines() if ln.strip()][-1:] or ["no output"]
+        raise FraudError(f"`fraudctl {' '.join(args)}` failed (exit {done.returncode}): {last[0][:300]} (log: {log})")
+    return text
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _wait(what: str, condition: Callable[[], bool], timeout_s: float, poll_s: float = 1.0) -> float:
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started > timeout_s:
+            raise FraudError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(poll_s)
+    return time.monotonic() - started
+
+
+# ---------------------------------------------------------------------------------------------
+# Services
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    label: str
+    args: tuple[str, ...]  # after `python -m`
+    ready_url: str
+
+    def handle(self, paths: Paths):
+        from fraud.embedded.process import PythonService
+
+        return PythonService(self.name, self.label, paths.run_dir / self.name, self.args[0])
+
+    def start(self, paths: Paths, timeout_s: float = 180.0) -> str:
+        """Starts the service (FRAUD_HOME/FRAUD_CACHE are inherited, so it sees the same paths)."""
+        svc = self.handle(paths)
+        status = svc.status()
+        if status.running:
+            return f"already running (pid {status.pid})"
+        if status.state == "stale":
+            svc.stop()
+        svc.state_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", *self.args]
+        took = svc.launch(cmd, {"ready_url": self.ready_url}, lambda: _http_ok(self.ready_url), timeout_s=timeout_s)
+        return f"started in {took:.1f} s (pid {svc.status().pid}, log {svc.out_file})"
+
+
+def services(config: DemoConfig) -> list[Service]:
+    paths = config.paths
+    bootstrap = ("--bootstrap", _bootstrap(paths))
+    preprocess = Service(
+        "preprocess", "preprocessing job",
+        ("fraud.cli", "preprocess", "run", "--key-file", str(config.key_file), "--delivery", config.delivery,
+         "--http-port", str(HTTP_PORTS["preprocess"]), *bootstrap),
+        f"http://127.0.0.1:{HTTP_PORTS['preprocess']}/readyz")
+    server = Service(
+        "serving", "model server",
+        ("serving", f"--port={GRPC_PORT}", f"--rest_api_port={REST_PORT}", f"--model_name={MODEL_NAME}",
+         f"--model_base_path={paths.serving_model_dir / MODEL_NAME}", "--file_system_poll_wait_seconds=2"),
+        f"http://127.0.0.1:{REST_PORT}/v1/models/{MODEL_NAME}")
+    bridge = Service(
+        "bridge", "bridge",
+        ("fraud.cli", "bridge", "run", "--server", f"127.0.0.1:{GRPC_PORT}", "--delivery", config.delivery,
+         "--http-port", str(HTTP_PORTS["bridge"]), *bootstrap),
+        f"http://127.0.0.1:{HTTP_PORTS['bridge']}/readyz")
+    sink = Service(
+        "sink", "warehouse sink",
+        ("fraud.cli", "sink", "run", "--duckdb-path", str(config.warehouse),
+         "--http-port", str(HTTP_PORTS["sink"]), *bootstrap),
+        f"http://127.0.0.1:{HTTP_PORTS['sink']}/healthz")
+    monitor = Service(
+        "monitor", "monitor",
+        ("fraud.cli", "monitor", "run", "--http-port", str(HTTP_PORTS["monitor"]), "--publish-interval-s", "5",
+         *bootstrap),
+        f"http://127.0.0.1:{HTTP_PORTS['monitor']}/healthz")
+    return [preprocess, server, bridge, sink, monitor]
+
+
+def _service(config: DemoConfig, name: str) -> Service:
+    return next(s for s in services(config) if s.name == name)
+
+
+def _bootstrap(paths: Paths) -> str:
+    from fraud.embedded.broker import running_bootstrap
+
+    return running_bootstrap(paths.kafka_dir) or "127.0.0.1:9092"
+
+
+# ---------------------------------------------------------------------------------------------
+# Kafka progress
+
+
+def _client(paths: Paths, client_id: str):
+    from fraud.kafka_config import KafkaClientConfig
+
+    return KafkaClientConfig(bootstrap_servers=(_bootstrap(paths),), client_id=client_id)
+
+
+def group_lag(paths: Paths, group: str, topics: Sequence[str]) -> int | None:
+    """Records in `topics` the group has not committed yet (None: the group has committed nothing)."""
+    from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+
+    config = _client(paths, "fraud-demo")
+    admin = KafkaAdminClient(**config.admin_kwargs())
+    consumer = KafkaConsumer(**config.consumer_kwargs())
+    try:
+        committed = admin.list_consumer_group_offsets(group)
+        parts = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
+        ends = consumer.end_offsets(parts)
+    finally:
+        consumer.close()
+        admin.close()
+    if not committed:
+        return None
+    return sum(max(0, ends[tp] - (committed[tp].offset if tp in committed else 0)) for tp in parts)
+
+
+def commit_at_end(paths: Paths, group: str, topic: str) -> bool:
+    """Commit `group` at the current end of `topic` if the group has no offsets yet (skip the history)."""
+    from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+    from kafka.structs import OffsetAndMetadata
+
+    config = _client(paths, "fraud-demo")
+    admin = KafkaAdminClient(**config.admin_kwargs())
+    try:
+        if admin.list_consumer_group_offsets(group):
+            return False
+    finally:
+        admin.close()
+    consumer = KafkaConsumer(**config.consumer_kwargs(group_id=group))
+    try:
+        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        ends = consumer.end_offsets(parts)
+        consumer.assign(parts)
+        consumer.commit({tp: OffsetAndMetadata(ends[tp], "", -1) for tp in parts})
+    finally:
+        consumer.close()
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# Steps
+
+
+def split_source(config: DemoConfig) -> tuple[int, int]:
+    """Writes the history CSV (header + the first part) once; returns (history rows, live rows)."""
+    from fraud.dataset import count_rows
+
+    total = count_rows(config.source)
+    history = int(total * config.history_fraction)
+    if not config.history_csv.exists():
+        config.demo_dir.mkdir(parents=True, exist_ok=True)
+        tmp = config.history_csv.with_suffix(".tmp")
+        import gzip
+
+        opener = gzip.open if config.source.suffix == ".gz" else open
+        with opener(config.source, "rt") as src, open(tmp, "w") as out:
+            for i, line in enumerate(src):
+                if i > history:
+                    break
+                out.write(line)
+        tmp.rename(config.history_csv)
+    return history, total - history
+
+
+def ensure_key(config: DemoConfig) -> None:
+    """A random anonymization key for this installation's demo (0600), made once."""
+    if config.key_file.exists():
+        return
+    config.demo_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(config.key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secrets.token_hex(32) + "\n")
+
+
+def pushed_versions(paths: Paths) -> list[int]:
+    base = paths.serving_model_dir / MODEL_NAME
+    return sorted(int(p.name) for p in base.iterdir() if p.name.isdigit()) if base.is_dir() else []
+
+
+def run(config: DemoConfig) -> int:
+    from fraud import topics
+    from fraud.embedded.broker import BrokerConfig, KafkaBroker
+    from fraud.kafka_config import ensure_topics
+
+    paths = config.paths
+    started = time.monotonic()
+
+    broker = KafkaBroker(BrokerConfig(state_dir=paths.kafka_dir, jars_dir=paths.jars_dir))
+    took = broker.start()
+    _say("kafka", "already running" if took is None else f"started in {took:.1f} s at {broker.bootstrap}")
+    results = ensure_topics(_client(paths, "fraud-demo"), topics.ALL_TOPICS)
+    _say("topics", f"{len(results)} topics ready")
+
+    history, live = split_source(config)
+    _say("data", f"{config.source.name}: {history} rows of history, {live} held out for live replay")
+
+    _fraudctl(["ingest", "--file", str(config.history_csv), "--bootstrap", broker.bootstrap, "--no-progress"])
+
+    ensure_key(config)
+    _say("preprocess", _service(config, "preprocess").start(paths))
+    from preprocessing.job import DEFAULT_GROUP as PREPROCESS_GROUP
+
+    inputs = [topics.INGEST_CSV.name, topics.TRANSACTIONS_RAW.name]
+    took = _wait("the preprocessing job to catch up", lambda: group_lag(paths, PREPROCESS_GROUP, inputs) == 0,
+                 config.wait_timeout_s)
+    _say("preprocess", f"caught up with the ingested history ({took:.0f} s)")
+
+    out = _fraudctl(["export", "--bootstrap", broker.bootstrap])
+    new_span = out.startswith("span ")
+    if new_span or not pushed_versions(paths):
+        log = config.logs_dir / "train.log"
+        _say("train", f"running the TFX pipeline (log: {log}) ...")
+        t0 = time.monotonic()
+        _fraudctl(["train"], log=log)
+        _say("train", f"done in {time.monotonic() - t0:.0f} s; pushed versions {pushed_versions(paths)}")
+    else:
+        _say("train", f"no new span; serving the pushed versions {pushed_versions(paths)}")
+    if not pushed_versions(paths):
+        raise FraudError("the pipeline pushed no model (not blessed?); see `fraudctl report`")
+
+    from kafka_bridge.config import DEFAULT_GROUP as BRIDGE_GROUP
+
+    if commit_at_end(paths, BRIDGE_GROUP, topics.TRANSACTIONS.name):
+        _say("bridge", "first run: the bridge starts after the history (only live traffic is scored)")
+    for name in ("serving", "bridge", "sink", "monitor"):
+        _say(name, _service(config, name).start(paths))
+
+    sample_rows = ["--file", str(config.source), "--start-row", str(history)]
+    _fraudctl(["replay", *sample_rows, "--rate", str(config.rate), "--label-delay", str(config.label_delay_s),
+               "--bootstrap", broker.bootstrap])
+
+    from monitoring.config import SinkConfig
+
+    _wait("the preprocessing job", lambda: group_lag(paths, PREPROCESS_GROUP, inputs) == 0, config.wait_timeout_s)
+    _wait("the bridge", lambda: group_lag(paths, BRIDGE_GROUP, [topics.TRANSACTIONS.name]) == 0, config.wait_timeout_s)
+    _wait("the warehouse sink", lambda: group_lag(paths, SinkConfig.group_id,
+                                                  [topics.SCORES.name, topics.LABELS.name]) == 0, config.wait_timeout_s)
+    time.sleep(6)  # one monitor publish interval, so its snapshot holds the last window
+    _say("pipeline", "all live transactions scored and their labels stored")
+
+    summary = summarize(config)
+    print(summary, flush=True)
+    _say("done", f"in {time.monotonic() - started:.0f} s; `fraudctl demo stop` stops everything")
+    return 0
+
+
+def summarize(config: DemoConfig) -> str:
+    """Renders both reports, stops the sink (so the warehouse file can be opened), prints headline numbers."""
+    paths = config.paths
+    pipeline_report = _fraudctl(["report"], log=config.logs_dir / "report.log").strip().splitlines()[-1]
+    monitor_report = _fraudctl(["monitor", "report"], log=config.logs_dir / "monitor-report.log").strip().splitlines()[-1]
+    _service(config, "sink").handle(paths).stop()
+    from monitoring.warehouse import open_readonly
+
+    con = open_readonly(config.warehouse)
+    try:
+        scored, alerts, versions = con.execute(
+            "SELECT count(*), count(*) FILTER (WHERE decision), string_agg(DISTINCT CAST(model_version AS VARCHAR), ',') "
+            "FROM scores").fetchone()
+        tp, fp, fn, labelled = con.execute(
+            "SELECT count(*) FILTER (WHERE s.decision AND l.label = 1), count(*) FILTER (WHERE s.decision AND l.label = 0),"
+            " count(*) FILTER (WHERE NOT s.decision AND l.label = 1), count(*) "
+            "FROM scores s JOIN labels l USING (transaction_id)").fetchone()
+    finally:
+        con.close()
+    precision = tp / (tp + fp) if tp + fp else float("nan")
+    recall = tp / (tp + fn) if tp + fn else float("nan")
+    return "\n".join([
+        "",
+        "=== fraud detection demo ===",
+        f"pipeline report : {pipeline_report}",
+        f"monitor report  : {monitor_report}",
+        f"warehouse       : {config.warehouse} (tables scores, labels; the sink was stopped so you can open it)",
+        f"live stream     : {scored} transactions scored by model versions {versions}, {alerts} alerts",
+        f"labelled        : {labelled}; at the shipped threshold precision {precision:.3f}, recall {recall:.3f} "
+        f"({tp} frauds caught, {fn} missed, {fp} false alerts)",
+        "",
+    ])
+
+
+def stop(paths: Paths) -> int:
+    from fraud.embedded.broker import BrokerConfig, KafkaBroker
+    from fraud.embedded.connect import ConnectConfig, ConnectStandalone
+
+    config = DemoConfig(paths=paths)
+    for svc in reversed(services(config)):
+        _say(svc.name, svc.handle(paths).stop())
+    _say("connect", ConnectStandalone(ConnectConfig(state_dir=paths.connect_dir, jars_dir=paths.jars_dir)).stop())
+    _say("kafka", KafkaBroker(BrokerConfig(state_dir=paths.kafka_dir, jars_dir=paths.jars_dir)).stop())
+    return 0
+
+
+def status(paths: Paths) -> int:
+    config = DemoConfig(paths=paths)
+    for svc in services(config):
+        _say(svc.name, svc.handle(paths).status().detail or "stopped")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    demo = subparsers.add_parser("demo", help="the whole flow on embedded defaults (make demo)",
+                                 description=__doc__.split("\n\n")[0])
+    sub = demo.add_subparsers(dest="demo_command", metavar="ACTION", required=True)
+    run_p = sub.add_parser("run", help="ingest, preprocess, train, serve, score live traffic, report")
+    run_p.add_argument("--file", type=Path, default=SAMPLE_CSV, help="dataset CSV (default: the shipped sample)")
+    run_p.add_argument("--history-fraction", type=float, default=0.7,
+                       help="leading share of rows ingested and trained on; the rest is replayed live (default 0.7)")
+    run_p.add_argument("--rate", type=float, default=200.0, help="live events per second (0: as fast as possible)")
+    run_p.add_argument("--label-delay", type=float, default=5.0, help="seconds until a transaction's label arrives")
+    run_p.add_argument("--delivery", choices=("exactly_once", "at_least_once"), default="exactly_once")
+    run_p.set_defaults(func=_run)
+    sub.add_parser("stop", help="stop every service the demo started").set_defaults(func=lambda a: stop(load_paths()))
+    sub.add_parser("status", help="which demo services run").set_defaults(func=lambda a: status(load_paths()))
+
+
+def _run(args: argparse.Namespace) -> int:
+    config = DemoConfig(paths=load_paths(), source=args.file.resolve(), history_fraction=args.history_fraction,
+                        rate=args.rate, label_delay_s=args.label_delay, delivery=args.delivery)
+    return run(config)
