@@ -288,7 +288,11 @@ class BridgeProcess:
 
 
 def run_chaos(kafka_broker, kafka_topic, model_base: Path, tmp_path: Path, *, delivery: str, total: int,
-              duration_s: float, kills: int) -> None:
+              duration_s: float, kills: int, instances: int = 1) -> None:
+    """Stream `total` events over `duration_s` through `instances` bridge processes (one consumer group),
+    kill -9 one of them `kills` times (round robin) and restart it, stop the model server for a while and
+    restart the broker once; then check every id against the scores and dead-letter topics. With several
+    instances, membership is dynamic, so every kill is a real rebalance (partitions move and come back)."""
     topics = _topics(kafka_topic)
     port = free_port()
     bad_every = 97
@@ -304,9 +308,12 @@ def run_chaos(kafka_broker, kafka_topic, model_base: Path, tmp_path: Path, *, de
             e = transaction(i)
             good_ids.append(e.transaction_id)
             records.append((e.transaction_id.encode(), e.to_json()))
-    env = bridge_env(kafka_broker, port, topics, delivery=delivery, instance_id="chaos-0",
-                     static_membership="1", batch_max_size="200", http_port="-1", log_level="INFO")
-    bridge = BridgeProcess(env, tmp_path / "bridge.log")
+    bridges = [
+        BridgeProcess(bridge_env(kafka_broker, port, topics, delivery=delivery, instance_id=f"chaos-{i}",
+                                 static_membership="1" if instances == 1 else "0", batch_max_size="200",
+                                 http_port="-1", log_level="INFO"), tmp_path / f"bridge-{i}.log")
+        for i in range(instances)
+    ]
     # the schedule, as fractions of the production time
     events = [(f, "kill") for f in [0.1 + 0.7 * k / max(1, kills - 1) for k in range(kills)]]
     events += [(0.2, "server_stop"), (0.35, "server_start"), (0.45, "broker_restart")]
@@ -338,8 +345,10 @@ def run_chaos(kafka_broker, kafka_topic, model_base: Path, tmp_path: Path, *, de
         producer_done.set()
 
     feeder = threading.Thread(target=producer, daemon=True)
+    kill_count = 0
     try:
-        bridge.start()
+        for bridge in bridges:
+            bridge.start()
         started = time.monotonic()
         feeder.start()
         for frac, what in events:
@@ -347,8 +356,10 @@ def run_chaos(kafka_broker, kafka_topic, model_base: Path, tmp_path: Path, *, de
             if delay > 0:
                 time.sleep(delay)
             if what == "kill":
-                bridge.kill()
-                bridge.start()
+                victim = bridges[kill_count % instances]
+                kill_count += 1
+                victim.kill()
+                victim.start()
             elif what == "server_stop":
                 server_cm.__exit__(None, None, None)
                 server_running = False
@@ -364,9 +375,11 @@ def run_chaos(kafka_broker, kafka_topic, model_base: Path, tmp_path: Path, *, de
                             timeout_s=240)
         dead = read_topic(kafka_broker, topics["dlq"], lambda out: len({m.key() for m in out}) >= len(bad_keys),
                           timeout_s=60)
-        assert bridge.terminate() == 0  # graceful shutdown: drain, commit, close, exit 0
+        for bridge in bridges:
+            assert bridge.terminate() == 0  # graceful shutdown: drain, commit, close, exit 0
     finally:
-        bridge.cleanup()
+        for bridge in bridges:
+            bridge.cleanup()
         if server_running:
             server_cm.__exit__(None, None, None)
         if not kafka_broker.is_running():
@@ -374,11 +387,11 @@ def run_chaos(kafka_broker, kafka_topic, model_base: Path, tmp_path: Path, *, de
     ids = score_ids(scores)
     dead_keys = Counter(m.key() for m in dead)
     print(f"chaos {delivery}: {total} events, {len(ids)} ids scored, {sum(ids.values()) - len(ids)} duplicate "
-          f"scores, {len(dead)} dead letters ({len(bad_keys)} bad events), bridge starts {kills + 1}")
-    log_text = (tmp_path / "bridge.log").read_text(errors="replace")
+          f"scores, {len(dead)} dead letters ({len(bad_keys)} bad events), bridge starts {kills + instances}")
+    log_text = "".join(b.log_path.read_text(errors="replace") for b in bridges)
     log_tail = log_text[-3000:]
     log_events = Counter(json.loads(line).get("event") for line in log_text.splitlines() if line.startswith("{"))
-    assert log_events["stream_starting"] == kills + 1  # the chaos happened: every kill was a new process
+    assert log_events["stream_starting"] == kills + instances  # the chaos happened: every kill was a new process
     assert log_events["retrying"] >= 1 and '"stage":"process"' in log_text  # server down: retried, not skipped
     assert all(line.startswith("{") for line in log_text.splitlines() if line.strip()), "non-JSON log line"
     assert set(ids) == set(good_ids), f"missing {len(set(good_ids) - set(ids))} ids; log tail:\n{log_tail}"
@@ -402,3 +415,12 @@ def test_chaos_full(kafka_broker, kafka_topic, model_base, tmp_path, delivery):
     """30,000 events over ~90 s: 4 kill -9 + restarts, a broker restart, the server down ~13 s."""
     run_chaos(kafka_broker, kafka_topic, model_base, tmp_path, delivery=delivery, total=30_000, duration_s=90,
               kills=4)
+
+
+@pytest.mark.slow
+def test_chaos_two_bridges_exactly_once(kafka_broker, kafka_topic, model_base, tmp_path):
+    """Two bridges in one group (dynamic membership): 20,000 events over ~60 s, 4 kill -9 alternating
+    between them (each a rebalance: partitions move to the survivor and back), a broker restart, the
+    server down ~9 s; still every id exactly once."""
+    run_chaos(kafka_broker, kafka_topic, model_base, tmp_path, delivery="exactly_once", total=20_000,
+              duration_s=60, kills=4, instances=2)
