@@ -217,7 +217,7 @@ def group_lag(paths: Paths, group: str, topics: Sequence[str]) -> int | None:
     admin = KafkaAdminClient(**config.admin_kwargs())
     consumer = KafkaConsumer(**config.consumer_kwargs())
     try:
-        committed = admin.list_consumer_group_offsets(group)
+        committed = admin.list_group_offsets({group: None}).get(group, {})
         parts = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
         ends = consumer.end_offsets(parts)
     finally:
@@ -235,19 +235,16 @@ def commit_at_end(paths: Paths, group: str, topic: str) -> bool:
 
     config = _client(paths, "fraud-demo")
     admin = KafkaAdminClient(**config.admin_kwargs())
+    consumer = KafkaConsumer(**config.consumer_kwargs())
     try:
-        if admin.list_consumer_group_offsets(group):
+        if admin.list_group_offsets({group: None}).get(group):
             return False
-    finally:
-        admin.close()
-    consumer = KafkaConsumer(**config.consumer_kwargs(group_id=group))
-    try:
         parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
         ends = consumer.end_offsets(parts)
-        consumer.assign(parts)
-        consumer.commit({tp: OffsetAndMetadata(ends[tp], "", -1) for tp in parts})
+        admin.alter_group_offsets(group, {tp: OffsetAndMetadata(ends[tp], "", -1) for tp in parts})
     finally:
         consumer.close()
+        admin.close()
     return True
 
 
