@@ -52,7 +52,7 @@ SINK_OPTIONS: tuple[Option, ...] = (
     Option("batch_max_size", int, 2000, "records per warehouse batch at most", minimum=1),
     Option("batch_max_wait_ms", int, 500, "longest wait to fill a batch", minimum=0),
     Option("retry_backoff_max_ms", int, 30_000, "longest backoff between retries of a failed write", minimum=1),
-    Option("stop_when_idle_s", float, 0.0, "exit after this many seconds without records (0: run until stopped)",
+    Option("stop_when_idle_s", float, 0.0, "exit once every partition is read to its end and no record came for this many seconds (0: run until stopped)",
            minimum=0),
     Option("http_host", str, "127.0.0.1", "bind address of /healthz and /metrics"),
     Option("http_port", int, -1, "port of /healthz and /metrics (-1: off, 0: any free port)", minimum=-1),
@@ -204,7 +204,7 @@ MONITOR_OPTIONS: tuple[Option, ...] = (
     Option("publish_interval_s", float, 5.0, "how often gauges and the report snapshot are refreshed", minimum=0.1),
     Option("snapshot_path", _optional_path, None, "where the report's data is written (default <FRAUD_HOME>/"
            "monitor/snapshot.json)", metavar="PATH"),
-    Option("stop_when_idle_s", float, 0.0, "exit after this many seconds without records, closing every window "
+    Option("stop_when_idle_s", float, 0.0, "exit once every partition is read to its end and no record came for this many seconds, closing every window "
            "(0: run until stopped)", minimum=0),
     Option("http_host", str, "127.0.0.1", "bind address of /healthz and /metrics"),
     Option("http_port", int, -1, "port of /healthz and /metrics (-1: off, 0: any free port)", minimum=-1),

@@ -58,6 +58,7 @@ class PartitionReader:
             "error_cb": self._on_error,
         }))
         self._assigned: set[TopicPartition] = set()
+        self._first: dict[TopicPartition, int] = {}  # where each partition started (an offset or a logical one)
         self._position: dict[TopicPartition, int] = {}
         self._last_refresh = 0.0
         self._last_error = ("", 0.0)
@@ -111,6 +112,7 @@ class PartitionReader:
                 targets.append(TP(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_END))
         self._consumer.incremental_assign(targets)
         self._assigned |= set(new)
+        self._first.update({(tp.topic, tp.partition): tp.offset for tp in targets})
         log_event(log, logging.INFO, "partitions_assigned",
                   partitions={f"{tp.topic}[{tp.partition}]": tp.offset for tp in targets})
         return new
@@ -171,6 +173,30 @@ class PartitionReader:
             if high >= 0 and pos is not None:
                 out[(t, p)] = max(0, high - pos)
         return out
+
+    def caught_up(self) -> bool:
+        """True when every partition's position has reached its end (for read_committed: the last stable
+        offset, past transaction markers), asking the broker; for `--stop-when-idle-s`, which must not stop
+        a job that merely waited on a slow fetch."""
+        from confluent_kafka import OFFSET_END
+        from confluent_kafka import TopicPartition as TP
+
+        tps = [TP(t, p) for t, p in sorted(self._assigned)]
+        try:
+            positions = self._consumer.position(tps)
+            for tp in positions:
+                low, high = self._consumer.get_watermark_offsets(TP(tp.topic, tp.partition), timeout=self._timeout_s,
+                                                                 cached=False)
+                pos = tp.offset
+                if pos < 0:  # nothing fetched yet: where did it start?
+                    first = self._first.get((tp.topic, tp.partition), -1)
+                    pos = high if first == OFFSET_END else (first if first >= 0 else low)
+                if pos < high:
+                    return False
+        except Exception as exc:  # noqa: BLE001 (broker unreachable right now: not caught up as far as we know)
+            log_event(log, logging.DEBUG, "caught_up_check_failed", error=str(exc))
+            return False
+        return True
 
     @property
     def assigned(self) -> set[TopicPartition]:

@@ -18,6 +18,7 @@ import os
 import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,40 +147,53 @@ class MonitorJob:
         """Feed a batch of records into the windows and drift collector; returns the dead letters."""
         c = self.config
         dead: list[DeadLetter] = []
+        # Labelled counters are summed per batch: a labelled child lookup costs more than the event itself.
+        scored: Counter[str] = Counter()
+        flagged: Counter[str] = Counter()
+        labels: Counter[str] = Counter()
+        transactions = 0
         for r in records:
             try:
                 if r.value is None:
                     raise ContractError(MALFORMED_JSON, "record has no value (a tombstone?)")
                 if r.topic == c.scores_topic:
-                    self._on_score(ScoreEvent.from_json(r.value))
+                    e = ScoreEvent.from_json(r.value)
+                    if self._on_score(e):
+                        scored[str(e.model_version)] += 1
+                        flagged[str(e.model_version)] += e.decision
                 elif r.topic == c.labels_topic:
                     label = LabelEvent.from_json(r.value)
-                    self.stats.labels += 1
-                    self.metrics.increment(m.MON_LABELS, label=str(label.label))
+                    labels[str(label.label)] += 1
                     self.windows.add_label(label)
                 elif r.topic == c.transactions_topic:
                     tx = TransactionEvent.from_json(r.value)
-                    self.stats.transactions += 1
-                    self.metrics.increment(m.MON_TRANSACTIONS)
+                    transactions += 1
                     if self.drift is not None:
                         self.drift.add(tx)
             except ContractError as exc:
                 dead.append(DeadLetter.from_error(exc, key=r.key, value=r.value, topic=r.topic, partition=r.partition,
                                                   offset=r.offset, component=COMPONENT, stage="VALUE_CONVERTER"))
+        for version, n in scored.items():
+            self.metrics.increment(m.MON_SCORED, n, model_version=version)
+            if flagged[version]:
+                self.metrics.increment(m.MON_FLAGGED, flagged[version], model_version=version)
+        for value, n in labels.items():
+            self.metrics.increment(m.MON_LABELS, n, label=value)
+        if transactions:
+            self.metrics.increment(m.MON_TRANSACTIONS, transactions)
+        self.stats.labels += sum(labels.values())
+        self.stats.transactions += transactions
         return dead
 
-    def _on_score(self, e: ScoreEvent) -> None:
+    def _on_score(self, e: ScoreEvent) -> bool:
         if not self.windows.add_score(e):
             self.stats.duplicate_scores += 1
-            return
+            return False
         self.stats.scores += 1
         self.model_name = e.model_name
-        version = str(e.model_version)
-        self.metrics.increment(m.MON_SCORED, model_version=version)
-        if e.decision:
-            self.metrics.increment(m.MON_FLAGGED, model_version=version)
         self.metrics.observe(m.MON_SCORE, e.score)
         self.metrics.observe(m.MON_LATENCY, max(0, e.latency_ms) / 1000.0)
+        return True
 
     # -- periodic work -------------------------------------------------------------------------
 
@@ -307,10 +321,11 @@ class MonitorJob:
                         producer.send_dead_letter(c.dlq_topic, d)
                         self.metrics.increment(m.MON_DEAD_LETTERS, reason=d.reason)
                     self.stats.dead_letters += len(dead)
-                idle = c.stop_when_idle_s and time.monotonic() - last_record >= c.stop_when_idle_s
+                idle = bool(c.stop_when_idle_s and time.monotonic() - last_record >= c.stop_when_idle_s
+                            and (not hasattr(reader, "caught_up") or reader.caught_up()))
                 if idle or time.monotonic() - last_publish >= c.publish_interval_s:
                     last_publish = time.monotonic()
-                    self._emit(producer, final=bool(idle))
+                    self._emit(producer, final=idle)
                     for (t, p), lag in reader.lag().items():
                         self.metrics.gauge(m.MON_LAG, lag, topic=t, partition=str(p))
                 if idle:

@@ -142,7 +142,7 @@ class SinkJob:
                     for (t, p), lag in reader.lag().items():
                         self.metrics.gauge(m.SINK_LAG, lag, topic=t, partition=str(p))
                 if not records:
-                    if c.stop_when_idle_s and now - last_record >= c.stop_when_idle_s:
+                    if c.stop_when_idle_s and now - last_record >= c.stop_when_idle_s and _caught_up(reader):
                         log_event(log, logging.INFO, "idle_stop", idle_s=c.stop_when_idle_s)
                         break
                     continue
@@ -232,6 +232,11 @@ class SinkJob:
         s.dead_letters += len(dead)
         log_event(log, logging.DEBUG, "batch_committed", records=len(records), scores=result.scores_inserted,
                   labels=result.labels_written, dead_letters=len(dead))
+
+
+def _caught_up(reader: Any) -> bool:
+    check = getattr(reader, "caught_up", None)
+    return True if check is None else bool(check())
 
 
 def make_warehouse(config: SinkConfig) -> Warehouse:
