@@ -105,6 +105,7 @@ class MonitorJob:
         self._stop = threading.Event()
         self._state = "starting"
         self._heartbeat = time.monotonic()
+        self.http_port: int | None = None  # the bound port of /healthz and /metrics, once running
 
     @classmethod
     def from_config(cls, config: MonitorConfig, **kwargs: Any) -> MonitorJob:
@@ -298,6 +299,7 @@ class MonitorJob:
         http = None
         if c.http_port is not None:
             http = HealthServer(c.http_host, c.http_port, self.health, getattr(self.metrics, "exposition", None)).start()
+            self.http_port = http.port
             log_event(log, logging.INFO, "http_listening", host=c.http_host, port=http.port)
         since = self._now_ms() - c.lookback_ms
         known = self._alert_history(since)

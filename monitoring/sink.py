@@ -92,6 +92,7 @@ class SinkJob:
         self.stats = SinkStats()
         self._state = "starting"
         self._heartbeat = time.monotonic()
+        self.http_port: int | None = None  # the bound port of /healthz and /metrics, once running
         self._attempt = 0
 
     def request_stop(self) -> None:
@@ -118,6 +119,7 @@ class SinkJob:
         http = None
         if c.http_port is not None:
             http = HealthServer(c.http_host, c.http_port, self.health, getattr(self.metrics, "exposition", None)).start()
+            self.http_port = http.port
             log_event(log, logging.INFO, "http_listening", host=c.http_host, port=http.port)
         self.warehouse.open()
         reader = None

@@ -192,3 +192,33 @@ def test_bad_monitor_settings_are_one_line_errors(tmp_path: Path, flag: str, val
     with pytest.raises(FraudError) as err:
         MonitorConfig.from_args(args, {}, load_paths({"FRAUD_HOME": str(tmp_path)}))
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_health_and_metrics_are_served_while_running(tmp_path: Path):
+    import threading
+    import time
+    import urllib.request
+
+    data = synthetic_scores(300, seed=2, span_ms=HOUR)
+    batches = [[Record("scores", 0, i, None, d.score.to_json(), 0) for i, d in enumerate(data)]]
+    config = MonitorConfig(kafka=KafkaClientConfig(), snapshot_path=tmp_path / "snap.json",
+                           metadata_path=tmp_path / "none.sqlite", scores_topic="scores", labels_topic="labels",
+                           transactions_topic="tx", drift=False, http_port=0, publish_interval_s=0.05)
+    job = MonitorJob(config, reader_factory=lambda *a, **k: FakeReader(batches), producer=FakeProducer(),
+                     alert_history=lambda since: [])
+    runner = threading.Thread(target=job.run)
+    runner.start()
+    try:
+        deadline = time.monotonic() + 30
+        while (job.http_port is None or job.stats.scores < 300) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        base = f"http://127.0.0.1:{job.http_port}"
+        health = orjson.loads(urllib.request.urlopen(base + "/healthz", timeout=5).read())
+        assert health["status"] == "ok" and health["state"] == "running" and health["scores"] == 300
+        text = urllib.request.urlopen(base + "/metrics", timeout=5).read().decode()
+        assert 'fraud_monitor_scored_events_total{model_version="1"} 300.0' in text
+        assert "fraud_monitor_score_bucket" in text
+    finally:
+        job.request_stop()
+        runner.join(30)
+    assert not runner.is_alive()
