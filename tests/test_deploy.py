@@ -235,7 +235,60 @@ def test_install_missing_installs_nothing_the_interpreter_already_has(tmp_path: 
 
 def test_services_lock_has_no_tensorflow_stack() -> None:
     names = set(h.lock_names(h.SERVICES_LOCK))
-    assert not names & {"tensorflow", "tfx", "apache-beam", "tensorflow-data-validation", "protobuf", "pyarrow"}
+    assert not names & {"tensorflow", "tfx", "apache-beam", "tensorflow-data-validation", "ml-metadata", "pyarrow"}
+
+
+#: Code the services image runs: the bridge, preprocessing, the sink (DuckDB and BigQuery), topic init, the
+#: stream machinery and fraud's core. Left out, with the image that has them: fraud/dataset.py and
+#: fraud/replay.py (`fraudctl data`/`replay`, developer tools), fraud/demo.py, fraud/embedded/ (the
+#: embedded broker, not used in containers), monitoring/{monitor,drift,alerts,windows,report,testing}.py
+#: (the monitor, on the pipeline image).
+SERVICE_SOURCES = ("kafka_bridge/*.py", "preprocessing/*.py", "fraud/stream/*.py", "fraud/*.py", "fraud/embedded/cli.py",
+                   "monitoring/sink.py", "monitoring/warehouse.py", "monitoring/bigquery_warehouse.py",
+                   "monitoring/kafka_io.py", "monitoring/config.py", "monitoring/metrics.py", "monitoring/cli.py")
+NOT_IN_SERVICES = ("fraud/dataset.py", "fraud/replay.py", "fraud/demo.py")
+
+
+def test_every_package_the_services_code_imports_is_in_the_services_lock() -> None:
+    """Static: every import statement (also the lazy ones inside functions) of the services' code resolves
+    to a distribution of requirements-services.lock, the standard library or the project."""
+    import os
+
+    pins = _pins_module()
+    allowed = {pins.canonical(n) for n in h.lock_names(h.SERVICES_LOCK)}
+    candidates = importlib.metadata.packages_distributions()
+    files_of: dict[str, set[str]] = {}
+
+    def owner(top: str, where: str) -> str | None:
+        for name in candidates.get(top, []):
+            dist = importlib.metadata.distribution(name)
+            rel = os.path.relpath(os.path.realpath(where), os.path.realpath(dist.locate_file("")))
+            if name not in files_of:
+                files_of[name] = {str(f) for f in dist.files or ()}
+            if rel in files_of[name] or any(f.startswith(rel + "/") for f in files_of[name]):
+                return pins.canonical(name)
+        return None
+
+    project = set(h.setup_packages())
+    files = sorted({f for pattern in SERVICE_SOURCES for f in h.ROOT.glob(pattern)}
+                   - {h.ROOT / f for f in NOT_IN_SERVICES})
+    assert any(f.name == "bigquery_warehouse.py" for f in files)
+    missing = []
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else []
+            for name in names:
+                top = name.split(".")[0]
+                if top in sys.stdlib_module_names or top in project or top == "__future__":
+                    continue
+                spec = importlib.util.find_spec(name)
+                assert spec is not None, f"{path}: {name} is not installed at all"
+                where = spec.origin if spec.origin not in (None, "namespace") else list(spec.submodule_search_locations)[0]
+                dist = owner(top, where)
+                if dist not in allowed:
+                    missing.append(f"{path.relative_to(h.ROOT)}: {name} ({dist})")
+    assert not missing, "imported but not in requirements-services.lock:\n" + "\n".join(missing)
 
 
 # ---------------------------------------------------------------------------------------------
