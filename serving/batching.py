@@ -122,7 +122,7 @@ class _Batch:
 
 
 class _Queue:
-    __slots__ = ("owner", "key", "runner", "model", "signature", "batches")
+    __slots__ = ("owner", "key", "runner", "model", "signature", "batches", "unbatchable")
 
     def __init__(self, owner: Any, key: tuple, runner: Runner, model: str, signature: str) -> None:
         self.owner = owner
@@ -131,6 +131,7 @@ class _Queue:
         self.model = model
         self.signature = signature
         self.batches: deque[_Batch] = deque()
+        self.unbatchable = False  # outputs seen without a batch dimension: run its requests one by one
 
 
 class BatchScheduler:
@@ -263,7 +264,9 @@ class BatchScheduler:
             self._metrics.batch(model=queue.model, signature=queue.signature, size=size,
                                 queue_latency_s=now - min(t.enqueued for t in live), pool=self.params.thread_pool_name)
         try:
-            if len(live) == 1 and not self.params.allowed_batch_sizes:
+            if queue.unbatchable:
+                self._run_each(queue, live)
+            elif len(live) == 1 and not self.params.allowed_batch_sizes:
                 live[0].result = queue.runner(live[0].inputs)
             else:
                 self._run_merged(queue, live, size)
@@ -291,16 +294,21 @@ class BatchScheduler:
         if any(np.ndim(v) == 0 or np.shape(v)[0] != padded for v in outputs.values()):
             log.warning("outputs of %s/%s are not batch-major; running its requests one by one",
                         queue.model, queue.signature)
-            for task in tasks:
-                try:
-                    task.result = queue.runner(task.inputs)
-                except ServingError as exc:
-                    task.error = exc
+            queue.unbatchable = True
+            self._run_each(queue, tasks)
             return
         offset = 0
         for task in tasks:
             task.result = {k: v[offset:offset + task.size] for k, v in outputs.items()}
             offset += task.size
+
+    @staticmethod
+    def _run_each(queue: _Queue, tasks: list[_Task]) -> None:
+        for task in tasks:
+            try:
+                task.result = queue.runner(task.inputs)
+            except ServingError as exc:
+                task.error = exc
 
     # -----------------------------------------------------------------------------------------
     # Lifecycle

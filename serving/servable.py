@@ -9,7 +9,6 @@ serialized tf.Examples; `classes`/`scores`, resp. `outputs`). Validation message
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import time
@@ -26,8 +25,6 @@ from serving.requests import DEFAULT_SIGNATURE, ExamplesCall, PredictCall
 
 if TYPE_CHECKING:
     from serving.batching import BatchScheduler
-
-log = logging.getLogger("serving.servable")
 
 PREDICT_METHOD = "tensorflow/serving/predict"
 CLASSIFY_METHOD = "tensorflow/serving/classify"
