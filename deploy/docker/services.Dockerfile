@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
 # The services image: the Kafka -> gRPC -> Kafka scoring bridge, the preprocessing job, the warehouse
 # sink and the topic initializer. None of them imports TensorFlow, so this is a slim Python image with only
-# the streaming path's pins (deploy/requirements-services.lock, a closure of requirements.lock).
+# the streaming path's pins and the sink's BigQuery client (deploy/requirements-services.lock, a closure
+# of requirements.lock).
 # The monitor needs TFDV and MLMD and runs from the pipeline image (../../Dockerfile) instead.
 #
 #   docker build -f deploy/docker/services.Dockerfile -t fraud-tfx-services:0.1.0 .
