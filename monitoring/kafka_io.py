@@ -19,6 +19,7 @@ from typing import Any
 from fraud.contract import DeadLetter
 from fraud.errors import FraudError
 from fraud.kafka_config import KafkaClientConfig
+from fraud.stream.confluent_client import rdkafka_log  # librdkafka's lines as throttled JSON log records
 from fraud.stream.logs import log_event
 from fraud.stream.records import Record, RetriableError, TopicPartition
 
@@ -56,6 +57,7 @@ class PartitionReader:
             "isolation.level": "read_committed",
             "fetch.wait.max.ms": 100,
             "error_cb": self._on_error,
+            "logger": rdkafka_log,
         }))
         self._assigned: set[TopicPartition] = set()
         self._first: dict[TopicPartition, int] = {}  # where each partition started (an offset or a logical one)
@@ -212,7 +214,8 @@ class EventProducer:
     def __init__(self, kafka: KafkaClientConfig) -> None:
         from confluent_kafka import Producer
 
-        self._producer = Producer(kafka.confluent(**{"acks": "all", "enable.idempotence": True, "linger.ms": 5}))
+        self._producer = Producer(kafka.confluent(**{"acks": "all", "enable.idempotence": True, "linger.ms": 5,
+                                                     "logger": rdkafka_log}))
         self._failures: list[str] = []
 
     def _delivered(self, err: Any, msg: Any) -> None:
