@@ -22,6 +22,7 @@ with pid files and logs under FRAUD_HOME/run/<service>/.
 from __future__ import annotations
 
 import argparse
+import gzip
 import os
 import secrets
 import subprocess
@@ -48,7 +49,7 @@ HTTP_PORTS = {"bridge": 9464, "preprocess": 9465, "sink": 9466, "monitor": 9467}
 class DemoConfig:
     paths: Paths
     source: Path = SAMPLE_CSV
-    history_fraction: float = 0.7
+    history_fraction: float = 0.6
     rate: float = 200.0  # live events per second
     label_delay_s: float = 5.0
     delivery: str = "exactly_once"
@@ -209,23 +210,28 @@ def _client(paths: Paths, client_id: str):
     return KafkaClientConfig(bootstrap_servers=(_bootstrap(paths),), client_id=client_id)
 
 
-def group_lag(paths: Paths, group: str, topics: Sequence[str]) -> int | None:
-    """Records in `topics` the group has not committed yet (None: the group has committed nothing)."""
+def caught_up(paths: Paths, group: str, topics: Sequence[str]) -> bool:
+    """True when `group` has committed every committed record of `topics`.
+
+    End offsets are no measure under transactions (commit markers take offsets), so this reads, as a
+    read_committed consumer, from the group's committed offsets: caught up means nothing is there.
+    """
     from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
     config = _client(paths, "fraud-demo")
     admin = KafkaAdminClient(**config.admin_kwargs())
-    consumer = KafkaConsumer(**config.consumer_kwargs())
+    consumer = KafkaConsumer(**config.consumer_kwargs(isolation_level="read_committed"))
     try:
         committed = admin.list_group_offsets({group: None}).get(group, {})
         parts = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
-        ends = consumer.end_offsets(parts)
+        consumer.assign(parts)
+        begin = consumer.beginning_offsets(parts)
+        for tp in parts:
+            consumer.seek(tp, committed[tp].offset if tp in committed else begin[tp])
+        return not any(consumer.poll(timeout_ms=1500, max_records=1).values())
     finally:
         consumer.close()
         admin.close()
-    if not committed:
-        return None
-    return sum(max(0, ends[tp] - (committed[tp].offset if tp in committed else 0)) for tp in parts)
 
 
 def commit_at_end(paths: Paths, group: str, topic: str) -> bool:
@@ -253,23 +259,27 @@ def commit_at_end(paths: Paths, group: str, topic: str) -> bool:
 
 
 def split_source(config: DemoConfig) -> tuple[int, int]:
-    """Writes the history CSV (header + the first part) once; returns (history rows, live rows)."""
+    """Writes the history CSV (header + the leading rows) once; returns (history rows, live rows).
+
+    The split is made once: a re-run keeps the existing history file, so no row is both trained on and
+    replayed as live traffic.
+    """
     from fraud.dataset import count_rows
 
     total = count_rows(config.source)
+    if config.history_csv.exists():
+        history = count_rows(config.history_csv)
+        return history, total - history
     history = int(total * config.history_fraction)
-    if not config.history_csv.exists():
-        config.demo_dir.mkdir(parents=True, exist_ok=True)
-        tmp = config.history_csv.with_suffix(".tmp")
-        import gzip
-
-        opener = gzip.open if config.source.suffix == ".gz" else open
-        with opener(config.source, "rt") as src, open(tmp, "w") as out:
-            for i, line in enumerate(src):
-                if i > history:
-                    break
-                out.write(line)
-        tmp.rename(config.history_csv)
+    config.demo_dir.mkdir(parents=True, exist_ok=True)
+    tmp = config.history_csv.with_suffix(".tmp")
+    opener = gzip.open if config.source.suffix == ".gz" else open
+    with opener(config.source, "rt") as src, open(tmp, "w") as out:
+        for i, line in enumerate(src):
+            if i > history:  # line 0 is the header
+                break
+            out.write(line)
+    tmp.rename(config.history_csv)
     return history, total - history
 
 
@@ -312,20 +322,23 @@ def run(config: DemoConfig) -> int:
     from preprocessing.job import DEFAULT_GROUP as PREPROCESS_GROUP
 
     inputs = [topics.INGEST_CSV.name, topics.TRANSACTIONS_RAW.name]
-    took = _wait("the preprocessing job to catch up", lambda: group_lag(paths, PREPROCESS_GROUP, inputs) == 0,
+    took = _wait("the preprocessing job to catch up", lambda: caught_up(paths, PREPROCESS_GROUP, inputs),
                  config.wait_timeout_s)
     _say("preprocess", f"caught up with the ingested history ({took:.0f} s)")
 
-    out = _fraudctl(["export", "--bootstrap", broker.bootstrap])
-    new_span = out.startswith("span ")
-    if new_span or not pushed_versions(paths):
+    if pushed_versions(paths):
+        _say("train", f"reusing the pushed model versions {pushed_versions(paths)} "
+                      "(`fraudctl export && fraudctl train` retrains on new data)")
+    else:
+        from pipeline import spans
+
+        if not any(s.complete for s in spans.list_spans(paths.exports_dir)):
+            _fraudctl(["export", "--bootstrap", broker.bootstrap])
         log = config.logs_dir / "train.log"
         _say("train", f"running the TFX pipeline (log: {log}) ...")
         t0 = time.monotonic()
         _fraudctl(["train"], log=log)
         _say("train", f"done in {time.monotonic() - t0:.0f} s; pushed versions {pushed_versions(paths)}")
-    else:
-        _say("train", f"no new span; serving the pushed versions {pushed_versions(paths)}")
     if not pushed_versions(paths):
         raise FraudError("the pipeline pushed no model (not blessed?); see `fraudctl report`")
 
@@ -342,11 +355,13 @@ def run(config: DemoConfig) -> int:
 
     from monitoring.config import SinkConfig
 
-    _wait("the preprocessing job", lambda: group_lag(paths, PREPROCESS_GROUP, inputs) == 0, config.wait_timeout_s)
-    _wait("the bridge", lambda: group_lag(paths, BRIDGE_GROUP, [topics.TRANSACTIONS.name]) == 0, config.wait_timeout_s)
-    _wait("the warehouse sink", lambda: group_lag(paths, SinkConfig.group_id,
-                                                  [topics.SCORES.name, topics.LABELS.name]) == 0, config.wait_timeout_s)
-    time.sleep(6)  # one monitor publish interval, so its snapshot holds the last window
+    for what, group, names in (
+        ("the preprocessing job", PREPROCESS_GROUP, inputs),
+        ("the bridge", BRIDGE_GROUP, [topics.TRANSACTIONS.name]),
+        ("the warehouse sink", SinkConfig.group_id, [topics.SCORES.name, topics.LABELS.name]),
+    ):
+        _wait(what, lambda g=group, n=names: caught_up(paths, g, n), config.wait_timeout_s)
+    time.sleep(6)  # one monitor publish interval (it keeps no group offsets), so its snapshot holds the last window
     _say("pipeline", "all live transactions scored and their labels stored")
 
     summary = summarize(config)
@@ -418,8 +433,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = demo.add_subparsers(dest="demo_command", metavar="ACTION", required=True)
     run_p = sub.add_parser("run", help="ingest, preprocess, train, serve, score live traffic, report")
     run_p.add_argument("--file", type=Path, default=SAMPLE_CSV, help="dataset CSV (default: the shipped sample)")
-    run_p.add_argument("--history-fraction", type=float, default=0.7,
-                       help="leading share of rows ingested and trained on; the rest is replayed live (default 0.7)")
+    run_p.add_argument("--history-fraction", type=float, default=0.6,
+                       help="leading share of rows ingested and trained on; the rest is replayed live (default 0.6)")
     run_p.add_argument("--rate", type=float, default=200.0, help="live events per second (0: as fast as possible)")
     run_p.add_argument("--label-delay", type=float, default=5.0, help="seconds until a transaction's label arrives")
     run_p.add_argument("--delivery", choices=("exactly_once", "at_least_once"), default="exactly_once")
