@@ -39,6 +39,7 @@ setup(
         "tensorflow-serving-api==2.16.1",
         "apache-beam==2.74.0",
         "kafka-python>=3",
+        "confluent-kafka",
         "orjson",
         "prometheus-client",
         "tqdm",

@@ -375,6 +375,7 @@ def summarize(config: DemoConfig) -> str:
     paths = config.paths
     pipeline_report = _fraudctl(["report"], log=config.logs_dir / "report.log").strip().splitlines()[-1]
     monitor_report = _fraudctl(["monitor", "report"], log=config.logs_dir / "monitor-report.log").strip().splitlines()[-1]
+    monitor_report = monitor_report.removeprefix("monitor report: ")
     _service(config, "sink").handle(paths).stop()
     from monitoring.warehouse import open_readonly
 

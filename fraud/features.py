@@ -7,9 +7,9 @@ names from here; nothing else declares a feature list.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Mapping
 
 
 class Kind(enum.Enum):
