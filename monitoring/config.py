@@ -132,6 +132,8 @@ MINUTE_MS = 60_000
 HOUR_MS = 3_600_000
 #: Window sizes the monitor keeps, by the label used in metrics and reports.
 GRANULARITIES: dict[str, int] = {"1m": MINUTE_MS, "1h": HOUR_MS}
+#: Window sizes of the drift and skew checks. Longer windows average out time-of-day effects (see README).
+DRIFT_WINDOWS: dict[str, int] = {"1h": HOUR_MS, "6h": 6 * HOUR_MS, "1d": 24 * HOUR_MS}
 
 
 @dataclass(frozen=True)
@@ -152,7 +154,7 @@ class Thresholds:
     min_positives: int = 5
     min_label_coverage: float = 0.9
     max_latency_p99_ms: float | None = 1000.0
-    drift_jsd: float = 0.25
+    drift_jsd: float = 0.35
     min_drift_rows: int = 1000
 
     def __post_init__(self) -> None:
@@ -186,10 +188,10 @@ MONITOR_OPTIONS: tuple[Option, ...] = (
            metavar="PATH"),
     Option("drift_features", parse_csv, tuple(n for n in FEATURE_NAMES if n != "Time"),
            "features checked for drift and skew (Time is a counter since the first transaction: always 'drifts')"),
-    Option("drift_window", str, "1h", "event-time window of the drift and skew checks", choices=list(GRANULARITIES)),
+    Option("drift_window", str, "1h", "event-time window of the drift and skew checks", choices=list(DRIFT_WINDOWS)),
     Option("drift", parse_bool, True, "check drift and skew against the training statistics (0: off, and no "
            "statistics needed)"),
-    Option("drift_jsd", float, 0.25, "Jensen-Shannon divergence threshold of drift and skew", minimum=0.0001),
+    Option("drift_jsd", float, 0.35, "Jensen-Shannon divergence threshold of drift and skew", minimum=0.0001),
     Option("min_drift_rows", int, 1000, "windows with fewer transactions are not checked for drift", minimum=1),
     Option("alert_granularity", str, "1h", "window size the metric thresholds apply to", choices=list(GRANULARITIES)),
     Option("max_alert_rate", _opt_float, 0.02, "alert when a window flags more than this fraction ('off')"),
@@ -242,8 +244,8 @@ class MonitorConfig:
         unknown = [f for f in self.drift_features if f not in FEATURE_NAMES]
         if unknown:
             raise FraudError(f"drift features {unknown} are not features of fraud.features")
-        if self.drift_window not in GRANULARITIES:
-            raise FraudError(f"drift window {self.drift_window!r} is not one of {', '.join(GRANULARITIES)}")
+        if self.drift_window not in DRIFT_WINDOWS:
+            raise FraudError(f"drift window {self.drift_window!r} is not one of {', '.join(DRIFT_WINDOWS)}")
         inputs = {self.scores_topic, self.labels_topic, self.transactions_topic}
         if len(inputs) != 3:
             raise FraudError("scores, labels and transactions must be three different topics")

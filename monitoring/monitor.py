@@ -41,7 +41,7 @@ from fraud.stream.metrics import Metrics, PrometheusMetrics
 from fraud.stream.records import Record
 from monitoring import metrics as m
 from monitoring.alerts import AlertBook, drift_alerts, window_alerts
-from monitoring.config import GRANULARITIES, MonitorConfig
+from monitoring.config import DRIFT_WINDOWS, GRANULARITIES, MonitorConfig
 from monitoring.drift import DriftChecker, DriftResult, DriftWindows, find_training_statistics
 from monitoring.kafka_io import EventProducer, PartitionReader, read_all
 from monitoring.windows import WindowedMetrics
@@ -95,7 +95,7 @@ class MonitorJob:
         self._producer = producer
         self._now_ms = clock_ms or (lambda: int(time.time() * 1000))
         self.windows = WindowedMetrics(GRANULARITIES, config.retention_ms)
-        self.drift = (DriftWindows(checker, GRANULARITIES[config.drift_window], config.allowed_lateness_ms)
+        self.drift = (DriftWindows(checker, DRIFT_WINDOWS[config.drift_window], config.allowed_lateness_ms)
                       if checker is not None else None)
         self.drift_results: list[DriftResult] = []
         self.book = AlertBook()
