@@ -216,7 +216,9 @@ def run(batch_sizes: list[int], clients: int, seconds: float, rounds: int, workd
     import tensorflow as tf
 
     from serving import testing
+    from serving.server import configure_tensorflow
 
+    configure_tensorflow()  # the in-process baseline runs TF with the server's settings (no idle spinning)
     model_dir = testing.save_examples_model(workdir / MODEL, 1)
     fn = tf.saved_model.load(str(model_dir)).signatures["serving_default"]
     servers = [Server(workdir / MODEL, batching, workdir, clients) for batching in (False, True)]
