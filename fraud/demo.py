@@ -396,13 +396,51 @@ def summarize(config: DemoConfig) -> str:
         "",
         "=== fraud detection demo ===",
         f"pipeline report : {pipeline_report}",
+        *model_lines(paths),
         f"monitor report  : {monitor_report}",
+        monitor_line(paths),
         f"warehouse       : {config.warehouse} (tables scores, labels; the sink was stopped so you can open it)",
         f"live stream     : {scored} transactions scored by model versions {versions}, {alerts} alerts",
         f"labelled        : {labelled}; at the shipped threshold precision {precision:.3f}, recall {recall:.3f} "
         f"({tp} frauds caught, {fn} missed, {fp} false alerts)",
         "",
     ])
+
+
+def model_lines(paths: Paths) -> list[str]:
+    """What the latest pipeline run's Evaluators measured and what it pushed (as `fraudctl report` shows)."""
+    from pipeline.report import _prop, latest_run, read_evaluation
+
+    record = latest_run(paths.metadata_path)
+    lines = []
+    for node, keys in sorted(record.outputs.items()):
+        if node.startswith("Evaluator_") and keys.get("evaluation"):
+            ev = read_evaluation(node.removeprefix("Evaluator_"), keys["evaluation"][0].uri, None)
+            o, d = ev.overall, ev.decision
+            lines.append(f"  {ev.model:<12} eval AUPRC {o.get('auc_precision_recall', float('nan')):.3f}, "
+                         f"ROC-AUC {o.get('auc', float('nan')):.3f}, at its threshold precision "
+                         f"{d.get('precision', float('nan')):.3f} recall {d.get('recall', float('nan')):.3f} "
+                         f"({int(o.get('example_count', 0))} eval rows)")
+    selected = record.outputs.get("ModelSelector", {}).get("blessing", [])
+    pushed = record.outputs.get("Pusher", {}).get("pushed_model", [])
+    choice = f"selected {_prop(selected[0], 'selected_model')}" if selected else "no selection"
+    if pushed and _prop(pushed[0], "pushed"):
+        choice += f", pushed as version {_prop(pushed[0], 'pushed_version')}"
+    return [f"models          : {choice} (run {record.run_id})", *lines]
+
+
+def monitor_line(paths: Paths) -> str:
+    """The alerts in the monitor's snapshot (what `fraudctl monitor report` renders)."""
+    import json
+    from collections import Counter
+
+    snapshot = paths.monitor_dir / "snapshot.json"
+    if not snapshot.exists():
+        return "monitor         : no snapshot yet"
+    alerts = json.loads(snapshot.read_text()).get("alerts", [])
+    kinds = Counter(a.get("kind", "?") for a in alerts)
+    detail = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) or "none"
+    return f"monitor alerts  : {len(alerts)} ({detail})"
 
 
 def stop(paths: Paths) -> int:
@@ -418,8 +456,11 @@ def stop(paths: Paths) -> int:
 
 
 def status(paths: Paths) -> int:
-    config = DemoConfig(paths=paths)
-    for svc in services(config):
+    from fraud.embedded.broker import BrokerConfig, KafkaBroker
+
+    broker = KafkaBroker(BrokerConfig(state_dir=paths.kafka_dir, jars_dir=paths.jars_dir)).status()
+    _say("kafka", broker.detail or "stopped")
+    for svc in services(DemoConfig(paths=paths)):
         _say(svc.name, svc.handle(paths).status().detail or "stopped")
     return 0
 
