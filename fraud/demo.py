@@ -39,10 +39,9 @@ from fraud.paths import SAMPLE_CSV, Paths, load_paths
 
 MODEL_NAME = "fraud"
 
-#: Loopback ports of the demo's services (the same as deploy/docker-compose.yml).
-GRPC_PORT = 8500
-REST_PORT = 8501
-HTTP_PORTS = {"bridge": 9464, "preprocess": 9465, "sink": 9466, "monitor": 9467}
+#: Loopback ports of the demo (the services' as in deploy/docker-compose.yml); --port-offset shifts them all.
+PORTS = {"kafka": 9092, "controller": 9093, "connect": 8083, "grpc": 8500, "rest": 8501,
+         "bridge": 9464, "preprocess": 9465, "sink": 9466, "monitor": 9467}
 
 
 @dataclass(frozen=True)
@@ -54,6 +53,7 @@ class DemoConfig:
     label_delay_s: float = 5.0
     delivery: str = "exactly_once"
     wait_timeout_s: float = 600.0
+    port_offset: int = 0
 
     def __post_init__(self) -> None:
         if not 0.1 <= self.history_fraction <= 0.95:
@@ -62,6 +62,11 @@ class DemoConfig:
             raise FraudError(f"--rate must be >= 0, got {self.rate}")
         if not self.source.is_file():
             raise FraudError(f"no such file: {self.source}")
+        if not 0 <= self.port_offset <= 50_000:
+            raise FraudError(f"--port-offset must be in 0..50000, got {self.port_offset}")
+
+    def port(self, name: str) -> int:
+        return PORTS[name] + self.port_offset
 
     @property
     def demo_dir(self) -> Path:
@@ -165,28 +170,28 @@ def services(config: DemoConfig) -> list[Service]:
     preprocess = Service(
         "preprocess", "preprocessing job",
         ("fraud.cli", "preprocess", "run", "--key-file", str(config.key_file), "--delivery", config.delivery,
-         "--http-port", str(HTTP_PORTS["preprocess"]), *bootstrap),
-        f"http://127.0.0.1:{HTTP_PORTS['preprocess']}/readyz")
+         "--http-port", str(config.port("preprocess")), *bootstrap),
+        f"http://127.0.0.1:{config.port('preprocess')}/readyz")
     server = Service(
         "serving", "model server",
-        ("serving", f"--port={GRPC_PORT}", f"--rest_api_port={REST_PORT}", f"--model_name={MODEL_NAME}",
+        ("serving", f"--port={config.port('grpc')}", f"--rest_api_port={config.port('rest')}", f"--model_name={MODEL_NAME}",
          f"--model_base_path={paths.serving_model_dir / MODEL_NAME}", "--file_system_poll_wait_seconds=2"),
-        f"http://127.0.0.1:{REST_PORT}/v1/models/{MODEL_NAME}")
+        f"http://127.0.0.1:{config.port('rest')}/v1/models/{MODEL_NAME}")
     bridge = Service(
         "bridge", "bridge",
-        ("fraud.cli", "bridge", "run", "--server", f"127.0.0.1:{GRPC_PORT}", "--delivery", config.delivery,
-         "--http-port", str(HTTP_PORTS["bridge"]), *bootstrap),
-        f"http://127.0.0.1:{HTTP_PORTS['bridge']}/readyz")
+        ("fraud.cli", "bridge", "run", "--server", f"127.0.0.1:{config.port('grpc')}", "--delivery", config.delivery,
+         "--http-port", str(config.port("bridge")), *bootstrap),
+        f"http://127.0.0.1:{config.port('bridge')}/readyz")
     sink = Service(
         "sink", "warehouse sink",
         ("fraud.cli", "sink", "run", "--duckdb-path", str(config.warehouse),
-         "--http-port", str(HTTP_PORTS["sink"]), *bootstrap),
-        f"http://127.0.0.1:{HTTP_PORTS['sink']}/healthz")
+         "--http-port", str(config.port("sink")), *bootstrap),
+        f"http://127.0.0.1:{config.port('sink')}/healthz")
     monitor = Service(
         "monitor", "monitor",
-        ("fraud.cli", "monitor", "run", "--http-port", str(HTTP_PORTS["monitor"]), "--publish-interval-s", "5",
+        ("fraud.cli", "monitor", "run", "--http-port", str(config.port("monitor")), "--publish-interval-s", "5",
          *bootstrap),
-        f"http://127.0.0.1:{HTTP_PORTS['monitor']}/healthz")
+        f"http://127.0.0.1:{config.port('monitor')}/healthz")
     return [preprocess, server, bridge, sink, monitor]
 
 
@@ -197,7 +202,7 @@ def _service(config: DemoConfig, name: str) -> Service:
 def _bootstrap(paths: Paths) -> str:
     from fraud.embedded.broker import running_bootstrap
 
-    return running_bootstrap(paths.kafka_dir) or "127.0.0.1:9092"
+    return running_bootstrap(paths.kafka_dir) or f"127.0.0.1:{PORTS['kafka']}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -208,6 +213,21 @@ def _client(paths: Paths, client_id: str):
     from fraud.kafka_config import KafkaClientConfig
 
     return KafkaClientConfig(bootstrap_servers=(_bootstrap(paths),), client_id=client_id)
+
+
+def _group_offsets(admin, group: str, attempts: int = 20) -> dict:
+    """The group's committed offsets; retried while the broker is still electing the group coordinator
+    (a fresh broker creates __consumer_offsets on first use)."""
+    from kafka.errors import KafkaError
+
+    for attempt in range(attempts):
+        try:
+            return admin.list_group_offsets({group: None}).get(group, {})
+        except KafkaError as exc:
+            if not getattr(exc, "retriable", False) or attempt == attempts - 1:
+                raise
+            time.sleep(0.5)
+    return {}
 
 
 def caught_up(paths: Paths, group: str, topics: Sequence[str]) -> bool:
@@ -222,7 +242,7 @@ def caught_up(paths: Paths, group: str, topics: Sequence[str]) -> bool:
     admin = KafkaAdminClient(**config.admin_kwargs())
     consumer = KafkaConsumer(**config.consumer_kwargs(isolation_level="read_committed"))
     try:
-        committed = admin.list_group_offsets({group: None}).get(group, {})
+        committed = _group_offsets(admin, group)
         parts = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
         consumer.assign(parts)
         begin = consumer.beginning_offsets(parts)
@@ -243,7 +263,7 @@ def commit_at_end(paths: Paths, group: str, topic: str) -> bool:
     admin = KafkaAdminClient(**config.admin_kwargs())
     consumer = KafkaConsumer(**config.consumer_kwargs())
     try:
-        if admin.list_group_offsets({group: None}).get(group):
+        if _group_offsets(admin, group):
             return False
         parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
         ends = consumer.end_offsets(parts)
@@ -306,7 +326,8 @@ def run(config: DemoConfig) -> int:
     paths = config.paths
     started = time.monotonic()
 
-    broker = KafkaBroker(BrokerConfig(state_dir=paths.kafka_dir, jars_dir=paths.jars_dir))
+    broker = KafkaBroker(BrokerConfig(state_dir=paths.kafka_dir, jars_dir=paths.jars_dir, port=config.port("kafka"),
+                                      controller_port=config.port("controller")))
     took = broker.start()
     _say("kafka", "already running" if took is None else f"started in {took:.1f} s at {broker.bootstrap}")
     results = ensure_topics(_client(paths, "fraud-demo"), topics.ALL_TOPICS)
@@ -315,7 +336,8 @@ def run(config: DemoConfig) -> int:
     history, live = split_source(config)
     _say("data", f"{config.source.name}: {history} rows of history, {live} held out for live replay")
 
-    _fraudctl(["ingest", "--file", str(config.history_csv), "--bootstrap", broker.bootstrap, "--no-progress"])
+    _fraudctl(["ingest", "--file", str(config.history_csv), "--bootstrap", broker.bootstrap, "--no-progress",
+               "--rest-port", str(config.port("connect"))])
 
     ensure_key(config)
     _say("preprocess", _service(config, "preprocess").start(paths))
@@ -480,6 +502,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run_p.add_argument("--rate", type=float, default=200.0, help="live events per second (0: as fast as possible)")
     run_p.add_argument("--label-delay", type=float, default=5.0, help="seconds until a transaction's label arrives")
     run_p.add_argument("--delivery", choices=("exactly_once", "at_least_once"), default="exactly_once")
+    run_p.add_argument("--port-offset", type=int, default=0,
+                       help="add this to every port the demo uses (Kafka 9092, Connect 8083, gRPC 8500, ...), "
+                            "e.g. to run beside another broker")
     run_p.set_defaults(func=_run)
     sub.add_parser("stop", help="stop every service the demo started").set_defaults(func=lambda a: stop(load_paths()))
     sub.add_parser("status", help="which demo services run").set_defaults(func=lambda a: status(load_paths()))
@@ -487,5 +512,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     config = DemoConfig(paths=load_paths(), source=args.file.resolve(), history_fraction=args.history_fraction,
-                        rate=args.rate, label_delay_s=args.label_delay, delivery=args.delivery)
+                        rate=args.rate, label_delay_s=args.label_delay, delivery=args.delivery,
+                        port_offset=args.port_offset)
     return run(config)

@@ -1,0 +1,165 @@
+"""The demo orchestrator: its own logic (unit), its progress check against a real broker (integration),
+and the whole `fraudctl demo run` end to end (slow: it trains the TFX pipeline)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fraud import cli, demo
+from fraud.dataset import count_rows
+from fraud.errors import FraudError
+from fraud.paths import SAMPLE_CSV, load_paths
+
+
+def _config(tmp_path: Path, **kw) -> demo.DemoConfig:
+    paths = load_paths({"FRAUD_HOME": str(tmp_path / "home"), "FRAUD_CACHE": str(tmp_path / "cache")})
+    return demo.DemoConfig(paths=paths, **kw)
+
+
+def test_history_split_is_made_once(tmp_path):
+    config = _config(tmp_path, history_fraction=0.5)
+    total = count_rows(SAMPLE_CSV)
+    history, live = demo.split_source(config)
+    assert history == total // 2 and history + live == total
+    lines = config.history_csv.read_text().splitlines()
+    source = SAMPLE_CSV.read_text().splitlines()
+    assert lines == source[: history + 1]  # header + the leading rows, byte for byte
+    # A re-run with another fraction keeps the split: no row is both trained on and replayed live.
+    again = _config(tmp_path, history_fraction=0.8)
+    assert demo.split_source(again) == (history, live)
+
+
+def test_anonymization_key_is_private_and_stable(tmp_path):
+    config = _config(tmp_path)
+    demo.ensure_key(config)
+    first = config.key_file.read_text()
+    assert stat.S_IMODE(config.key_file.stat().st_mode) == 0o600
+    assert len(first.strip()) == 64
+    demo.ensure_key(config)
+    assert config.key_file.read_text() == first
+
+
+@pytest.mark.parametrize("kw, message", [({"history_fraction": 0.99}, "--history-fraction"),
+                                         ({"rate": -1}, "--rate"), ({"port_offset": -5}, "--port-offset")])
+def test_bad_settings_are_refused_in_one_line(tmp_path, kw, message):
+    with pytest.raises(FraudError, match=message):
+        _config(tmp_path, **kw)
+
+
+def test_service_commands_are_real_commands_on_shifted_ports(tmp_path):
+    from serving.config import parse_args as parse_serving
+
+    config = _config(tmp_path, port_offset=1000)
+    parser = cli.build_parser()
+    for svc in demo.services(config):
+        if svc.args[0] == "fraud.cli":
+            args = parser.parse_args(list(svc.args[1:]))
+            assert callable(args.func)
+            assert int(args.http_port) == config.port(svc.name) == demo.PORTS[svc.name] + 1000
+        else:
+            assert svc.args[0] == "serving"
+            parsed = parse_serving(list(svc.args[1:]))
+            assert parsed.port == demo.PORTS["grpc"] + 1000
+        assert f":{config.port(svc.name if svc.name != 'serving' else 'rest')}/" in svc.ready_url
+
+
+@pytest.mark.integration
+def test_caught_up_holds_under_transactions(kafka_broker, kafka_topic, tmp_path):
+    """End offsets count transaction markers; caught_up must not (a group at the last record is done)."""
+    from kafka import KafkaAdminClient
+
+    from fraud.kafka_config import KafkaClientConfig
+
+    topic = kafka_topic(partitions=2)
+    config = KafkaClientConfig(bootstrap_servers=(kafka_broker.bootstrap,), client_id="test-demo")
+    from confluent_kafka import Producer
+
+    producer = Producer(config.confluent(**{"transactional.id": f"{topic}-tx"}))
+    producer.init_transactions(30)
+    producer.begin_transaction()
+    for i in range(10):
+        producer.produce(topic, key=str(i).encode(), value=b"x", partition=i % 2)
+    producer.commit_transaction(30)
+
+    paths = load_paths({"FRAUD_HOME": str(tmp_path / "home")})
+    group = f"{topic}-group"
+    original = demo._bootstrap
+    demo._bootstrap = lambda _paths: kafka_broker.bootstrap
+    try:
+        assert not demo.caught_up(paths, group, [topic])  # nothing committed: everything is pending
+        assert demo.commit_at_end(paths, group, topic)  # commits at the end offsets (after the markers)
+        assert demo.caught_up(paths, group, [topic])
+        assert not demo.commit_at_end(paths, group, topic)  # a group with offsets is left alone
+        # Committed at the last record, before the commit marker: caught up too.
+        admin = KafkaAdminClient(**config.admin_kwargs())
+        try:
+            from kafka import TopicPartition
+            from kafka.structs import OffsetAndMetadata
+
+            committed = admin.list_group_offsets({group: None})[group]
+            admin.alter_group_offsets(group, {tp: OffsetAndMetadata(o.offset - 1, "", -1) for tp, o in committed.items()})
+            assert demo.caught_up(paths, group, [topic])
+            admin.alter_group_offsets(group, {TopicPartition(topic, 0): OffsetAndMetadata(0, "", -1)})
+            assert not demo.caught_up(paths, group, [topic])
+        finally:
+            admin.close()
+    finally:
+        demo._bootstrap = original
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end_and_its_numbers_match_the_reports(tmp_path):
+    """`fraudctl demo run` on embedded defaults (ports shifted so it can run beside other brokers)."""
+    env = {**os.environ, "FRAUD_HOME": str(tmp_path / "home")}
+    cmd = [sys.executable, "-m", "fraud.cli", "demo"]
+    try:
+        done = subprocess.run([*cmd, "run", "--port-offset", "21000", "--rate", "400"], env=env,
+                              capture_output=True, text=True, timeout=3600)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        out = done.stdout
+        paths = load_paths({"FRAUD_HOME": env["FRAUD_HOME"]})
+        config = demo.DemoConfig(paths=paths)
+        history, live = demo.split_source(config)
+
+        scored = int(re.search(r"live stream\s+: (\d+) transactions scored", out).group(1))
+        assert scored == live
+        pipeline_report = Path(re.search(r"pipeline report : (\S+)", out).group(1))
+        monitor_report = Path(re.search(r"monitor report  : (\S+)", out).group(1))
+        assert pipeline_report.is_file() and monitor_report.is_file()
+
+        from monitoring.warehouse import open_readonly
+
+        con = open_readonly(config.warehouse)
+        try:
+            assert con.execute("SELECT count(*) FROM scores").fetchone()[0] == scored
+            assert con.execute("SELECT count(*) FROM labels").fetchone()[0] == live
+        finally:
+            con.close()
+        # The model lines are the TFMA metrics the pipeline report renders (same MLMD run, same Evaluator output).
+        from pipeline.report import latest_run, read_evaluation
+
+        printed = dict(re.findall(r"^\s+(\w+)\s+eval AUPRC (\d\.\d{3})", out, re.M))
+        record = latest_run(paths.metadata_path)
+        evaluators = {n.removeprefix("Evaluator_"): k for n, k in record.outputs.items() if n.startswith("Evaluator_")}
+        assert set(printed) == set(evaluators) and printed
+        for model, keys in evaluators.items():
+            ev = read_evaluation(model, keys["evaluation"][0].uri, None)
+            assert printed[model] == f"{ev.overall['auc_precision_recall']:.3f}"
+        alerts = json.loads((paths.monitor_dir / "snapshot.json").read_text())["alerts"]
+        assert f"monitor alerts  : {len(alerts)} " in out
+
+        # A re-run reuses what exists: no retraining, same model version.
+        again = subprocess.run([*cmd, "run", "--port-offset", "21000", "--rate", "0"], env=env,
+                               capture_output=True, text=True, timeout=1800)
+        assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+        assert "reusing the pushed model versions [1]" in again.stdout
+    finally:
+        subprocess.run([*cmd, "stop"], env=env, capture_output=True, timeout=300)
