@@ -38,8 +38,8 @@ def eval_examples(root: Path) -> tuple[list[bytes], np.ndarray]:
 
     split = _latest(root / "KafkaExportExampleGen" / "examples") / "Split-eval"
     records = [r.numpy() for r in tf.data.TFRecordDataset(sorted(map(str, split.glob("*"))), compression_type="GZIP")]
-    labels = np.array([tf.train.Example.FromString(r).features.feature[LABEL_KEY].int64_list.value[0] for r in records])
-    return records, labels
+    parsed = tf.io.parse_example(tf.constant(records), {LABEL_KEY: tf.io.FixedLenFeature([1], tf.int64)})
+    return records, parsed[LABEL_KEY].numpy().reshape(-1)
 
 
 def score(model_dir: Path, examples: list[bytes]) -> np.ndarray:

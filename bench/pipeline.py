@@ -95,15 +95,18 @@ def component_times(paths: Paths) -> tuple[list[tuple[str, float, str]], float]:
 
 
 def eval_examples(csv: Path) -> tuple[list[bytes], np.ndarray, int]:
-    import tensorflow as tf
+    """Serialized raw tf.Examples (features only, as the bridge sends them) of the last 20% of rows."""
+    import pyarrow as pa
+    from tfx_bsl.coders import example_coder
 
-    rows = list(iter_rows(csv))
-    k = int(len(rows) * (1 - EVAL_FRACTION))
-    examples = []
-    for row in rows[k:]:
-        feature = {n: tf.train.Feature(float_list=tf.train.FloatList(value=[row.features[n]])) for n in FEATURE_NAMES}
-        examples.append(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
-    return examples, np.array([r.label for r in rows[k:]]), k
+    data = load_arrays(csv)
+    k = int(len(data.labels) * (1 - EVAL_FRACTION))
+    n = len(data.labels) - k
+    offsets = pa.array(range(n + 1), pa.int32())
+    batch = pa.RecordBatch.from_arrays(
+        [pa.ListArray.from_arrays(offsets, pa.array(data.features[k:, i], pa.float32())) for i in range(len(FEATURE_NAMES))],
+        list(FEATURE_NAMES))
+    return example_coder.RecordBatchToExamplesEncoder().encode(batch), data.labels[k:], k
 
 
 def score(model_dir: str, examples: list[bytes], batch: int = 8192) -> dict[str, np.ndarray]:

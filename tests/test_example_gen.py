@@ -7,6 +7,7 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import tensorflow as tf
 from test_export import TOPIC, event
@@ -66,6 +67,12 @@ def test_latest_span_split_by_event_time_with_exact_counts(tmp_path: Path) -> No
 
     sample = train[0].features.feature
     assert set(sample) == set(FEATURE_NAMES) | {LABEL_KEY, TRANSACTION_ID_KEY, EVENT_TIME_KEY, "card_id"}
+    source = rows[int(sample[TRANSACTION_ID_KEY].bytes_list.value[0].decode()[3:])]
+    assert [sample[n].float_list.value[0] for n in FEATURE_NAMES] == \
+        [float(np.float32(source.features[n])) for n in FEATURE_NAMES]
+    assert sample[LABEL_KEY].int64_list.value[0] == source.label
+    assert sample[EVENT_TIME_KEY].int64_list.value[0] == source.event_time_ms
+    assert sample["card_id"].bytes_list.value[0].decode() == source.card_id
     assert max(e.features.feature[EVENT_TIME_KEY].int64_list.value[0] for e in train) <= \
         min(e.features.feature[EVENT_TIME_KEY].int64_list.value[0] for e in evaluation)
 
@@ -124,5 +131,7 @@ def test_connect_written_span_reads_like_ours(tmp_path: Path) -> None:
     a = _run(tmp_path / "a", ours)
     b = _run(tmp_path / "b", theirs)
     for split in ("train", "eval"):
-        assert sorted(r.SerializeToString() for r in _read(a, split)) == \
-            sorted(r.SerializeToString() for r in _read(b, split))
+        ours_rows = sorted(_read(a, split), key=lambda r: r.features.feature[TRANSACTION_ID_KEY].bytes_list.value[0])
+        theirs_rows = sorted(_read(b, split), key=lambda r: r.features.feature[TRANSACTION_ID_KEY].bytes_list.value[0])
+        assert len(ours_rows) == len(theirs_rows) > 0
+        assert ours_rows == theirs_rows  # proto equality: same features, same values

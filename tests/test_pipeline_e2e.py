@@ -32,10 +32,15 @@ from pipeline.training import read_model_info
 
 SPLITS = SplitFractions(train=0.5, validation=0.2, eval=0.3)  # the sample's frauds sit early in its window
 GATES = Gates(min_auprc=0.1, max_auprc_drop=0.02)
+#: Small models: this test is about the mechanics; model quality is bench/pipeline.py's business.
+TRAINING = TrainingSettings(autoencoder={"seeds": 2, "epochs": 10}, supervised={"seeds": 2, "epochs": 10})
+#: TFX and Beam start-up dominate; on a busy 2-core machine one pipeline run can take 10 minutes.
+pytestmark = pytest.mark.timeout(2400)
 EXPECTED_NODES = {
     "KafkaExportExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "DataValidationGate",
     "Transform", "Trainer_autoencoder", "Trainer_supervised", "latest_blessed_autoencoder",
-    "latest_blessed_supervised", "Evaluator_autoencoder", "Evaluator_supervised", "ModelSelector", "Pusher",
+    "latest_blessed_supervised", "Evaluator_autoencoder", "Evaluator_supervised", "ModelSelector",
+    "LocalInfraValidator", "Pusher",
 }
 
 
@@ -89,7 +94,7 @@ def first_run(tmp_path_factory: pytest.TempPathFactory) -> Paths:
     home = tmp_path_factory.mktemp("fraud-home")
     paths = Paths(home=home, cache=home / "cache")
     write_span(paths.exports_dir, 1, TRANSACTIONS.name, _sample_records())
-    local_runner.run(paths, splits=SPLITS, gates=GATES, enable_cache=True, infra_validation="none")
+    local_runner.run(paths, splits=SPLITS, gates=GATES, training=TRAINING, enable_cache=True)  # infra validation on
     return paths
 
 
@@ -125,6 +130,8 @@ def test_first_run_executes_everything_and_pushes_version_1(first_run: Paths) ->
     np.testing.assert_array_equal(out[signature.DECISION], (score >= info["threshold"]).astype(np.int64))
     assert out[signature.FEATURE_CONTRIBUTIONS].shape == (40, len(FEATURE_NAMES))
     assert info["threshold_target"]["kind"] in ("precision", "alert_rate")
+    # Infra validation ran the model in the project's server and shipped its requests as warm-up.
+    assert (version_dir / "assets.extra" / "tf_serving_warmup_requests").stat().st_size > 0
     # Frauds rank above normal transactions on these rows (the model learned something).
     assert score[np.array(labels) == 1].mean() > score[np.array(labels) == 0].mean()
 
@@ -153,7 +160,7 @@ def test_a_span_breaking_the_schema_stops_the_run_before_training(first_run: Pat
     write_span(first_run.exports_dir, 2, TRANSACTIONS.name, _sample_records(corrupt_every=50))
     try:
         with pytest.raises(RuntimeError, match=r"data validation failed.*feature V3"):
-            local_runner.run(first_run, splits=SPLITS, gates=GATES, enable_cache=True, infra_validation="none")
+            local_runner.run(first_run, splits=SPLITS, gates=GATES, training=TRAINING, enable_cache=True)
     finally:
         shutil.rmtree(bad)
     run = _Mlmd(first_run).runs()[runs_before]
