@@ -137,6 +137,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 @dataclass
+class PreprocessResult(ProcessResult):
+    """A batch's result with what the job counts itself; the processor hands it back in `on_committed`
+    (batches are pipelined, so the counts must travel with their batch)."""
+
+    clean: Counter = field(default_factory=Counter)  # by source
+    filtered: Counter = field(default_factory=Counter)  # by reason
+
+
+@dataclass
 class JobStats:
     """Counts of committed batches: every consumed record is clean, filtered (with a reason) or dead-lettered."""
 
@@ -169,18 +178,15 @@ class PreprocessJob:
         self._client = client
         self.processor: StreamProcessor | None = None
         self.stats = JobStats()
-        self._batch_filtered: Counter = Counter()
-        self._batch_clean: Counter = Counter()
         self._stop = threading.Event()
         self._last_progress = time.monotonic()
 
     # -- the process function --------------------------------------------------------------------
 
-    def process(self, batch: Sequence[Record]) -> ProcessResult:
+    def process(self, batch: Sequence[Record]) -> PreprocessResult:
         """Records in, clean events and dead letters out; filtered records are counted (after commit)."""
-        result = ProcessResult()
-        filtered: Counter = Counter()
-        clean: Counter = Counter()
+        result = PreprocessResult()
+        filtered, clean = result.filtered, result.clean
         sources = self.config.sources
         out_topic = self.config.output_topic
         pre = self.preprocessor
@@ -194,7 +200,6 @@ class PreprocessJob:
                 filtered[outcome.reason] += 1
             else:
                 result.dead_letters.append(self.dead_letter(rec, outcome))
-        self._batch_filtered, self._batch_clean = filtered, clean
         return result
 
     def dead_letter(self, rec: Record, outcome: Rejected) -> DeadLetter:
@@ -212,14 +217,15 @@ class PreprocessJob:
         )
 
     def _on_committed(self, batch: Sequence[Record], result: ProcessResult) -> None:
+        assert isinstance(result, PreprocessResult)
         s = self.stats
         s.consumed.update(Counter(r.topic for r in batch))
-        s.clean.update(self._batch_clean)
-        s.filtered.update(self._batch_filtered)
+        s.clean.update(result.clean)
+        s.filtered.update(result.filtered)
         s.dead.update(Counter(d.reason for d in result.dead_letters))
-        for source, n in self._batch_clean.items():
+        for source, n in result.clean.items():
             self.metrics.increment(CLEAN, n, source=source)
-        for reason, n in self._batch_filtered.items():
+        for reason, n in result.filtered.items():
             self.metrics.increment(FILTERED, n, reason=reason)
         if self._users_table is not None:
             self.metrics.gauge(USERS_ROWS, len(self._users_table))

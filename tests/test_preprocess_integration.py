@@ -42,6 +42,7 @@ pytestmark = pytest.mark.integration
 
 LINES = SAMPLE_CSV.read_bytes().splitlines()
 KEY = AnonymizeKey(b"integration-test-key-0123456789", "test")
+CARDS = CardPool()  # replay's default pool (building one takes a while: build it once)
 CSV_ROWS = 300
 RAW_ROWS = 200
 
@@ -128,7 +129,7 @@ def run(kafka_broker, kafka_connect, tmp_path_factory) -> Run:
     for k, n in topics.items():
         create_topic(config, names[k], n, {"cleanup.policy": "compact"} if k == "users" else None)
 
-    load_users(config, names["users"], synthetic_users(CardPool()))
+    load_users(config, names["users"], synthetic_users(CARDS))
 
     rows = LINES[1:CSV_ROWS + 1]
     specials = [
@@ -144,7 +145,7 @@ def run(kafka_broker, kafka_connect, tmp_path_factory) -> Run:
     path.write_bytes(b"\n".join(csv_lines) + b"\n")
     result = ingest_file(kafka_connect, config, path, names["csv"], staging_dir=tmp / "staging", timeout_s=180)
 
-    cards = CardPool()
+    cards = CARDS
     raw_events = [transaction_event(r, cards).to_dict() for r in iter_rows(SAMPLE_CSV, start=1000, limit=RAW_ROWS)]
     raw_events[0]["attributes"] = {"note": f"card {raw_events[0]['card_id']} of {raw_events[0]['customer_id']}"}
     raw_records: list[tuple[bytes | None, bytes | None]] = [
@@ -210,7 +211,7 @@ def test_counts_reconcile(run: Run):
 
 def test_csv_events_carry_labels_and_replay_identities(run: Run):
     anon = Anonymizer(KEY)
-    cards = CardPool()
+    cards = CARDS
     by_id = {e.transaction_id: e for e in run.clean}
     for line, row in zip(run.csv_lines[1:CSV_ROWS + 1], iter_rows(SAMPLE_CSV, limit=CSV_ROWS), strict=True):
         index = csv_index(line.decode())
@@ -226,7 +227,7 @@ def test_csv_events_carry_labels_and_replay_identities(run: Run):
 
 def test_raw_events_are_pseudonymized_and_enriched(run: Run):
     anon = Anonymizer(KEY)
-    users = synthetic_users(CardPool())
+    users = synthetic_users(CARDS)
     by_id = {e.transaction_id: e for e in run.clean}
     for raw in run.raw_events:
         event = by_id[raw["transaction_id"]]
@@ -319,3 +320,125 @@ def test_no_raw_id_in_a_training_export(run: Run):
     anon = Anonymizer(KEY)
     pseudonyms = IdScanner({anon.pseudonym("card_id", e["card_id"]): "card_id" for e in run.raw_events})
     assert len(scan_path(out_dir, pseudonyms)[1]) >= len({e["card_id"] for e in run.raw_events})
+
+
+# -- the CLI: rule changes without code changes, and a hard kill under exactly-once ----------------
+
+
+def _start_cli(bootstrap: str, rules: Path, raw: str, out: str, dlq: str, users: str, group: str,
+               *extra: str):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, FRAUD_ANONYMIZE_KEY=KEY.secret.decode(), PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "fraud.cli", "preprocess", "run", "--rules", str(rules), "--csv-topic", "",
+           "--raw-topic", raw, "--output-topic", out, "--dlq-topic", dlq, "--users-topic", users,
+           "--group-id", group, "--instance-id", "cli-1", "--bootstrap", bootstrap, "--batch-max-size", "50", *extra]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+class Collector:
+    """One read_committed consumer over every partition of a topic, collecting as the job writes."""
+
+    def __init__(self, config: KafkaClientConfig, topic: str) -> None:
+        from kafka import KafkaConsumer, TopicPartition
+
+        self.consumer = KafkaConsumer(**config.consumer_kwargs(None, isolation_level="read_committed"))
+        tps = [TopicPartition(topic, p) for p in sorted(self.consumer.partitions_for_topic(topic))]
+        self.consumer.assign(tps)
+        self.consumer.seek_to_beginning(*tps)
+        self.records: list = []
+
+    def poll(self, timeout_ms: int = 200) -> list:
+        for batch in self.consumer.poll(timeout_ms=timeout_ms).values():
+            self.records.extend(batch)
+        return self.records
+
+    def wait_for(self, n: int, proc, timeout_s: float = 120.0) -> list:
+        deadline = time.monotonic() + timeout_s
+        while len(self.poll()) < n:
+            if proc.poll() is not None:
+                raise AssertionError(f"the job exited with {proc.returncode}: {proc.stderr.read()[-2000:]}")
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise AssertionError(f"{len(self.records)} of {n} records after {timeout_s} s")
+        return self.records
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def _stop(proc) -> str:
+    import signal
+
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-2000:]
+    return err
+
+
+def test_rule_changes_change_the_output_without_code_changes(kafka_broker, kafka_topic, tmp_path):
+    config = kafka_broker.client_config("test-rules-change")
+    raw, users = kafka_topic(2), kafka_topic(1, {"cleanup.policy": "compact"})
+    events = [transaction_event(r, CARDS).to_dict() for r in iter_rows(SAMPLE_CSV, start=3000, limit=300)]
+    produce(config, raw, [(e["transaction_id"].encode(), orjson.dumps(e)) for e in events])
+    small = [e for e in events if e["features"]["Amount"] <= 100]
+    assert 0 < len(small) < len(events)
+
+    shipped = DEFAULT_RULES.read_text()
+    changed = (shipped.replace("filters:\n", "filters:\n  - name: big\n    when: Amount > 100\n", 1)
+               .replace("masks:\n", "masks:\n  customer_hidden: {field: customer_id, function: mask}\n", 1)
+               .replace("attributes: [card_display,", "attributes: [customer_hidden, card_display,", 1))
+    assert changed.count("customer_hidden") == 2 and "name: big" in changed
+    results = {}
+    for name, text, expected in (("shipped", shipped, len(events)), ("changed", changed, len(small))):
+        rules = tmp_path / f"{name}.yaml"
+        rules.write_text(text)
+        out, dlq = kafka_topic(4), kafka_topic(1)
+        collector = Collector(config, out)
+        proc = _start_cli(kafka_broker.bootstrap, rules, raw, out, dlq, users, unique_topic_name(f"g-{name}"))
+        records = collector.wait_for(expected, proc)
+        err = _stop(proc)
+        collector.close()
+        assert f"preprocess: consumed {len(events)}, clean {expected}" in err
+        results[name] = [TransactionEvent.from_json(r.value) for r in records]
+
+    before, after = results["shipped"], results["changed"]
+    assert len(before) == len(events) and len(after) == len(small)
+    assert any(e.features["Amount"] > 100 for e in before)
+    assert all(e.features["Amount"] <= 100 for e in after), "the new filter dropped the big amounts"
+    assert all("customer_hidden" not in e.attributes for e in before)
+    assert all(e.attributes["customer_hidden"] == "xxxx-nnnnnn" for e in after), "the new mask is projected"
+    assert {e.transaction_id: e.card_id for e in after}.items() <= {e.transaction_id: e.card_id for e in before}.items()
+
+
+def test_hard_kill_under_exactly_once_loses_and_duplicates_nothing(kafka_broker, kafka_topic, tmp_path):
+    import signal
+
+    config = kafka_broker.client_config("test-kill")
+    raw, users, out, dlq = kafka_topic(4), kafka_topic(1, {"cleanup.policy": "compact"}), kafka_topic(4), kafka_topic(1)
+    events = [transaction_event(r, CARDS).to_dict() for r in iter_rows(SAMPLE_CSV, start=4000, limit=3000)]
+    produce(config, raw, [(e["transaction_id"].encode(), orjson.dumps(e)) for e in events])
+    group = unique_topic_name("g-kill")
+    args = ("--delivery", "exactly_once", "--batch-max-size", "20")
+    collector = Collector(config, out)
+    try:
+        first = _start_cli(kafka_broker.bootstrap, DEFAULT_RULES, raw, out, dlq, users, group, *args)
+        collector.wait_for(100, first)
+        first.send_signal(signal.SIGKILL)  # no shutdown: a transaction may be left open
+        first.communicate(timeout=30)
+        partial = len(collector.poll())
+        assert partial < len(events), "killed before the end (else the test proves nothing)"
+
+        second = _start_cli(kafka_broker.bootstrap, DEFAULT_RULES, raw, out, dlq, users, group, *args)
+        collector.wait_for(len(events), second, timeout_s=180)
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:  # anything extra would show up now
+            collector.poll()
+        _stop(second)
+        records = collector.poll()
+    finally:
+        collector.close()
+    ids = [TransactionEvent.from_json(r.value).transaction_id for r in records]
+    assert len(ids) == len(events) and set(ids) == {e["transaction_id"] for e in events}

@@ -42,6 +42,7 @@ from preprocessing.transform import (
 )
 
 KEY = AnonymizeKey(b"k" * 32, "test")
+CARDS = CardPool()
 SAMPLE_LINES = SAMPLE_CSV.read_bytes().splitlines()
 HEADER = SAMPLE_LINES[0]
 USERS = {"cust-000001": {"name": "Jane Doe", "country": "BE", "segment": "retail"}}
@@ -54,7 +55,7 @@ def pre(rules_text: str | None = None, users=None, key: AnonymizeKey = KEY) -> P
 
 def raw_event(index: int = 0, **changes) -> dict:
     row = next(iter_rows(SAMPLE_CSV, start=index, limit=1))
-    obj = transaction_event(row, CardPool()).to_dict()
+    obj = transaction_event(row, CARDS).to_dict()
     obj.update(changes)
     return obj
 
@@ -171,7 +172,7 @@ def test_csv_line_becomes_a_clean_event_with_replay_identities():
     assert isinstance(out, Clean)
     row = next(iter_rows(SAMPLE_CSV, limit=1))
     index = csv_index(SAMPLE_LINES[1].decode())
-    card = CardPool().card_for_row(index)
+    card = CARDS.card_for_row(index)
     ev = out.event
     assert ev.transaction_id == transaction_id(index) and out.key == ev.transaction_id.encode()
     assert ev.card_id == Anonymizer(KEY).pseudonym("card_id", card.card_id)
