@@ -124,10 +124,7 @@ def connector_name(path: Path) -> str:
 
 
 def _rest(worker: ConnectStandalone, method: str, path: str, body: Any = None) -> Any:
-    # ConnectStandalone has public calls for the common endpoints only; these (KIP-875 offsets, KIP-980
-    # initial state, stop/resume) go through its REST helper.
-    call = getattr(worker, "request", None) or worker._request
-    return call(method, path, body)
+    return worker.request(method, path, body)
 
 
 def _position(offsets: Any, path: Path) -> int:

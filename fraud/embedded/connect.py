@@ -189,6 +189,11 @@ class ConnectStandalone:
             raise FraudError(f"Kafka Connect at {self.rest_url} not reachable: {exc}") from exc
         return json.loads(raw) if raw else None
 
+    def request(self, method: str, path: str, body: Any = None, *, timeout_s: float = 30.0) -> Any:
+        """Any other call of the worker's REST API, e.g. KIP-875's GET /connectors/<name>/offsets or POST
+        /connectors with an initial state (KIP-980); the JSON answer, or FraudError."""
+        return self._request(method, path, body, timeout_s=timeout_s)
+
     def connectors(self) -> list[str]:
         return sorted(self._request("GET", "/connectors"))
 
