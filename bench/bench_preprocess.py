@@ -1,0 +1,177 @@
+"""How fast ingestion and the preprocessing job are, as ratios against baselines measured in the same run.
+
+1. Rules in process (no broker): `Preprocessor.process` per record, CSV lines and raw events, against the
+   least any stage that validates and re-emits an event must do: the contract's parse + validation +
+   serialization (`TransactionEvent.from_json(...).to_json()`).
+2. The job on a real broker: records/s through `PreprocessJob` (at-least-once and exactly-once) against a
+   pass-through process function on the same `StreamProcessor` and client (copy each value to the output):
+   what the rules cost on top of the shared machinery.
+3. Ingestion: lines/s through Kafka Connect (`ingest_file`) against a bare kafka-python producer sending
+   the same lines.
+
+    .venv/bin/python bench/bench_preprocess.py                # throwaway embedded broker and Connect
+    .venv/bin/python bench/bench_preprocess.py --rows 3000 --no-connect
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from fraud.contract import TransactionEvent
+from fraud.dataset import iter_rows
+from fraud.kafka_config import KafkaClientConfig
+from fraud.paths import SAMPLE_CSV
+from fraud.replay import CardPool, transaction_event
+from fraud.stream.config import StreamConfig
+from fraud.stream.processor import StreamProcessor
+from fraud.stream.records import Output, ProcessResult
+from preprocessing.anonymize import AnonymizeKey, Anonymizer
+from preprocessing.job import PreprocessConfig, PreprocessJob
+from preprocessing.rules import DEFAULT_RULES, SOURCE_CSV, SOURCE_RAW, load_rules
+from preprocessing.transform import Preprocessor
+
+KEY = AnonymizeKey(b"bench-key-0123456789abcdef", "bench")
+
+
+def _best(fn, repeat: int = 5) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def bench_rules(rows: int) -> None:
+    lines = SAMPLE_CSV.read_bytes().splitlines()[1:rows + 1]
+    cards = CardPool()
+    raws = [transaction_event(r, cards).to_json() for r in iter_rows(SAMPLE_CSV, limit=rows)]
+    pre = Preprocessor(load_rules(DEFAULT_RULES), Anonymizer(KEY), {})
+    base = _best(lambda: [TransactionEvent.from_json(v).to_json() for v in raws])
+    csv_t = _best(lambda: [pre.process(SOURCE_CSV, v) for v in lines])
+    raw_t = _best(lambda: [pre.process(SOURCE_RAW, v) for v in raws])
+    n = len(raws)
+    print(f"[rules] baseline contract parse+validate+serialize: {n / base:,.0f} rec/s ({base / n * 1e6:.1f} us/rec)")
+    print(f"[rules] CSV lines : {len(lines) / csv_t:,.0f} rec/s  = {csv_t / len(lines) / (base / n):.2f}x the baseline time")
+    print(f"[rules] raw events: {n / raw_t:,.0f} rec/s  = {raw_t / n / (base / n):.2f}x the baseline time")
+
+
+def _produce(kafka: KafkaClientConfig, topic: str, values: list[bytes]) -> float:
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(**kafka.producer_kwargs(acks="all", enable_idempotence=True, linger_ms=5,
+                                                     batch_size=256 * 1024))
+    t0 = time.perf_counter()
+    for i, v in enumerate(values):
+        producer.send(topic, key=f"k{i}".encode(), value=v)
+    producer.flush()
+    took = time.perf_counter() - t0
+    producer.close()
+    return took
+
+
+def _run_until(processor_run, stop, done, n: int, timeout_s: float = 600.0) -> float:
+    """Records/s in steady state: from the first committed batch to the last (start-up and group join left out)."""
+    thread = threading.Thread(target=processor_run, daemon=True)
+    t0 = time.perf_counter()
+    thread.start()
+    first: tuple[float, int] | None = None
+    while (count := done()) < n:
+        if first is None and count > 0:
+            first = (time.perf_counter(), count)
+        if time.perf_counter() - t0 > timeout_s:
+            raise SystemExit(f"only {count} of {n} records in {timeout_s} s")
+        time.sleep(0.01)
+    end = time.perf_counter()
+    stop()
+    thread.join(60)
+    assert first is not None
+    return (n - first[1]) / (end - first[0])
+
+
+def bench_job(kafka: KafkaClientConfig, rows: int, repeat: int, make_topic) -> None:
+    cards = CardPool()
+    events = [transaction_event(r, cards) for r in iter_rows(SAMPLE_CSV, limit=rows)]
+    values = [e.to_json() for e in events] * repeat
+    src = make_topic("src", 4)
+    _produce(kafka, src, values)
+    rules = load_rules(DEFAULT_RULES)
+    for delivery in ("at_least_once", "exactly_once"):
+        out_b, dlq_b = make_topic(f"pass-{delivery}", 4), make_topic(f"pass-dlq-{delivery}", 1)
+        count = [0]
+
+        def passthrough(batch, out=out_b):
+            return ProcessResult(outputs=[Output(out, r.value, r.key) for r in batch])
+
+        sc = StreamConfig(kafka=kafka, input_topics=(src,), group_id=f"bench-pass-{delivery}-{time.time_ns()}",
+                          dlq_topic=dlq_b, component="bench", delivery=delivery, batch_max_size=500)
+        proc = StreamProcessor(sc, passthrough,
+                               on_committed=lambda b, r, c=count: c.__setitem__(0, c[0] + len(b)))
+        base = _run_until(proc.run, proc.request_stop, lambda c=count: c[0], len(values))  # rec/s
+
+        out, dlq = make_topic(f"pp-{delivery}", 4), make_topic(f"pp-dlq-{delivery}", 1)
+        config = PreprocessConfig.build(kafka=kafka, rules=rules, key=KEY, csv_topic=None, raw_topic=src,
+                                        output_topic=out, dlq_topic=dlq, group_id=f"bench-pp-{delivery}-{time.time_ns()}",
+                                        delivery=delivery, batch_max_size=500)
+        job = PreprocessJob(config, users={})
+        rate = _run_until(job.run, job.request_stop, lambda j=job: j.stats.total, len(values))
+        print(f"[job] {delivery:13s}: pass-through {base:,.0f} rec/s, preprocessing {rate:,.0f} rec/s "
+              f"= {base / rate:.2f}x the pass-through time per record (steady state, {len(values)} records, "
+              f"batches of 500)")
+
+
+def bench_ingest(kafka: KafkaClientConfig, bootstrap: str, rows: int, make_topic, state: Path) -> None:
+    from fraud.embedded.testing import temporary_connect
+    from preprocessing.ingest import ingest_file
+
+    lines = SAMPLE_CSV.read_bytes().splitlines()[:rows + 1]
+    path = state / "bench.csv"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    base = _produce(kafka, make_topic("ingest-base", 1), lines)
+    with temporary_connect(state / "connect", bootstrap) as worker:
+        result = ingest_file(worker, kafka, path, make_topic("ingest", 1), staging_dir=state / "staging")
+    print(f"[ingest] bare producer {len(lines) / base:,.0f} lines/s, Connect FileStreamSource "
+          f"{result.lines_per_s:,.0f} lines/s = {result.seconds / base:.2f}x the producer time "
+          f"(connector start included)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bootstrap", help="use this broker instead of a throwaway embedded one")
+    parser.add_argument("--rows", type=int, default=9_000)
+    parser.add_argument("--repeat", type=int, default=3, help="the job benchmark sends the rows this many times")
+    parser.add_argument("--no-broker", action="store_true", help="only the in-process rules benchmark")
+    parser.add_argument("--no-connect", action="store_true", help="skip the Connect ingestion benchmark")
+    args = parser.parse_args(argv)
+    bench_rules(args.rows)
+    if args.no_broker:
+        return 0
+    with contextlib.ExitStack() as stack:
+        state = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-preprocess-")))
+        if args.bootstrap:
+            bootstrap = args.bootstrap
+        else:
+            from fraud.embedded.testing import temporary_broker
+
+            bootstrap = stack.enter_context(temporary_broker(state / "kafka")).bootstrap
+        kafka = KafkaClientConfig(bootstrap_servers=(bootstrap,), client_id="bench-preprocess")
+        suffix = str(time.time_ns())
+
+        def make_topic(name: str, partitions: int) -> str:
+            from fraud.embedded.testing import create_topic
+
+            return create_topic(kafka, f"bench.pp.{name}.{suffix}", partitions)
+
+        bench_job(kafka, args.rows, args.repeat, make_topic)
+        if not args.no_connect:
+            bench_ingest(kafka, bootstrap, args.rows, make_topic, state)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
