@@ -96,3 +96,25 @@ def test_ingest_refuses_a_missing_topic(kafka_broker, kafka_connect, tmp_path):
     with pytest.raises(FraudError, match="topic no.such.topic.h6 does not exist"):
         ingest_file(kafka_connect, kafka_broker.client_config(), path, "no.such.topic.h6", staging_dir=tmp_path)
     assert kafka_connect.connectors() == []
+
+
+@pytest.mark.integration
+def test_fraudctl_ingest_starts_a_worker_when_none_runs_and_stops_it(kafka_broker, kafka_client_config, kafka_topic,
+                                                                     tmp_path, capsys, monkeypatch):
+    from fraud.embedded.connect import ConnectConfig, ConnectStandalone
+    from fraud.embedded.process import free_port
+    from fraud.paths import load_paths
+
+    monkeypatch.setenv("FRAUD_HOME", str(tmp_path / "home"))
+    topic = kafka_topic(1)
+    path = tmp_path / "small.csv"
+    path.write_bytes(b"\n".join(LINES[:21]) + b"\n")
+    code = main(["ingest", "--file", str(path), "--topic", topic, "--bootstrap", kafka_broker.bootstrap,
+                 "--rest-port", str(free_port()), "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "starting Kafka Connect" in captured.err and "ingested 21 lines" in captured.out
+    assert _values(kafka_client_config, topic) == LINES[:21]
+    paths = load_paths()
+    worker = ConnectStandalone(ConnectConfig(state_dir=paths.connect_dir, jars_dir=paths.jars_dir))
+    assert not worker.is_running(), "the worker this command started is stopped again"
