@@ -40,7 +40,7 @@ from fraud.stream.records import Output, ProcessResult, Record
 from fraud.topics import DLQ_PREPROCESS, INGEST_CSV, TRANSACTIONS, TRANSACTIONS_RAW, USERS
 from preprocessing.anonymize import AnonymizeKey, Anonymizer, load_key, redact_key
 from preprocessing.rules import DEFAULT_RULES, SOURCE_CSV, SOURCE_RAW, Rules, load_rules
-from preprocessing.transform import Clean, Filtered, Preprocessor, Rejected
+from preprocessing.transform import STAGE_RULES, Clean, Filtered, Preprocessor, Rejected
 
 log = logging.getLogger("preprocessing")
 
@@ -49,6 +49,8 @@ ENV_PREFIX = "FRAUD_PREPROCESS_"
 DEFAULT_GROUP = "fraud-preprocess"
 CLIENT_ID = "fraud-preprocess"
 PROGRESS_LOG_S = 10.0
+#: Dead-letter reason for a record the job failed on unexpectedly (a bug, not bad data).
+INTERNAL_ERROR = "internal_error"
 
 CLEAN = MetricDef("records_clean_total", Kind.COUNTER, "Clean events produced", ("source",))
 FILTERED = MetricDef("records_filtered_total", Kind.COUNTER, "Records dropped on purpose (header, blank, filters)",
@@ -192,7 +194,14 @@ class PreprocessJob:
         pre = self.preprocessor
         for rec in batch:
             source = sources[rec.topic]
-            outcome = pre.process(source, rec.value)
+            try:
+                outcome = pre.process(source, rec.value)
+            except Exception as exc:
+                # A bug met by one record must not stop the stream on it (a restart would meet it again):
+                # dead-letter it and say so. Only the exception's class: its text may quote the record.
+                log_event(log, logging.ERROR, "internal_error", error=type(exc).__name__, topic=rec.topic,
+                          partition=rec.partition, offset=rec.offset)
+                outcome = Rejected(INTERNAL_ERROR, f"{type(exc).__name__} while preprocessing", STAGE_RULES)
             if isinstance(outcome, Clean):
                 result.outputs.append(Output(out_topic, outcome.value, outcome.key))
                 clean[source] += 1

@@ -165,3 +165,21 @@ def test_check_rules_describes_the_shipped_rules(capsys):
 def test_process_result_is_the_stream_type():
     job, _ = make_job()
     assert isinstance(job.process([]), ProcessResult)
+
+
+def test_an_unexpected_error_on_one_record_dead_letters_it_and_the_batch_goes_on(monkeypatch):
+    job, _ = make_job()
+    real = job.preprocessor.process
+    poison = orjson.dumps(raw(1))
+
+    def process(source, value):
+        if value == poison:
+            raise KeyError(raw(1)["card_id"])  # the text of an error may quote the record
+        return real(source, value)
+
+    monkeypatch.setattr(job.preprocessor, "process", process)
+    result = job.process([rec("raw", 0, orjson.dumps(raw(0))), rec("raw", 1, poison), rec("raw", 2, orjson.dumps(raw(2)))])
+    assert len(result.outputs) == 2
+    (dl,) = result.dead_letters
+    assert dl.reason == "internal_error" and dl.message == "KeyError while preprocessing" and dl.source_offset == 1
+    assert raw(1)["card_id"].encode() not in dl.value
