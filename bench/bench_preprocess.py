@@ -7,10 +7,10 @@
    pass-through process function on the same `StreamProcessor` and client (copy each value to the output):
    what the rules cost on top of the shared machinery.
 3. Ingestion: lines/s through Kafka Connect (`ingest_file`) against a bare kafka-python producer sending
-   the same lines.
+   the same lines; then the job on those CSV lines (2. again, CSV source).
 
-    .venv/bin/python bench/bench_preprocess.py                # throwaway embedded broker and Connect
-    .venv/bin/python bench/bench_preprocess.py --rows 3000 --no-connect
+    .venv/bin/python bench/bench_preprocess.py                # the sample; throwaway embedded broker and Connect
+    .venv/bin/python bench/bench_preprocess.py --file /path/to/creditcard.csv.gz   # the full dataset
 """
 
 from __future__ import annotations
@@ -94,15 +94,11 @@ def _run_until(processor_run, stop, done, n: int, timeout_s: float = 600.0) -> f
     return (n - first[1]) / (end - first[0])
 
 
-def bench_job(kafka: KafkaClientConfig, rows: int, repeat: int, make_topic) -> None:
-    cards = CardPool()
-    events = [transaction_event(r, cards) for r in iter_rows(SAMPLE_CSV, limit=rows)]
-    values = [e.to_json() for e in events] * repeat
-    src = make_topic("src", 4)
-    _produce(kafka, src, values)
+def bench_job(kafka: KafkaClientConfig, src: str, n: int, source: str, make_topic) -> None:
+    """The job (source = SOURCE_CSV or SOURCE_RAW) on `src` against a pass-through, in both delivery modes."""
     rules = load_rules(DEFAULT_RULES)
     for delivery in ("at_least_once", "exactly_once"):
-        out_b, dlq_b = make_topic(f"pass-{delivery}", 4), make_topic(f"pass-dlq-{delivery}", 1)
+        out_b, dlq_b = make_topic(f"pass-{source}-{delivery}", 4), make_topic(f"pass-dlq-{source}-{delivery}", 1)
         count = [0]
 
         def passthrough(batch, out=out_b):
@@ -112,41 +108,45 @@ def bench_job(kafka: KafkaClientConfig, rows: int, repeat: int, make_topic) -> N
                           dlq_topic=dlq_b, component="bench", delivery=delivery, batch_max_size=500)
         proc = StreamProcessor(sc, passthrough,
                                on_committed=lambda b, r, c=count: c.__setitem__(0, c[0] + len(b)))
-        base = _run_until(proc.run, proc.request_stop, lambda c=count: c[0], len(values))  # rec/s
+        base = _run_until(proc.run, proc.request_stop, lambda c=count: c[0], n)
 
-        out, dlq = make_topic(f"pp-{delivery}", 4), make_topic(f"pp-dlq-{delivery}", 1)
-        config = PreprocessConfig.build(kafka=kafka, rules=rules, key=KEY, csv_topic=None, raw_topic=src,
-                                        output_topic=out, dlq_topic=dlq, group_id=f"bench-pp-{delivery}-{time.time_ns()}",
-                                        delivery=delivery, batch_max_size=500)
+        out, dlq = make_topic(f"pp-{source}-{delivery}", 4), make_topic(f"pp-dlq-{source}-{delivery}", 1)
+        topics = {"csv_topic": src, "raw_topic": None} if source == SOURCE_CSV else {"csv_topic": None, "raw_topic": src}
+        config = PreprocessConfig.build(kafka=kafka, rules=rules, key=KEY, output_topic=out, dlq_topic=dlq,
+                                        group_id=f"bench-pp-{delivery}-{time.time_ns()}", delivery=delivery,
+                                        batch_max_size=500, **topics)
         job = PreprocessJob(config, users={})
-        rate = _run_until(job.run, job.request_stop, lambda j=job: j.stats.total, len(values))
-        print(f"[job] {delivery:13s}: pass-through {base:,.0f} rec/s, preprocessing {rate:,.0f} rec/s "
-              f"= {base / rate:.2f}x the pass-through time per record (steady state, {len(values)} records, "
-              f"batches of 500)")
+        rate = _run_until(job.run, job.request_stop, lambda j=job: j.stats.total, n)
+        print(f"[job {source}] {delivery:13s}: pass-through {base:,.0f} rec/s, preprocessing {rate:,.0f} rec/s "
+              f"= {base / rate:.2f}x the pass-through time per record (steady state, {n:,} records, "
+              f"batches of 500; clean {sum(job.stats.clean.values()):,}, filtered {dict(job.stats.filtered)})")
 
 
-def bench_ingest(kafka: KafkaClientConfig, bootstrap: str, rows: int, make_topic, state: Path) -> None:
+def bench_ingest(kafka: KafkaClientConfig, bootstrap: str, file: Path, make_topic, state: Path) -> tuple[str, int]:
+    """Connect ingestion of `file` against a bare producer of the same lines; returns (topic, lines)."""
     from fraud.embedded.testing import temporary_connect
-    from preprocessing.ingest import ingest_file
+    from preprocessing.ingest import check_file, ingest_file
 
-    lines = SAMPLE_CSV.read_bytes().splitlines()[:rows + 1]
-    path = state / "bench.csv"
-    path.write_bytes(b"\n".join(lines) + b"\n")
+    checked = check_file(file, state / "staging")
+    lines = checked.path.read_bytes().splitlines()
     base = _produce(kafka, make_topic("ingest-base", 1), lines)
+    topic = make_topic("ingest", 1)
     with temporary_connect(state / "connect", bootstrap) as worker:
-        result = ingest_file(worker, kafka, path, make_topic("ingest", 1), staging_dir=state / "staging")
-    print(f"[ingest] bare producer {len(lines) / base:,.0f} lines/s, Connect FileStreamSource "
-          f"{result.lines_per_s:,.0f} lines/s = {result.seconds / base:.2f}x the producer time "
+        result = ingest_file(worker, kafka, checked.path, topic, staging_dir=state / "staging", timeout_s=1800)
+    print(f"[ingest] {len(lines):,} lines: bare kafka-python producer {len(lines) / base:,.0f} lines/s, Connect "
+          f"FileStreamSource {result.lines_per_s:,.0f} lines/s = {result.seconds / base:.2f}x the producer time "
           f"(connector start included)")
+    return topic, result.sent
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bootstrap", help="use this broker instead of a throwaway embedded one")
-    parser.add_argument("--rows", type=int, default=9_000)
-    parser.add_argument("--repeat", type=int, default=3, help="the job benchmark sends the rows this many times")
+    parser.add_argument("--rows", type=int, default=9_000, help="sample rows for the rules and raw-event runs")
+    parser.add_argument("--repeat", type=int, default=3, help="the raw-event job run sends the rows this many times")
+    parser.add_argument("--file", type=Path, default=SAMPLE_CSV,
+                        help="CSV (or .csv.gz) to ingest through Connect and preprocess (default: the sample)")
     parser.add_argument("--no-broker", action="store_true", help="only the in-process rules benchmark")
-    parser.add_argument("--no-connect", action="store_true", help="skip the Connect ingestion benchmark")
     args = parser.parse_args(argv)
     bench_rules(args.rows)
     if args.no_broker:
@@ -167,9 +167,13 @@ def main(argv: list[str] | None = None) -> int:
 
             return create_topic(kafka, f"bench.pp.{name}.{suffix}", partitions)
 
-        bench_job(kafka, args.rows, args.repeat, make_topic)
-        if not args.no_connect:
-            bench_ingest(kafka, bootstrap, args.rows, make_topic, state)
+        csv_topic, lines = bench_ingest(kafka, bootstrap, args.file, make_topic, state)
+        bench_job(kafka, csv_topic, lines, SOURCE_CSV, make_topic)
+        cards = CardPool()
+        values = [transaction_event(r, cards).to_json() for r in iter_rows(SAMPLE_CSV, limit=args.rows)] * args.repeat
+        raw_topic = make_topic("raw", 4)
+        _produce(kafka, raw_topic, values)
+        bench_job(kafka, raw_topic, len(values), SOURCE_RAW, make_topic)
     return 0
 
 
