@@ -36,7 +36,7 @@ from fraud.stream.logs import log_event
 from fraud.stream.metrics import Kind, MetricDef, Metrics, PrometheusMetrics
 from fraud.stream.options import Option, add_options, resolve_options
 from fraud.stream.processor import StreamProcessor
-from fraud.stream.records import Output, ProcessResult, Record
+from fraud.stream.records import Output, ProcessResult, Record, RetriableError
 from fraud.topics import DLQ_PREPROCESS, INGEST_CSV, TRANSACTIONS, TRANSACTIONS_RAW, USERS
 from preprocessing.anonymize import AnonymizeKey, Anonymizer, load_key, redact_key
 from preprocessing.rules import DEFAULT_RULES, SOURCE_CSV, SOURCE_RAW, Rules, load_rules
@@ -187,6 +187,13 @@ class PreprocessJob:
 
     def process(self, batch: Sequence[Record]) -> PreprocessResult:
         """Records in, clean events and dead letters out; filtered records are counted (after commit)."""
+        table = self._users_table
+        if table is not None and not table.loaded.is_set():
+            if table.load_error is not None:
+                raise FraudError(f"users table: {table.load_error}")
+            # Joining against half a table would silently miss users: hold the batch back (nothing is
+            # committed; the processor retries it after a backoff).
+            raise RetriableError(f"the users table ({self.config.users_topic}) is still loading")
         result = PreprocessResult()
         filtered, clean = result.filtered, result.clean
         sources = self.config.sources
@@ -274,10 +281,11 @@ class PreprocessJob:
         if c.rules.enrich is not None and self._users_given is None:
             from preprocessing.users import UsersTable
 
-            table = UsersTable(c.stream.kafka, c.users_topic, c.rules.enrich.fields).start(c.users_timeout_s)
+            # Loaded in the background: /healthz answers meanwhile and records wait (retried) until it is complete.
+            table = UsersTable(c.stream.kafka, c.users_topic, c.rules.enrich.fields).start_background(
+                c.users_timeout_s)
             self._users_table = table
             self.preprocessor.users = table
-            self.metrics.gauge(USERS_ROWS, len(table))
         try:
             self.processor = StreamProcessor(c.stream, self.process, client=self._client, metrics=self.metrics,
                                              on_committed=self._on_committed)

@@ -7,7 +7,9 @@ transactions: it holds raw ids and never leaves the ingestion side.
 
 `UsersTable` reads the whole topic at start (up to the end offsets seen then, so the first transactions
 are joined against a complete table) and follows updates in a background thread: the join is
-as-of-processing-time, like a ksqlDB stream-table join. `synthetic_users` makes a table for the
+as-of-processing-time, like a ksqlDB stream-table join. The job loads it in the background
+(`start_background`) and holds its records back until it is complete, so a large table does not keep
+the health endpoint from answering. `synthetic_users` makes a table for the
 customers of replay's synthetic card pool (what the demo loads with `fraudctl preprocess users`).
 """
 
@@ -89,6 +91,10 @@ class UsersTable(Mapping[str, Mapping[str, str]]):
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._poll_timeout_ms = int(poll_timeout_s * 1000)
+        self._tps: list[Any] = []
+        self._end: dict[Any, int] = {}
+        self.loaded = threading.Event()
+        self.load_error: str | None = None
         self.bad_records = 0
         self.updates = 0
         self.error: str | None = None
@@ -129,8 +135,8 @@ class UsersTable(Mapping[str, Mapping[str, str]]):
                 self._rows[key] = row
             self.updates += 1
 
-    def start(self, timeout_s: float = 60.0) -> UsersTable:
-        """Read the topic up to its current end, then follow it in a daemon thread."""
+    def open(self, timeout_s: float = 60.0) -> UsersTable:
+        """Connect and position at the start of the topic (FraudError at once if it does not exist)."""
         from kafka import KafkaConsumer, TopicPartition
         from kafka.errors import KafkaError
 
@@ -141,7 +147,6 @@ class UsersTable(Mapping[str, Mapping[str, str]]):
                 request_timeout_ms=max(int(timeout_s * 1000), 5000)))
         except KafkaError as exc:
             raise FraudError(f"cannot reach Kafka at {self.kafka.bootstrap} for the users table: {exc}") from None
-        self._consumer = consumer
         try:
             parts = None
             while not parts and time.monotonic() - started < min(timeout_s, 10.0):
@@ -154,21 +159,56 @@ class UsersTable(Mapping[str, Mapping[str, str]]):
             tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
             consumer.assign(tps)
             consumer.seek_to_beginning(*tps)
-            end = consumer.end_offsets(tps)
-            while any(consumer.position(tp) < end[tp] for tp in tps):
-                if time.monotonic() - started > timeout_s:
-                    have = sum(consumer.position(tp) for tp in tps)
-                    raise FraudError(f"users topic {self.topic}: read {have} of {sum(end.values())} records in "
-                                     f"{timeout_s:g} s")
-                for records in consumer.poll(timeout_ms=self._poll_timeout_ms, max_records=5000).values():
-                    self._apply(records)
+            self._end = consumer.end_offsets(tps)
         except BaseException:
             consumer.close()
-            self._consumer = None
             raise
+        self._consumer = consumer
+        self._tps = tps
+        return self
+
+    def _load(self, timeout_s: float) -> None:
+        """Read up to the end offsets seen at `open`."""
+        consumer, tps, end = self._consumer, self._tps, self._end
+        started = time.monotonic()
+        while any(consumer.position(tp) < end[tp] for tp in tps):
+            if time.monotonic() - started > timeout_s:
+                have = sum(consumer.position(tp) for tp in tps)
+                raise FraudError(f"users topic {self.topic}: read {have} of {sum(end.values())} records in "
+                                 f"{timeout_s:g} s")
+            for records in consumer.poll(timeout_ms=self._poll_timeout_ms, max_records=5000).values():
+                self._apply(records)
         log_event(log, logging.INFO, "users_table_loaded", topic=self.topic, rows=len(self._rows),
                   bad_records=self.bad_records, seconds=round(time.monotonic() - started, 3))
+        self.loaded.set()
+
+    def start(self, timeout_s: float = 60.0) -> UsersTable:
+        """Read the topic up to its current end (blocking), then follow it in a daemon thread."""
+        self.open(timeout_s)
+        try:
+            self._load(timeout_s)
+        except BaseException:
+            self.close()
+            raise
         self._thread = threading.Thread(target=self._follow, name="users-table", daemon=True)
+        self._thread.start()
+        return self
+
+    def start_background(self, timeout_s: float = 60.0) -> UsersTable:
+        """`open` now, then load and follow in a daemon thread: `loaded` is set when the table is complete,
+        `load_error` says why it could not be (a service can answer health checks meanwhile)."""
+        self.open(timeout_s)
+
+        def run() -> None:
+            try:
+                self._load(timeout_s)
+            except Exception as exc:
+                self.load_error = str(exc) if isinstance(exc, FraudError) else f"{type(exc).__name__}: {exc}"
+                log_event(log, logging.ERROR, "users_table_load_failed", error=self.load_error)
+                return
+            self._follow()
+
+        self._thread = threading.Thread(target=run, name="users-table", daemon=True)
         self._thread.start()
         return self
 

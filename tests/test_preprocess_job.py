@@ -183,3 +183,26 @@ def test_an_unexpected_error_on_one_record_dead_letters_it_and_the_batch_goes_on
     (dl,) = result.dead_letters
     assert dl.reason == "internal_error" and dl.message == "KeyError while preprocessing" and dl.source_offset == 1
     assert raw(1)["card_id"].encode() not in dl.value
+
+
+def test_records_wait_for_the_users_table_and_a_failed_load_stops_the_job():
+    import threading
+
+    from fraud.stream.records import RetriableError
+
+    class Loading(dict):
+        loaded = threading.Event()
+        load_error = None
+
+    job, _ = make_job()
+    table = Loading()
+    job._users_table = table
+    batch = [rec("raw", 0, orjson.dumps(raw(0)))]
+    with pytest.raises(RetriableError, match="users table .* is still loading"):
+        job.process(batch)
+    table.load_error = "users topic x: read 5 of 9 records in 60 s"
+    with pytest.raises(FraudError, match="users table: users topic x: read 5 of 9"):
+        job.process(batch)
+    table.load_error = None
+    table.loaded.set()
+    assert len(job.process(batch).outputs) == 1
