@@ -3,6 +3,10 @@
     parse -> impute -> validate (the event contract) -> enrich -> filters -> checks
           -> anonymize (keyed pseudonyms) -> masks -> project -> clean TransactionEvent
 
+Anonymization covers more than the two id fields: a raw event whose transaction id holds a raw id (it
+becomes the record key downstream) is dead-lettered, and projected free-text attributes have the record's raw ids and
+card-number-like digit runs replaced by pseudonyms.
+
 Outcomes: `Clean` (the event and its record key), `Filtered` (dropped on purpose, with a reason: the
 CSV header, blank lines, a filter rule) or `Rejected` (a dead letter: reason code, message, field and
 Kafka Connect stage). Every record has exactly one outcome, so clean + filtered + rejected = consumed.
@@ -54,6 +58,9 @@ BLANK_LINE = "blank_line"
 CSV_COLUMNS_REASON = "csv_columns"
 MALFORMED_CSV = "malformed_csv"
 ENRICH_NO_MATCH = "enrich_no_match"
+RAW_ID_IN_TRANSACTION_ID = "raw_id_in_transaction_id"
+#: A raw id this long found inside a transaction id counts as leaked (shorter ones match by accident).
+_MIN_CONTAINED_ID = 8
 
 _CSV_N = len(CSV_COLUMNS)
 _N_FEATURES = len(FEATURE_NAMES)
@@ -302,13 +309,27 @@ class Preprocessor:
             if original is None:
                 continue
             masked[m.name] = self._display(m, original)
+        anon = self.anonymizer
+        raw_ids = {"card_id": event.card_id, "customer_id": event.customer_id}
+        tid = event.transaction_id
+        if p.source == SOURCE_RAW and (
+                any(tid == v or (len(v) >= _MIN_CONTAINED_ID and v in tid) for v in raw_ids.values())
+                or anon.redact_pans(tid.encode("utf-8")) != tid.encode("utf-8")):
+            # The transaction id is the clean event's key and travels everywhere downstream. (The job makes
+            # CSV lines' ids itself from a hash; their long digit runs can pass a Luhn check by chance.)
+            return Rejected(RAW_ID_IN_TRANSACTION_ID, "the transaction id contains a raw card or customer id",
+                            STAGE_RULES, "transaction_id", p.raw_ids())
         attributes: dict[str, str] = {}
         for proj in rules.project.attributes:
-            v = masked.get(proj.mask) if proj.mask is not None else view.get(proj.field or "")
+            if proj.mask is not None:
+                v = masked.get(proj.mask)
+            else:
+                v = view.get(proj.field or "")
+                if v is not None:  # free text (an incoming attribute, a users field) may quote an id
+                    v = anon.redact_text(v, raw_ids)
             if v is not None:
                 attributes[proj.name] = v
 
-        anon = self.anonymizer
         clean = TransactionEvent(
             transaction_id=event.transaction_id,
             event_time_ms=event.event_time_ms,

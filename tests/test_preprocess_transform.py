@@ -371,3 +371,20 @@ def test_every_sample_line_has_one_outcome_and_events_round_trip():
     for o in clean[:200]:
         assert TransactionEvent.from_json(o.value) == o.event
         assert set(o.event.features) == set(FEATURE_NAMES)
+
+
+def test_raw_ids_cannot_leave_through_the_transaction_id_or_a_projected_attribute():
+    obj = raw_event(4)
+    card, cust = obj["card_id"], obj["customer_id"]
+    for tid in (card, f"tx-{card}", cust, "tx-9123 4567 8901 2348"):
+        out = pre().process(SOURCE_RAW, enc(dict(obj, transaction_id=tid)))
+        assert isinstance(out, Rejected) and out.reason == "raw_id_in_transaction_id", tid
+        assert out.field == "transaction_id"
+    assert isinstance(pre().process(SOURCE_RAW, enc(dict(obj, transaction_id="tx-2013-09-01-000042"))), Clean)
+    rules = "project:\n  attributes: [attributes.note]\n"
+    note = f"card {card} of {cust}, also 9123456789012348"
+    out = pre(rules).process(SOURCE_RAW, enc(dict(obj, attributes={"note": note})))
+    anon = Anonymizer(KEY)
+    assert out.event.attributes["note"] == (f"card {anon.pseudonym('card_id', card)} of "
+                                            f"{anon.pseudonym('customer_id', cust)}, also "
+                                            f"{anon.pseudonym('card_id', '9123456789012348')}")
