@@ -340,6 +340,9 @@ def run(config: DemoConfig) -> int:
                "--rest-port", str(config.port("connect"))])
 
     ensure_key(config)
+    if not _service(config, "preprocess").handle(paths).status().running:
+        # The seed's users table, which the job joins transactions with (a compacted topic: re-writing is idempotent).
+        _fraudctl(["preprocess", "users", "--synthetic", "--bootstrap", broker.bootstrap])
     _say("preprocess", _service(config, "preprocess").start(paths))
     from preprocessing.job import DEFAULT_GROUP as PREPROCESS_GROUP
 
