@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"span written: {rows} rows in {span_s:.1f}s")
 
     t = time.perf_counter()
-    local_runner.run(paths, infra_validation="none")
+    local_runner.run(paths)  # the whole pipeline, infra validation included
     pipeline_s = time.perf_counter() - t
     times, mlmd_total = component_times(paths)
     print(f"\npipeline wall time: {pipeline_s:.1f}s ({pipeline_s / 60:.1f} min; {mlmd_total:.1f}s from the first "

@@ -314,8 +314,8 @@ class AutoencoderConfig:
     widths: tuple[int, ...] = (64, 32, 24, 32, 64)
     activation: str = "elu"
     epochs: int = 20
-    batch_size: int = 256
-    learning_rate: float = 1e-3
+    batch_size: int = 512
+    learning_rate: float = 2e-3
     seeds: int = 4
     ensemble: int = 2  # members kept: the best seeds by validation AUPRC
     noise: float = 0.0

@@ -28,6 +28,7 @@ from fraud.topics import TRANSACTIONS
 from pipeline import local_runner, spans
 from pipeline.export import write_span
 from pipeline.pipeline import MODEL_KINDS, Gates, SplitFractions, TrainingSettings
+from pipeline.report import write_report
 from pipeline.training import read_model_info
 
 SPLITS = SplitFractions(train=0.5, validation=0.2, eval=0.3)  # the sample's frauds sit early in its window
@@ -136,6 +137,17 @@ def test_first_run_executes_everything_and_pushes_version_1(first_run: Paths) ->
     assert score[np.array(labels) == 1].mean() > score[np.array(labels) == 0].mean()
 
 
+def test_report_of_the_first_run(first_run: Paths) -> None:
+    path = write_report(first_run.metadata_path, first_run.reports_dir)
+    page = path.read_text()
+    assert (first_run.reports_dir / "pipeline-latest.html").read_text() == page
+    assert "Pushed as version 1" in page
+    assert page.count("data:image/png;base64,") >= 5  # PR curve, 2 score histograms, 2 calibration plots
+    for text in ("precision @ shipped", "(shipped)", "amount_band = 2 (10-100)", "hour_of_day = ", "Anomalies",
+                 "None.", "Feature statistics by split", "rows_unlabeled_dropped"):
+        assert text in page, text
+
+
 @pytest.mark.slow
 def test_a_deliberately_worse_model_is_not_blessed(first_run: Paths) -> None:
     """Same span, models that see only Amount and time: the change threshold against the latest
@@ -167,3 +179,6 @@ def test_a_span_breaking_the_schema_stops_the_run_before_training(first_run: Pat
     assert run["ExampleValidator"] == "COMPLETE" and run["DataValidationGate"] == "FAILED"
     assert not {"Transform", "Trainer_autoencoder", "Trainer_supervised", "Pusher"} & set(run)
     assert _versions(first_run) == ["1"]
+    page = write_report(first_run.metadata_path, first_run.reports_dir).read_text()
+    assert "The run stopped: DataValidationGate failed." in page
+    assert "split train: feature V3: " in page
