@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import threading
 import time
 from collections import Counter
@@ -39,6 +38,7 @@ from fraud.stream.health import HealthServer
 from fraud.stream.logs import log_event
 from fraud.stream.metrics import Metrics, PrometheusMetrics
 from fraud.stream.records import Record
+from fraud.stream.signals import install_stop_handlers
 from monitoring import metrics as m
 from monitoring.alerts import AlertBook, drift_alerts, window_alerts
 from monitoring.config import DRIFT_WINDOWS, GRANULARITIES, MonitorConfig
@@ -125,12 +125,8 @@ class MonitorJob:
         self._stop.set()
 
     def install_signal_handlers(self) -> None:
-        def handler(signum: int, _frame: Any) -> None:
-            log_event(log, logging.INFO, "stop_requested", signal=signal.Signals(signum).name)
-            self._stop.set()
-
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, handler)
+        """SIGTERM and SIGINT only set the stop flag (call from the main thread)."""
+        install_stop_handlers(self._stop, logger=log)
 
     def health(self) -> tuple[bool, bool, dict[str, Any]]:
         healthy = time.monotonic() - self._heartbeat < 120 and self._state not in ("failed", "stopped")

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import random
-import signal
 import threading
 import time
 from collections import Counter
@@ -32,6 +31,7 @@ from fraud.stream.health import HealthServer
 from fraud.stream.logs import log_event
 from fraud.stream.metrics import Metrics, PrometheusMetrics
 from fraud.stream.records import Record, RetriableError, next_offsets
+from fraud.stream.signals import install_stop_handlers
 from monitoring import metrics as m
 from monitoring.config import SinkConfig
 from monitoring.kafka_io import EventProducer, PartitionReader
@@ -99,12 +99,8 @@ class SinkJob:
         self._stop.set()
 
     def install_signal_handlers(self) -> None:
-        def handler(signum: int, _frame: Any) -> None:
-            log_event(log, logging.INFO, "stop_requested", signal=signal.Signals(signum).name)
-            self._stop.set()
-
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, handler)
+        """SIGTERM and SIGINT only set the stop flag (call from the main thread)."""
+        install_stop_handlers(self._stop, logger=log)
 
     def health(self) -> tuple[bool, bool, dict[str, Any]]:
         stalled = time.monotonic() - self._heartbeat > 120

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import random
-import signal
 import threading
 import time
 from collections import Counter, deque
@@ -52,6 +51,7 @@ from fraud.stream.records import (
     first_offsets,
     next_offsets,
 )
+from fraud.stream.signals import install_stop_handlers
 
 log = logging.getLogger("fraud.stream")
 
@@ -111,13 +111,7 @@ class StreamProcessor:
 
     def install_signal_handlers(self) -> None:
         """SIGTERM and SIGINT only set the stop flag (call from the main thread)."""
-
-        def handler(signum: int, _frame: Any) -> None:
-            log_event(log, logging.INFO, "stop_requested", signal=signal.Signals(signum).name)
-            self._stop.set()
-
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, handler)
+        install_stop_handlers(self._stop, logger=log)
 
     def health(self) -> tuple[bool, bool, dict[str, Any]]:
         now = self._clock()
