@@ -10,7 +10,7 @@ if [ ! -x "$tools/bin/uv" ]; then
   "$tools/bin/pip" install --quiet 'uv==0.13.9'
 fi
 "$tools/bin/uv" pip compile --quiet --python-version 3.10 --python-platform x86_64-manylinux_2_36 \
-  --no-header --annotation-style line \
+  --no-header --annotation-style line --override "$root/requirements-overrides.txt" \
   "$root/requirements.in" -o "$root/requirements.lock"
 {
   echo "# Fully pinned by scripts/lock.sh from requirements.in; do not edit by hand."
@@ -19,3 +19,7 @@ fi
 } > "$root/requirements.lock.tmp"
 mv "$root/requirements.lock.tmp" "$root/requirements.lock"
 echo "requirements.lock: $(grep -c '==' "$root/requirements.lock") pins"
+# The images' pinned subsets are derived from the lock (deploy/docker/pins.py); keep them in step.
+for subset in "$root"/deploy/requirements-*.lock; do
+  python3.11 "$root/deploy/docker/pins.py" subset "$subset"
+done
