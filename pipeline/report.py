@@ -227,26 +227,21 @@ def _threshold_text(threshold: Any) -> str:
 
 
 def _png(fig: Any) -> str:
-    import matplotlib.pyplot as plt
-
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
     return f'<img alt="plot" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
 
 
-def _plt():
-    import matplotlib
+def _subplots(*grid: int, figsize: tuple[float, float]) -> tuple[Any, Any]:
+    """A figure that never touches pyplot's global state or backend (safe inside a notebook)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*grid)
 
 
 def pr_curve_plot(evaluations: list[Evaluation], thresholds: Mapping[str, float]) -> str:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    fig, ax = _subplots(figsize=(5.5, 4))
     for ev in evaluations:
         pts = [(c["tp"] / (c["tp"] + c["fn"]), c["tp"] / (c["tp"] + c["fp"]))
                for c in ev.curve if c["tp"] + c["fn"] > 0 and c["tp"] + c["fp"] > 0]
@@ -269,7 +264,6 @@ def pr_curve_plot(evaluations: list[Evaluation], thresholds: Mapping[str, float]
 def score_histogram_plot(ev: Evaluation, bins: int = 40) -> str:
     import numpy as np
 
-    plt = _plt()
     edges = np.linspace(0.0, 1.0, bins + 1)
     normal = np.zeros(bins)
     fraud = np.zeros(bins)
@@ -278,7 +272,7 @@ def score_histogram_plot(ev: Evaluation, bins: int = 40) -> str:
         i = int(mid * bins)
         normal[i] += n - frauds
         fraud[i] += frauds
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    fig, axes = _subplots(1, 2, figsize=(9, 3.2))
     for ax, values, name in ((axes[0], normal, "normal"), (axes[1], fraud, "fraud")):
         ax.bar(edges[:-1], values, width=1.0 / bins, align="edge", color="tab:blue" if name == "normal" else "tab:red")
         ax.set_yscale("log" if values.max() > 100 else "linear")
@@ -290,7 +284,6 @@ def score_histogram_plot(ev: Evaluation, bins: int = 40) -> str:
 def calibration_plot(ev: Evaluation, bins: int = 10) -> str:
     import numpy as np
 
-    plt = _plt()
     n = np.zeros(bins)
     label = np.zeros(bins)
     pred = np.zeros(bins)
@@ -301,7 +294,7 @@ def calibration_plot(ev: Evaluation, bins: int = 10) -> str:
         label[i] += frauds
         pred[i] += mid * count
     ok = n > 0
-    fig, ax = plt.subplots(figsize=(4, 4))
+    fig, ax = _subplots(figsize=(4, 4))
     ax.plot([0, 1], [0, 1], "--", color="grey")
     ax.plot(pred[ok] / n[ok], label[ok] / n[ok], "o-")
     ax.set_xlabel("mean score")
