@@ -177,8 +177,7 @@ class BackgroundService:
             return ServiceStatus(STALE, None, f"pid file {self.pid_file} does not hold a pid ({text[:20]!r})")
         if not pid_alive(pid):
             return ServiceStatus(STALE, pid, f"pid file {self.pid_file} names process {pid}, which is not running")
-        cmd = _cmdline(pid)
-        if self.marker not in cmd or self.main_class not in cmd:
+        if not self._is_ours(pid):
             return ServiceStatus(
                 STALE, pid, f"pid file {self.pid_file} names process {pid}, which is not this {self.label}"
             )
@@ -187,6 +186,17 @@ class BackgroundService:
         except (FileNotFoundError, ValueError):
             info = {"pid": pid}
         return ServiceStatus(RUNNING, pid, f"{self.label} running, pid {pid}", info)
+
+    def _is_ours(self, pid: int, attempts: int = 5) -> bool:
+        # Seen once on a loaded machine: right after the launch, /proc/<pid>/cmdline did not show the new
+        # command line yet, and a healthy service was reported stale. A few short re-reads settle it.
+        for attempt in range(attempts):
+            cmd = _cmdline(pid)
+            if self.marker in cmd and self.main_class in cmd:
+                return True
+            if attempt < attempts - 1 and pid_alive(pid):
+                time.sleep(0.05)
+        return False
 
     def stale_error(self, status: ServiceStatus, command: str) -> FraudError:
         return FraudError(f"stale pid file: {status.detail}; run `{command}` to clear it or remove the file")
