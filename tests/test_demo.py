@@ -115,51 +115,98 @@ def test_caught_up_holds_under_transactions(kafka_broker, kafka_topic, tmp_path)
         demo._bootstrap = original
 
 
-@pytest.mark.slow
-def test_demo_runs_end_to_end_and_its_numbers_match_the_reports(tmp_path):
-    """`fraudctl demo run` on embedded defaults (ports shifted so it can run beside other brokers)."""
-    env = {**os.environ, "FRAUD_HOME": str(tmp_path / "home")}
-    cmd = [sys.executable, "-m", "fraud.cli", "demo"]
+# ---------------------------------------------------------------------------------------------
+# The whole demo, once per module: `fraudctl demo run` on embedded defaults (ports shifted so it can run
+# beside other brokers), then checks of what it printed, of privacy, and of a re-run.
+
+DEMO_CMD = [sys.executable, "-m", "fraud.cli", "demo"]
+PORT_OFFSET = "21000"
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    home = tmp_path_factory.mktemp("demo") / "home"
+    env = {**os.environ, "FRAUD_HOME": str(home)}
     try:
-        done = subprocess.run([*cmd, "run", "--port-offset", "21000", "--rate", "400"], env=env,
+        done = subprocess.run([*DEMO_CMD, "run", "--port-offset", PORT_OFFSET, "--rate", "400"], env=env,
                               capture_output=True, text=True, timeout=3600)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-        out = done.stdout
-        paths = load_paths({"FRAUD_HOME": env["FRAUD_HOME"]})
-        config = demo.DemoConfig(paths=paths)
-        history, live = demo.split_source(config)
-
-        scored = int(re.search(r"live stream\s+: (\d+) transactions scored", out).group(1))
-        assert scored == live
-        pipeline_report = Path(re.search(r"pipeline report : (\S+)", out).group(1))
-        monitor_report = Path(re.search(r"monitor report  : (\S+)", out).group(1))
-        assert pipeline_report.is_file() and monitor_report.is_file()
-
-        from monitoring.warehouse import open_readonly
-
-        con = open_readonly(config.warehouse)
-        try:
-            assert con.execute("SELECT count(*) FROM scores").fetchone()[0] == scored
-            assert con.execute("SELECT count(*) FROM labels").fetchone()[0] == live
-        finally:
-            con.close()
-        # The model lines are the TFMA metrics the pipeline report renders (same MLMD run, same Evaluator output).
-        from pipeline.report import latest_run, read_evaluation
-
-        printed = dict(re.findall(r"^\s+(\w+)\s+eval AUPRC (\d\.\d{3})", out, re.M))
-        record = latest_run(paths.metadata_path)
-        evaluators = {n.removeprefix("Evaluator_"): k for n, k in record.outputs.items() if n.startswith("Evaluator_")}
-        assert set(printed) == set(evaluators) and printed
-        for model, keys in evaluators.items():
-            ev = read_evaluation(model, keys["evaluation"][0].uri, None)
-            assert printed[model] == f"{ev.overall['auc_precision_recall']:.3f}"
-        alerts = json.loads((paths.monitor_dir / "snapshot.json").read_text())["alerts"]
-        assert f"monitor alerts  : {len(alerts)} " in out
-
-        # A re-run reuses what exists: no retraining, same model version.
-        again = subprocess.run([*cmd, "run", "--port-offset", "21000", "--rate", "0"], env=env,
-                               capture_output=True, text=True, timeout=1800)
-        assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-        assert "reusing the pushed model versions [1]" in again.stdout
+        yield env, load_paths({"FRAUD_HOME": str(home)}), done.stdout
     finally:
-        subprocess.run([*cmd, "stop"], env=env, capture_output=True, timeout=300)
+        subprocess.run([*DEMO_CMD, "stop"], env=env, capture_output=True, timeout=300)
+
+
+@pytest.mark.integration
+def test_demo_numbers_match_the_reports_it_points_to(demo_run):
+    _env, paths, out = demo_run
+    config = demo.DemoConfig(paths=paths)
+    _history, live = demo.split_source(config)
+
+    scored = int(re.search(r"live stream\s+: (\d+) transactions scored", out).group(1))
+    assert scored == live
+    pipeline_report = Path(re.search(r"pipeline report : (\S+)", out).group(1))
+    monitor_report = Path(re.search(r"monitor report  : (\S+)", out).group(1))
+    assert pipeline_report.is_file() and monitor_report.is_file()
+
+    from monitoring.warehouse import open_readonly
+
+    con = open_readonly(config.warehouse)
+    try:
+        assert con.execute("SELECT count(*) FROM scores").fetchone()[0] == scored
+        assert con.execute("SELECT count(*) FROM labels").fetchone()[0] == live
+        alerts = con.execute("SELECT count(*) FILTER (WHERE decision) FROM scores").fetchone()[0]
+    finally:
+        con.close()
+    assert f"transactions scored by model versions 1, {alerts} alerts" in out
+    # The model lines are the TFMA metrics the pipeline report renders (same MLMD run, same Evaluator output).
+    from pipeline.report import latest_run, read_evaluation
+
+    printed = dict(re.findall(r"^\s+(\w+)\s+eval AUPRC (\d\.\d{3})", out, re.M))
+    record = latest_run(paths.metadata_path)
+    evaluators = {n.removeprefix("Evaluator_"): k for n, k in record.outputs.items() if n.startswith("Evaluator_")}
+    assert set(printed) == set(evaluators) and printed
+    for model, keys in evaluators.items():
+        ev = read_evaluation(model, keys["evaluation"][0].uri, None)
+        assert printed[model] == f"{ev.overall['auc_precision_recall']:.3f}"
+    snapshot = json.loads((paths.monitor_dir / "snapshot.json").read_text())
+    assert f"monitor alerts  : {len(snapshot['alerts'])} " in out
+
+
+@pytest.mark.integration
+def test_no_raw_id_anywhere_after_the_demo(demo_run):
+    """`fraudctl preprocess privacy-check` finds none of the card pool's raw ids in any downstream topic, the
+    warehouse, or any file the installation wrote (exports, pipeline artifacts, reports, service logs).
+    Kafka's own data directory is left out: it holds the upstream raw topic, where raw ids belong."""
+    env, paths, _out = demo_run
+    cmd = [sys.executable, "-m", "fraud.cli", "preprocess", "privacy-check"]
+    warehouses = sorted(paths.home.rglob("*.duckdb"))
+    assert warehouses, "the demo wrote a warehouse"
+    args = list(cmd)
+    for path in sorted(paths.home.iterdir()):
+        if path.name != paths.kafka_dir.name:
+            args += ["--path", str(path)]
+    for w in warehouses:
+        args += ["--warehouse", str(w)]
+    check = subprocess.run(args, env=env, capture_output=True, text=True, timeout=1800)
+    out = check.stdout + check.stderr
+    assert check.returncode == 0, out[-3000:]
+    assert "privacy check passed" in out
+    # The check looked where the data went: downstream topics with records, and the warehouse.
+    assert "topic fraud.transactions: 0 records" not in out and "topic fraud.scores:" in out
+    assert "warehouse" in out and "text columns, 0 raw ids" in out
+    # The scan does see raw ids where they belong: the raw topic upstream of preprocessing.
+    raw = subprocess.run([*cmd, "--topic", "fraud.transactions.raw"], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert raw.returncode == 4 and "privacy check FAILED" in raw.stdout
+
+
+@pytest.mark.integration
+def test_a_rerun_reuses_what_exists(demo_run):
+    env, paths, _out = demo_run
+    again = subprocess.run([*DEMO_CMD, "run", "--port-offset", PORT_OFFSET, "--rate", "0"], env=env,
+                           capture_output=True, text=True, timeout=1800)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    for line in ("kafka      already running", "reusing the pushed model versions [1]", "serving    already running",
+                 "bridge     already running"):
+        assert line in again.stdout, again.stdout
+    assert demo.pushed_versions(paths) == [1]
