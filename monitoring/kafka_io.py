@@ -19,7 +19,7 @@ from typing import Any
 from fraud.contract import DeadLetter
 from fraud.errors import FraudError
 from fraud.kafka_config import KafkaClientConfig
-from fraud.stream.confluent_client import rdkafka_log  # librdkafka's lines as throttled JSON log records
+from fraud.stream.confluent_client import rdkafka_log, records_from_messages
 from fraud.stream.logs import log_event
 from fraud.stream.records import Record, RetriableError, TopicPartition
 
@@ -120,25 +120,10 @@ class PartitionReader:
         return new
 
     def poll(self, max_records: int, timeout_s: float) -> list[Record]:
-        from confluent_kafka import KafkaError
-
         self.refresh_partitions()
         msgs = self._consumer.consume(num_messages=max_records, timeout=timeout_s)
-        out: list[Record] = []
-        for m in msgs:
-            err = m.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    continue
-                if err.fatal():
-                    raise FraudError(f"Kafka consumer failed: {err.str()}")
-                log_event(log, logging.WARNING, "consume_error", error=err.str(), topic=m.topic(),
-                          partition=m.partition())
-                continue
-            hs = m.headers()
-            rec = Record(m.topic(), m.partition(), m.offset(), m.key(), m.value(), m.timestamp()[1],
-                         tuple(hs) if hs else ())
-            out.append(rec)
+        out = records_from_messages(msgs, lambda text: FraudError(f"Kafka consumer failed: {text}"))
+        for rec in out:
             self._position[rec.tp] = rec.offset + 1
         return out
 

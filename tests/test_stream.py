@@ -597,3 +597,51 @@ def test_kafka_python_client_passes_tls_sasl_and_delivery_settings(tmp_path, mon
     assert c["enable_auto_commit"] is False and c["isolation_level"] == "read_committed"
     assert c["group_instance_id"] == "i0"
     assert p["transactional_id"] == "g-i0" and p["acks"] == "all" and p["enable_idempotence"] is True
+
+
+class _Message:
+    """The parts of confluent_kafka.Message that records_from_messages reads."""
+
+    def __init__(self, offset: int, error=None, headers=None) -> None:
+        self._offset, self._error, self._headers = offset, error, headers
+
+    def error(self):
+        return self._error
+
+    def topic(self) -> str:
+        return "t"
+
+    def partition(self) -> int:
+        return 1
+
+    def offset(self) -> int:
+        return self._offset
+
+    def key(self) -> bytes:
+        return b"k"
+
+    def value(self) -> bytes:
+        return b"v%d" % self._offset
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, 1000 + self._offset)
+
+    def headers(self):
+        return self._headers
+
+
+def test_confluent_messages_become_records_skipping_eof_and_logging_errors(caplog):
+    from confluent_kafka import KafkaError
+
+    from fraud.stream.confluent_client import records_from_messages
+
+    msgs = [_Message(5, headers=[("h", b"1")]), _Message(-1, KafkaError(KafkaError._PARTITION_EOF)),
+            _Message(-1, KafkaError(KafkaError._TRANSPORT, "broker down")), _Message(6)]
+    with caplog.at_level(logging.WARNING, logger="fraud.stream.confluent"):
+        records = records_from_messages(msgs, FraudError)
+    assert [(r.offset, r.value, r.timestamp_ms, r.headers) for r in records] == [
+        (5, b"v5", 1005, (("h", b"1"),)), (6, b"v6", 1006, ())]
+    assert [r.msg for r in caplog.records] == ["consume_error"] and "broker down" in str(vars(caplog.records[0]))
+    with pytest.raises(FraudError, match="fenced"):
+        records_from_messages([_Message(7), _Message(-1, KafkaError(KafkaError._FENCED, "fenced", fatal=True))],
+                              FraudError)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from fraud.stream.clients import PartitionsCallback
@@ -22,6 +22,28 @@ log = logging.getLogger("fraud.stream.confluent")
 #: librdkafka's own log lines (connection failures, session timeouts) go through Python logging, so they are
 #: JSON like the rest; the same line is passed on at most every 10 s (a broker restart repeats it 20 times/s).
 rdkafka_log = logging.getLogger("fraud.stream.librdkafka")
+
+
+def records_from_messages(msgs: list, fatal: Callable[[str], Exception]) -> list[Record]:
+    """confluent_kafka Messages as Records: partition-EOF events skipped, other consumer errors logged and
+    skipped, a fatal one raised as `fatal(message)`."""
+    from confluent_kafka import KafkaError
+
+    out = []
+    for m in msgs:
+        err = m.error()
+        if err is not None:
+            if err.code() == KafkaError._PARTITION_EOF:
+                continue
+            if err.fatal():
+                raise fatal(err.str())
+            log_event(log, logging.WARNING, "consume_error", error=err.str(), topic=m.topic(),
+                      partition=m.partition())
+            continue
+        hs = m.headers()
+        out.append(Record(m.topic(), m.partition(), m.offset(), m.key(), m.value(), m.timestamp()[1],
+                          tuple(hs) if hs else ()))
+    return out
 
 
 class _Throttle(logging.Filter):
@@ -155,8 +177,6 @@ class ConfluentClient:
         )
 
     def poll(self, max_records: int, timeout_s: float) -> list[Record]:
-        from confluent_kafka import KafkaError
-
         # consume(n, timeout) waits until n messages or the timeout; a micro-batch must start as soon as
         # one record is there (the processor decides how long to wait for more), so: what is already
         # fetched, else block for one, then take whatever else is already fetched.
@@ -168,21 +188,7 @@ class ConfluentClient:
             msgs = [first]
             if max_records > 1:
                 msgs += self._consumer.consume(num_messages=max_records - 1, timeout=0)
-        out = []
-        for m in msgs:
-            err = m.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    continue
-                if err.fatal():
-                    raise FatalError(f"consumer: {err.str()}")
-                log_event(log, logging.WARNING, "consume_error", error=err.str(), topic=m.topic(),
-                          partition=m.partition())
-                continue
-            hs = m.headers()
-            out.append(Record(m.topic(), m.partition(), m.offset(), m.key(), m.value(), m.timestamp()[1],
-                              tuple(hs) if hs else ()))
-        return out
+        return records_from_messages(msgs, lambda text: FatalError(f"consumer: {text}"))
 
     def commit(self, offsets: Mapping[TopicPartition, int], timeout_s: float, asynchronous: bool = False) -> None:
         from confluent_kafka import TopicPartition as TP
