@@ -288,7 +288,7 @@ class BridgeProcess:
 
 
 def run_chaos(kafka_broker, kafka_topic, model_base: Path, tmp_path: Path, *, delivery: str, total: int,
-              duration_s: float, kills: int, instances: int = 1) -> None:
+              duration_s: float, kills: int, instances: int = 1, kafka_client: str = "confluent-kafka") -> None:
     """Stream `total` events over `duration_s` through `instances` bridge processes (one consumer group),
     kill -9 one of them `kills` times (round robin) and restart it, stop the model server for a while and
     restart the broker once; then check every id against the scores and dead-letter topics. With several
@@ -310,6 +310,7 @@ def run_chaos(kafka_broker, kafka_topic, model_base: Path, tmp_path: Path, *, de
             records.append((e.transaction_id.encode(), e.to_json()))
     bridges = [
         BridgeProcess(bridge_env(kafka_broker, port, topics, delivery=delivery, instance_id=f"chaos-{i}",
+                                 kafka_client=kafka_client,
                                  static_membership="1" if instances == 1 else "0", batch_max_size="200",
                                  http_port="-1", log_level="INFO"), tmp_path / f"bridge-{i}.log")
         for i in range(instances)
@@ -415,6 +416,14 @@ def test_chaos_full(kafka_broker, kafka_topic, model_base, tmp_path, delivery):
     """30,000 events over ~90 s: 4 kill -9 + restarts, a broker restart, the server down ~13 s."""
     run_chaos(kafka_broker, kafka_topic, model_base, tmp_path, delivery=delivery, total=30_000, duration_s=90,
               kills=4)
+
+
+@pytest.mark.slow
+def test_chaos_exactly_once_kafka_python(kafka_broker, kafka_topic, model_base, tmp_path):
+    """The small chaos run on the kafka-python client: its transaction steps (bounded by the project, the
+    library's own wait forever) must survive the broker restart and the kills like librdkafka's."""
+    run_chaos(kafka_broker, kafka_topic, model_base, tmp_path, delivery="exactly_once", total=6000,
+              duration_s=30, kills=2, kafka_client="kafka-python")
 
 
 @pytest.mark.slow

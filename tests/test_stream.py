@@ -645,3 +645,44 @@ def test_confluent_messages_become_records_skipping_eof_and_logging_errors(caplo
     with pytest.raises(FraudError, match="fenced"):
         records_from_messages([_Message(7), _Message(-1, KafkaError(KafkaError._FENCED, "fenced", fatal=True))],
                               FraudError)
+
+
+class _NeverDone:
+    """A kafka-python TransactionalRequestResult whose coordinator never answers."""
+
+    def wait(self, timeout_ms=None):
+        return False
+
+
+class _StuckTransactions:
+    def __init__(self) -> None:
+        self.wakeups = 0
+        self._sender = self
+        self._transaction_manager = self
+
+    def wakeup(self) -> None:
+        self.wakeups += 1
+
+    def begin_commit(self):
+        return _NeverDone()
+
+    def begin_abort(self):
+        return _NeverDone()
+
+    def send_offsets_to_transaction(self, offsets, group_metadata):
+        return _NeverDone()
+
+
+def test_kafka_python_transaction_steps_are_bounded_and_a_stuck_one_replaces_the_producer():
+    from fraud.stream.kafka_python_client import KafkaPythonClient
+    from fraud.stream.records import ProducerNeedsReset
+
+    client = KafkaPythonClient.__new__(KafkaPythonClient)  # no broker: only the producer side is exercised
+    client._producer, client._futures = _StuckTransactions(), []
+    client._consumer = argparse.Namespace(group_metadata=lambda: "g")
+    for step, call in [("commit transaction", lambda: client.commit_transaction(0.01)),
+                       ("abort transaction", lambda: client.abort_transaction(0.01)),
+                       ("send offsets", lambda: client.send_offsets_to_transaction({("t", 0): 5}, 0.01))]:
+        with pytest.raises(ProducerNeedsReset, match=f"{step}.*no answer .* in 0.01 s"):
+            call()
+    assert client._producer.wakeups == 3

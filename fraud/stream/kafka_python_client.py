@@ -76,6 +76,9 @@ class KafkaPythonClient:
             kwargs.update(transactional_id=c.transactional_id, transaction_timeout_ms=c.transaction_timeout_ms)
         kwargs.update(c.client_overrides.get("producer", {}))
         self._producer = KafkaProducer(**kwargs)
+        if c.exactly_once and not all(hasattr(self._producer, a) for a in ("_transaction_manager", "_sender")):
+            raise FatalError("this kafka-python has no KafkaProducer._transaction_manager/_sender, which bounded "
+                             "transaction waits use: install the pinned kafka-python (requirements.lock)")
 
     @staticmethod
     def _tp(tp: TopicPartition) -> Any:
@@ -225,15 +228,29 @@ class KafkaPythonClient:
         from kafka.structs import OffsetAndMetadata
 
         try:
-            self._producer.send_offsets_to_transaction(
+            self._await(self._producer._transaction_manager.send_offsets_to_transaction(
                 {self._tp(tp): OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()},
-                self._consumer.group_metadata())
+                self._consumer.group_metadata()), timeout_s, "send offsets to transaction")
+        except ProducerNeedsReset:
+            raise
         except Exception as exc:  # noqa: BLE001
             _raise(exc, "send offsets to transaction")
 
+    def _await(self, result: Any, timeout_s: float, what: str) -> None:
+        """Wait for a transaction step at most `timeout_s`. kafka-python's own commit_transaction,
+        abort_transaction and send_offsets_to_transaction wait forever (a broker that went away would hang
+        the job), so these start the step on its transaction manager and wait here. A step that does not
+        finish in time leaves the producer in an unknown transaction state: it is replaced, and the new
+        one's init_transactions completes or aborts what the old one left."""
+        self._producer._sender.wakeup()
+        if not result.wait(timeout_ms=timeout_s * 1000):
+            raise ProducerNeedsReset(f"{what}: no answer from the transaction coordinator in {timeout_s:g} s")
+
     def commit_transaction(self, timeout_s: float) -> None:
         try:
-            self._producer.commit_transaction()
+            self._await(self._producer._transaction_manager.begin_commit(), timeout_s, "commit transaction")
+        except ProducerNeedsReset:
+            raise
         except Exception as exc:  # noqa: BLE001
             _raise(exc, "commit transaction")
         futures, self._futures = self._futures, []
@@ -243,7 +260,9 @@ class KafkaPythonClient:
     def abort_transaction(self, timeout_s: float) -> None:
         self._futures = []
         try:
-            self._producer.abort_transaction()
+            self._await(self._producer._transaction_manager.begin_abort(), timeout_s, "abort transaction")
+        except ProducerNeedsReset:
+            raise
         except Exception as exc:  # noqa: BLE001
             _raise(exc, "abort transaction")
 
