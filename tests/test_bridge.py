@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 import pytest
+from bridge_helpers import REJECT_ABOVE, malformed_corpus, transaction
 
 from fraud.contract import ScoreEvent, TransactionEvent
 from fraud.errors import FraudError
@@ -20,7 +21,6 @@ from kafka_bridge import scoring
 from kafka_bridge.config import BridgeConfig
 from kafka_bridge.predict import ModelRejected, Prediction, PredictUnavailable
 from kafka_bridge.wire import ExampleEncoder, decode_predict_response, encode_predict_request
-from tests.bridge_helpers import REJECT_ABOVE, malformed_corpus, transaction
 
 
 def test_example_encoder_matches_tensorflow_parsing():

@@ -25,11 +25,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from bridge_helpers import malformed_corpus, model_server, save_model, transaction
 
 from fraud.contract import H_REASON, DeadLetter, ScoreEvent
 from fraud.embedded.process import free_port
 from kafka_bridge.config import BridgeConfig
-from tests.bridge_helpers import malformed_corpus, model_server, save_model, transaction
 
 pytestmark = pytest.mark.integration
 

@@ -21,6 +21,7 @@ import venv
 from pathlib import Path
 from typing import Any
 
+import deploy_helpers as h
 import pytest
 import yaml
 from packaging.requirements import Requirement
@@ -28,7 +29,6 @@ from packaging.requirements import Requirement
 from fraud import signature, topics
 from fraud.kafka_config import parse_bootstrap
 from fraud.paths import load_paths
-from tests import deploy_helpers as h
 
 TOPIC_NAMES = {t.name for t in topics.ALL_TOPICS}
 PARTITIONS = {t.name: t.partitions for t in topics.ALL_TOPICS}

@@ -18,9 +18,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import deploy_helpers as h
 import pytest
-
-from tests import deploy_helpers as h
 
 pytestmark = pytest.mark.slow
 

@@ -22,11 +22,11 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import deploy_helpers as h
 import pytest
 
 from fraud.embedded.testing import EmbeddedKafka, temporary_broker
 from fraud.topics import ALL_TOPICS
-from tests import deploy_helpers as h
 
 pytestmark = pytest.mark.integration
 

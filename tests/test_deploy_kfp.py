@@ -16,11 +16,11 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import deploy_helpers as h
 import pytest
 import yaml
 
 from fraud import signature
-from tests import deploy_helpers as h
 
 # Compiling the IR imports all of TFX and takes 40-80 s on this machine (tests/test_pipeline_kubeflow.py
 # already compiles once in the default run): `make test-slow` runs these.
