@@ -2,7 +2,7 @@
 
     fraudctl export [--topic T] [--format json|avro]     one new span from Kafka (pipeline/export.py)
     fraudctl export --seal SPAN_DIR                      seal a span a Kafka Connect sink wrote
-    fraudctl train [--beam] [--min-auprc X] ...          run the pipeline on the latest span
+    fraudctl train [--beam] [--window-spans N] ...       run the pipeline on the latest span(s)
     fraudctl report                                      HTML page of the latest run (pipeline/report.py)
 """
 
@@ -23,6 +23,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-auprc-drop", type=float, default=None,
                    help="largest AUPRC drop allowed against the latest blessed model of the same kind")
     p.add_argument("--train-steps", type=int, default=None, help="upper bound on gradient steps per seed")
+    p.add_argument("--window-spans", type=int, default=1, metavar="N",
+                   help="train on the latest N export spans as one dataset (exports are incremental: each span "
+                        "holds what arrived since the previous one); default 1")
     p.add_argument("--no-infra-validation", action="store_true", help="push without loading the model in a server")
     p.add_argument("--cache", action="store_true", help="reuse outputs of components whose inputs did not change")
     p.set_defaults(func=_train)
@@ -32,6 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _train(args: argparse.Namespace) -> int:
     from fraud.paths import load_paths
 
+    if args.window_spans < 1:
+        raise FraudError(f"--window-spans={args.window_spans}: must be at least 1")
     paths = load_paths()
     if not any(s.complete for s in spans.list_spans(paths.exports_dir)):
         raise FraudError(f"{paths.exports_dir}: no complete export span; run `fraudctl export` first")
@@ -44,6 +49,7 @@ def _train(args: argparse.Namespace) -> int:
         "training": pl.TrainingSettings(train_steps=args.train_steps),
         "infra_validation": pl.INFRA_NONE if args.no_infra_validation else pl.INFRA_LOCAL,
         "enable_cache": args.cache,
+        "window_spans": args.window_spans,
     }
     try:
         if args.beam:

@@ -25,7 +25,7 @@ DEFAULT_OUTPUT = "fraud_pipeline.json"
 
 
 def compile_pipeline(*, image: str, root: str, output: Path, project: str | None = None, region: str | None = None,
-                     gates: Gates | None = None) -> Path:
+                     gates: Gates | None = None, window_spans: int = 1) -> Path:
     """Writes the pipeline's IR JSON to `output` and returns its path."""
     root = root.rstrip("/")
     args = beam_args("dataflow", project=project, region=region, temp_location=f"{root}/tmp") if project and region \
@@ -37,6 +37,7 @@ def compile_pipeline(*, image: str, root: str, output: Path, project: str | None
         serving_model_dir=f"{root}/serving/models",
         beam_pipeline_args=args,
         gates=gates or Gates(),
+        window_spans=window_spans,
         infra_validation=INFRA_KUBERNETES,
         package_user_modules=False,
         versioned_push=False,
@@ -55,8 +56,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--project")
     parser.add_argument("--region")
     parser.add_argument("--output", type=Path, default=Path(DEFAULT_OUTPUT))
+    parser.add_argument("--window-spans", type=int, default=1, metavar="N",
+                        help="train on the latest N export spans as one dataset (default 1)")
     a = parser.parse_args(argv)
-    path = compile_pipeline(image=a.image, root=a.root, output=a.output.resolve(), project=a.project, region=a.region)
+    if a.window_spans < 1:
+        parser.error(f"--window-spans={a.window_spans}: must be at least 1")
+    path = compile_pipeline(image=a.image, root=a.root, output=a.output.resolve(), project=a.project, region=a.region,
+                            window_spans=a.window_spans)
     print(f"{PIPELINE_NAME}: IR written to {path}")
     return 0
 

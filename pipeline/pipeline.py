@@ -158,6 +158,7 @@ def create_pipeline(
     serving_model_dir: str,
     pipeline_name: str = PIPELINE_NAME,
     topic: str = TRANSACTIONS.name,
+    window_spans: int = 1,
     model_name: str = signature.DEFAULT_MODEL_NAME,
     metadata_connection_config: Any | None = None,
     beam_pipeline_args: Sequence[str] = (),
@@ -175,8 +176,10 @@ def create_pipeline(
       False passes dotted function paths, for images that have this project installed (Kubeflow).
     versioned_push: True uses the integer-version, rename-into-place pusher (local file systems);
       False the stock Pusher (UNIX-timestamp versions; object stores have no atomic rename).
+    window_spans: train on the latest N export spans as one dataset (exports are incremental).
     """
-    example_gen = KafkaExportExampleGen(input_base=exports_dir, topic=topic, output_config=splits.output_config())
+    example_gen = KafkaExportExampleGen(input_base=exports_dir, topic=topic, output_config=splits.output_config(),
+                                        window_spans=window_spans)
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
     schema_gen = tfx.components.ImportSchemaGen(schema_file=schema_file)
     example_validator = tfx.components.ExampleValidator(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -55,3 +56,10 @@ def test_fraudctl_errors_are_one_line_naming_the_subcommand(tmp_path: Path):
     assert len(lines) == 1, out.stderr
     assert lines[0].startswith("fraudctl data info: ")
     assert str(missing) in lines[0]
+
+
+def test_fraudctl_train_refuses_an_empty_training_window(tmp_path: Path):
+    out = subprocess.run([sys.executable, "-m", "fraud.cli", "train", "--window-spans", "0"], capture_output=True,
+                         text=True, env={**os.environ, "FRAUD_HOME": str(tmp_path)})
+    assert out.returncode != 0
+    assert out.stderr.strip().splitlines() == ["fraudctl train: --window-spans=0: must be at least 1"], out.stderr

@@ -22,9 +22,10 @@ from pipeline import spans
 from pipeline.export import write_span
 
 
-def _run(tmp_path: Path, base: Path, output_config=None, eval_fraction: float = 0.25) -> standard_artifacts.Examples:
+def _run(tmp_path: Path, base: Path, output_config=None, eval_fraction: float = 0.25,
+         window_spans: int = 1) -> standard_artifacts.Examples:
     component = KafkaExportExampleGen(input_base=str(base), topic=TOPIC, eval_fraction=eval_fraction,
-                                      output_config=output_config)
+                                      output_config=output_config, window_spans=window_spans)
     exec_properties = dict(component.exec_properties)
     exec_properties = driver.FileBasedDriver(None).resolve_exec_properties(exec_properties, None, None)
     examples = standard_artifacts.Examples()
@@ -75,6 +76,36 @@ def test_latest_span_split_by_event_time_with_exact_counts(tmp_path: Path) -> No
     assert sample["card_id"].bytes_list.value[0].decode() == source.card_id
     assert max(e.features.feature[EVENT_TIME_KEY].int64_list.value[0] for e in train) <= \
         min(e.features.feature[EVENT_TIME_KEY].int64_list.value[0] for e in evaluation)
+
+
+def test_a_window_of_spans_is_one_dataset_split_by_time_and_skips_pruned_spans(tmp_path: Path) -> None:
+    import shutil
+
+    base = tmp_path / "exports"
+    # Four incremental exports of 10 rows each; span 2 was pruned. A 3-span window ending at span 4
+    # reads spans 3 and 4 (never 1, outside the window) and splits their 20 rows by event time.
+    for span in range(1, 5):
+        write_span(base, span, TOPIC, [(0, i, event(i, label=int(i % 5 == 0))) for i in range(10 * span, 10 * span + 10)],
+                   rows_per_file=4)
+    shutil.rmtree(spans.span_dir(base, 2))
+    examples = _run(tmp_path, base, eval_fraction=0.25, window_spans=3)
+    assert examples.get_int_custom_property("span") == 4
+    assert examples.get_string_custom_property("spans_read") == "3,4"
+    assert examples.get_int_custom_property("rows_read") == 20
+    assert _ids(_read(examples, "train")) == [f"tx-{i:06d}" for i in range(30, 45)]
+    assert _ids(_read(examples, "eval")) == [f"tx-{i:06d}" for i in range(45, 50)]
+    assert _run(tmp_path / "one", base).get_string_custom_property("spans_read") == "4"
+
+    # a lost file in an older span of the window fails the summed manifest check
+    spans.list_data_files(spans.span_dir(base, 3), TOPIC)[0].path.unlink()
+    with pytest.raises(RuntimeError, match=r"Spans 3..4 \(2\): read 16 rows but the manifest lists 20"):
+        _run(tmp_path / "lost", base, window_spans=3)
+    # an older span of the window that exists without its marker is refused, not skipped
+    (spans.span_dir(base, 3) / spans.MARKER).unlink()
+    with pytest.raises(RuntimeError, match="Span 3 .* no _SUCCESS marker"):
+        _run(tmp_path / "unmarked", base, window_spans=2)
+    with pytest.raises(ValueError, match="window_spans must be >= 1"):
+        KafkaExportExampleGen(input_base=str(base), topic=TOPIC, window_spans=0)
 
 
 def test_three_way_split_and_avro(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ IMAGE = "registry.example.com/fraud-tfx:1.2.3"
 def ir(tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = tmp_path_factory.mktemp("kfp") / "fraud.json"
     compile_pipeline(image=IMAGE, root="gs://fraud-bucket/prod/", output=out, project="proj", region="europe-west1",
-                     gates=Gates(min_auprc=0.42, max_auprc_drop=0.01))
+                     gates=Gates(min_auprc=0.42, max_auprc_drop=0.01), window_spans=7)
     return json.loads(out.read_text())["pipelineSpec"]
 
 
@@ -49,6 +49,7 @@ def test_parameters(ir: dict) -> None:
     input_config = json.loads(_param(ir, "KafkaExportExampleGen", "input_config"))
     assert input_config["splits"][0]["pattern"] == "span-{SPAN:8}/fraud.transactions/partition=*/fraud.transactions+*"
     assert _param(ir, "KafkaExportExampleGen", "input_base") == "gs://fraud-bucket/prod/exports"
+    assert int(_param(ir, "KafkaExportExampleGen", "window_spans")) == 7
     output_config = json.loads(_param(ir, "KafkaExportExampleGen", "output_config"))
     assert [s["name"] for s in output_config["split_config"]["splits"]] == ["train", "validation", "eval"]
     assert _param(ir, "Transform", "preprocessing_fn") == "pipeline.modules.transform_module.preprocessing_fn"

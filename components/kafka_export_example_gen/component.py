@@ -49,6 +49,9 @@ class KafkaExportExampleGen(FileBasedExampleGen):
       output_config: instead of eval_fraction, any splits: hash_buckets are proportions of rows in
         event-time order (first split = oldest rows), never hashes.
       range_config: which span(s) to read (default: the latest one the driver finds).
+      window_spans: read this many spans ending with the resolved one as one dataset (exports are
+        incremental, so N spans = the last N exports); spans missing from the window (pruned) are
+        skipped, one without its marker is refused. The event-time split is over the whole window.
     """
 
     SPEC_CLASS = KafkaExportExampleGenSpec
@@ -62,7 +65,10 @@ class KafkaExportExampleGen(FileBasedExampleGen):
         eval_fraction: float = 0.2,
         output_config: example_gen_pb2.Output | None = None,
         range_config: range_config_pb2.RangeConfig | None = None,
+        window_spans: int = 1,
     ) -> None:
+        if window_spans < 1:
+            raise ValueError(f"window_spans must be >= 1, got {window_spans}")
         input_config = example_gen_pb2.Input(
             splits=[example_gen_pb2.Input.Split(name="single_split", pattern=span_pattern(topic))]
         )
@@ -75,6 +81,7 @@ class KafkaExportExampleGen(FileBasedExampleGen):
             output_data_format=example_gen_pb2.FORMAT_TF_EXAMPLE,
             output_file_format=example_gen_pb2.FORMAT_TFRECORDS_GZIP,
             topic=topic,
+            window_spans=window_spans,
             examples=types.Channel(type=standard_artifacts.Examples),
         )
         # Skip FileBasedExampleGen.__init__ (it builds its own spec class); keep its type and driver.

@@ -7,6 +7,11 @@ identity keys of fraud.features) and splits them by event time: rows are ordered
 (event_time_ms, transaction_id) and cut at the proportions of the output split config, so the last
 split holds the most recent rows. A span without its `_SUCCESS` marker is refused; when the span has a
 manifest, the number of rows read must equal the manifest's.
+
+With `window_spans` N > 1 the spans N-1 before the resolved one are read too, as one dataset (exports
+are incremental, so this is the last N exports); the time split is over all of them, the manifest check
+over their sum, and the artifact's `spans_read` lists them. A span of the window that was pruned is
+skipped (logged); one that exists without its marker is refused.
 """
 
 from __future__ import annotations
@@ -132,13 +137,39 @@ def _split_index(keyed: tuple[SortKey, Row], num_partitions: int, boundaries: li
     return bisect.bisect_right(boundaries, keyed[0])
 
 
-def _read_events(pipeline: beam.Pipeline, pattern: str) -> beam.PCollection:
-    files = sorted(tf.io.gfile.glob(pattern))
+def window(exec_properties: dict[str, Any]) -> list[int]:
+    """The spans to read, oldest first: those of the `window_spans` ending with the resolved one that exist."""
+    input_base = exec_properties[standard_component_specs.INPUT_BASE_KEY]
+    span = int(exec_properties.get(utils.SPAN_PROPERTY_NAME) or 0)
+    size = int(exec_properties.get(spec.WINDOW_SPANS_KEY) or 1)
+    out = []
+    for s in range(max(0, span - size + 1), span + 1):
+        directory = os.path.join(input_base, spans.span_dir_name(s))
+        if s != span and not tf.io.gfile.exists(directory):
+            logging.warning("Span %d (in the %d-span window of span %d) does not exist; skipped", s, size, span)
+            continue
+        if not tf.io.gfile.exists(os.path.join(directory, spans.MARKER)):
+            raise RuntimeError(f"Span {s} at {directory} has no {spans.MARKER} marker (export unfinished "
+                               f"or crashed); refusing to read it")
+        out.append(s)
+    return out
+
+
+def window_patterns(input_base: str, resolved_pattern: str, span: int, window_spans: Sequence[int]) -> list[str]:
+    """The resolved input pattern (`span-0000000N/<topic>/...`) for each span of the window."""
+    head, sep, rest = resolved_pattern.partition("/")
+    if head != spans.span_dir_name(span) or not sep:
+        raise ValueError(f"input pattern {resolved_pattern!r} does not start with {spans.span_dir_name(span)}/")
+    return [os.path.join(input_base, spans.span_dir_name(s), rest) for s in window_spans]
+
+
+def _read_events(pipeline: beam.Pipeline, patterns: Sequence[str]) -> beam.PCollection:
+    files = sorted({f for pattern in patterns for f in tf.io.gfile.glob(pattern)})
     json_files = [f for f in files if f.endswith(spans.EXTENSIONS[spans.JSON_FORMAT])]
     avro_files = [f for f in files if f.endswith(spans.EXTENSIONS[spans.AVRO_FORMAT])]
-    logging.info("Span files: %d JSON, %d Avro (pattern %s)", len(json_files), len(avro_files), pattern)
+    logging.info("Span files: %d JSON, %d Avro (patterns %s)", len(json_files), len(avro_files), patterns)
     if not json_files and not avro_files:
-        raise RuntimeError(f"No data files match {pattern}")
+        raise RuntimeError(f"No data files match {', '.join(patterns)}")
     parts = []
     if json_files:
         parts.append(pipeline
@@ -183,14 +214,11 @@ class Executor(BaseExampleGenExecutor):
             raise ValueError("KafkaExportExampleGen reads one input pattern and needs output split_config")
         input_base = exec_properties[standard_component_specs.INPUT_BASE_KEY]
         span = int(exec_properties.get(utils.SPAN_PROPERTY_NAME) or 0)
-        directory = os.path.join(input_base, spans.span_dir_name(span))
-        if not tf.io.gfile.exists(os.path.join(directory, spans.MARKER)):
-            raise RuntimeError(f"Span {span} at {directory} has no {spans.MARKER} marker (export unfinished "
-                               f"or crashed); refusing to read it")
+        patterns = window_patterns(input_base, input_config.splits[0].pattern, span, window(exec_properties))
         split_names = [s.name for s in output_config.split_config.splits]
         proportions = [s.hash_buckets for s in output_config.split_config.splits]
 
-        events = _read_events(pipeline, os.path.join(input_base, input_config.splits[0].pattern))
+        events = _read_events(pipeline, patterns)
         labeled, unlabeled = (events
                               | "ByLabel" >> beam.Partition(lambda e, n: 0 if e.label is not None else 1, 2))
         keyed = labeled | "Key" >> beam.Map(lambda e: ((e.event_time_ms, e.transaction_id), event_to_row(e)))
@@ -228,20 +256,23 @@ class Executor(BaseExampleGenExecutor):
             counts = json.load(f)
         for key, value in counts.items():
             examples.set_int_custom_property(key, int(value))
-        span = int(exec_properties.get(utils.SPAN_PROPERTY_NAME) or 0)
+        read = window(exec_properties)
+        examples.set_string_custom_property(spec.SPANS_READ, ",".join(map(str, read)))
+        label = f"Span {read[0]}" if len(read) == 1 else f"Spans {read[0]}..{read[-1]} ({len(read)})"
         labeled = counts[spec.ROWS_READ] - counts[spec.ROWS_UNLABELED]
-        logging.info("Span %d: %d rows read, %d without a label dropped, %s", span, counts[spec.ROWS_READ],
+        logging.info("%s: %d rows read, %d without a label dropped, %s", label, counts[spec.ROWS_READ],
                      counts[spec.ROWS_UNLABELED],
                      {k: v for k, v in counts.items() if k.startswith(spec.ROWS_SPLIT_PREFIX)})
-        directory = os.path.join(exec_properties[standard_component_specs.INPUT_BASE_KEY], spans.span_dir_name(span))
-        manifest_path = os.path.join(directory, spans.MANIFEST)
-        if tf.io.gfile.exists(manifest_path):
-            with tf.io.gfile.GFile(manifest_path) as f:
-                manifest = json.load(f)
-            expected = int(manifest["rows"])
+        input_base = exec_properties[standard_component_specs.INPUT_BASE_KEY]
+        manifests = [os.path.join(input_base, spans.span_dir_name(s), spans.MANIFEST) for s in read]
+        if all(tf.io.gfile.exists(path) for path in manifests):
+            expected = 0
+            for path in manifests:
+                with tf.io.gfile.GFile(path) as f:
+                    expected += int(json.load(f)["rows"])
             if expected != counts[spec.ROWS_READ]:
-                raise RuntimeError(f"Span {span}: read {counts[spec.ROWS_READ]} rows but its manifest lists {expected}"
+                raise RuntimeError(f"{label}: read {counts[spec.ROWS_READ]} rows but the manifest lists {expected}"
                                    f" (files missing or truncated)")
         if labeled == 0:
-            raise RuntimeError(f"Span {span}: none of its {counts[spec.ROWS_READ]} rows has a label; nothing to "
+            raise RuntimeError(f"{label}: none of its {counts[spec.ROWS_READ]} rows has a label; nothing to "
                                f"train on ({counts[spec.ROWS_UNLABELED]} unlabeled rows dropped)")
