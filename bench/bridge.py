@@ -11,8 +11,8 @@ Before that, one micro-benchmark: building a raw tf.Example per event by hand-en
 (kafka_bridge.wire) against tf.train.Example + SerializeToString.
 
 Throughput is counted from the output records' own timestamps (first to last), so process start-up
-does not count. Each stage runs as its own process (broker, model server, worker); this script only
-produces and reads.
+does not count. Each stage runs as its own process (broker, model server, worker, and the paced producer
+of the latency stages); this script fills the throughput topics and reads.
 
     .venv/bin/python bench/bridge.py                        # both clients, at-least-once
     .venv/bin/python bench/bridge.py --delivery exactly_once --clients confluent-kafka --events 20000
@@ -181,6 +181,23 @@ def passthrough_worker() -> int:
     return 0
 
 
+def pace(bootstrap: str, topic: str, rate: float, n: int) -> float:
+    """Produce `n` events at `rate`/s (a schedule, not a sleep per event: late sends catch up), flush;
+    returns the rate achieved. Entry of the `--pace` process."""
+    rng = np.random.default_rng(2)
+    events = [_event(i, rng) for i in range(min(n, 20_000))]
+    p = Producer(bootstrap)
+    start = time.monotonic()
+    for i in range(n):
+        delay = start + i / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        key, value = events[i % len(events)]
+        p.send(topic, key, value)
+    p.flush()
+    return n / (time.monotonic() - start)
+
+
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.array(values), q))
 
@@ -229,24 +246,21 @@ def run_client(client: str, args: argparse.Namespace, bootstrap: str, server_por
         fill(bootstrap, names["in"], warm)  # start-up, assignment and first Predict out of the way
         wait_for(out, len(warm), args.timeout)
         seen = len(out)
-        p = Producer(bootstrap)
         # an unmeasured first stage at the lowest rate: JIT, caches and connection pools settle first
         for frac, measured in [(min(args.fractions), False)] + [(f, True) for f in args.fractions]:
             rate = frac * results["bridge_max"]
             n = max(200, int(rate * args.seconds))
-            start = time.monotonic()
-            for i in range(n):
-                delay = start + i / rate - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-                key, value = events[i % len(events)]
-                p.send(names["in"], key, value)
-            p.flush()
+            # the paced producer runs in its own process: in this one it would fight the reader thread
+            # for the GIL, and the reader's receive times (the end of each latency) would wait for it
+            paced = subprocess.run([sys.executable, __file__, "--pace", bootstrap, names["in"], str(rate), str(n)],
+                                   capture_output=True, text=True, timeout=args.timeout)
+            if paced.returncode != 0:
+                raise RuntimeError(f"paced producer failed: {paced.stderr.strip()[-500:]}")
+            achieved = float(paced.stdout.split()[-1])
             wait_for(out, seen + n, args.timeout)
             from fraud.contract import ScoreEvent
 
             lat = [recv - ScoreEvent.from_json(v).source_timestamp_ms for recv, _, v in out[seen:seen + n]]
-            achieved = n / (time.monotonic() - start)
             seen += n
             if not measured:
                 continue
@@ -284,6 +298,7 @@ def breakdown(port: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--pace", nargs=4, metavar=("BOOTSTRAP", "TOPIC", "RATE", "N"), help=argparse.SUPPRESS)
     parser.add_argument("--clients", nargs="+", default=["kafka-python", "confluent-kafka"])
     parser.add_argument("--delivery", default="at_least_once", choices=["at_least_once", "exactly_once"])
     parser.add_argument("--events", type=int, default=20_000, help="events per throughput stage")
@@ -295,6 +310,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.worker:
         return passthrough_worker()
+    if args.pace:
+        bootstrap, topic, rate, n = args.pace
+        print(f"achieved {pace(bootstrap, topic, float(rate), int(n)):.1f}")
+        return 0
 
     bench_example_encoding()
     with contextlib.ExitStack() as stack:

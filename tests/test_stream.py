@@ -686,3 +686,12 @@ def test_kafka_python_transaction_steps_are_bounded_and_a_stuck_one_replaces_the
         with pytest.raises(ProducerNeedsReset, match=f"{step}.*no answer .* in 0.01 s"):
             call()
     assert client._producer.wakeups == 3
+
+
+def test_kafka_python_without_the_transaction_internals_is_refused_before_any_transaction():
+    from fraud.stream.kafka_python_client import KafkaPythonClient
+
+    client = KafkaPythonClient.__new__(KafkaPythonClient)
+    client._producer = argparse.Namespace(init_transactions=lambda: None)  # a kafka-python that changed its insides
+    with pytest.raises(FatalError, match="no KafkaProducer._transaction_manager/_sender"):
+        client.init_transactions(1.0)

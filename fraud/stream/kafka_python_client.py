@@ -76,9 +76,6 @@ class KafkaPythonClient:
             kwargs.update(transactional_id=c.transactional_id, transaction_timeout_ms=c.transaction_timeout_ms)
         kwargs.update(c.client_overrides.get("producer", {}))
         self._producer = KafkaProducer(**kwargs)
-        if c.exactly_once and not all(hasattr(self._producer, a) for a in ("_transaction_manager", "_sender")):
-            raise FatalError("this kafka-python has no KafkaProducer._transaction_manager/_sender, which bounded "
-                             "transaction waits use: install the pinned kafka-python (requirements.lock)")
 
     @staticmethod
     def _tp(tp: TopicPartition) -> Any:
@@ -212,6 +209,9 @@ class KafkaPythonClient:
         self._check_futures()
 
     def init_transactions(self, timeout_s: float) -> None:
+        if not all(hasattr(self._producer, a) for a in ("_transaction_manager", "_sender")):
+            raise FatalError("this kafka-python has no KafkaProducer._transaction_manager/_sender, which bounded "
+                             "transaction waits use: install the pinned kafka-python (requirements.lock)")
         try:
             self._producer.init_transactions()
         except Exception as exc:  # noqa: BLE001
