@@ -1,10 +1,13 @@
 """Protocol-buffer wire format for the request hot path: TensorProto <-> numpy, and the Predict,
 Classify and Regress request decoders and response encoders.
 
-Why not the generated `*_pb2` classes: the protobuf runtime installed with TFX 1.16 (3.20.x on CPython
-3.11) is the pure-Python implementation, which spends ~180 us parsing a 256-example PredictRequest and
-~500 us serializing a small PredictResponse. Decoding straight from the wire into numpy arrays, and
-encoding packed fields from `ndarray.tobytes()`, removes most of that. Semantics follow TensorFlow's
+Why not the generated `*_pb2` classes: this module was written for the pure-Python protobuf 3.20
+runtime, which spent ~180 us parsing a 256-example PredictRequest and ~500 us serializing a small
+PredictResponse. The environment now pins protobuf 4.25 (compiled upb). Measured there for a 256-example
+request: encoding the response here takes 18 us against 112 us with the generated classes and
+make_tensor_proto. Decoding the request here takes 73 us against 24 us for FromString + make_ndarray,
+because the string tensor goes to tf.io.parse_tensor, which releases the GIL but costs an eager op
+dispatch. Moving the decoder to the generated classes would save ~50 us of a ~2 ms call. Semantics follow TensorFlow's
 `Tensor::FromProto` / `Tensor::AsProtoField` / `AsProtoTensorContent` and TF Serving's handling of
 `Input` (context bytes prepended to each example). Everything else (metadata, status, config) uses the
 generated classes. The unit tests check every codec here against those classes.
