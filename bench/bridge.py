@@ -94,6 +94,9 @@ class Producer:
     def flush(self) -> None:
         assert self._p.flush(120) == 0
 
+    def load_metadata(self, topic: str) -> None:
+        self._p.list_topics(topic, timeout=30)
+
 
 def fill(bootstrap: str, topic: str, events: Sequence[tuple[bytes, bytes]]) -> None:
     p = Producer(bootstrap)
@@ -194,7 +197,7 @@ def pace(bootstrap: str, topic: str, rate: float, n: int) -> float:
     for key, value in events[:10]:
         p.send(f"{topic}.warmup", key, value)
     p.flush()
-    p._p.list_topics(topic, timeout=30)
+    p.load_metadata(topic)
     start = time.monotonic()
     for i in range(n):
         delay = start + i / rate - time.monotonic()
