@@ -20,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from fraud.embedded.testing import given_or_temporary_broker
 from fraud.kafka_config import KafkaClientConfig, ensure_topics
 from fraud.stream.logs import configure_logging
 from fraud.topics import TopicSpec
@@ -52,12 +53,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-monitoring-")))
-        if args.bootstrap:
-            bootstrap = args.bootstrap
-        else:
-            from fraud.embedded.testing import temporary_broker
-
-            bootstrap = stack.enter_context(temporary_broker(tmp / "kafka")).bootstrap
+        bootstrap = stack.enter_context(given_or_temporary_broker(args.bootstrap, tmp / "kafka"))
         kafka = KafkaClientConfig(bootstrap_servers=(bootstrap,), client_id="bench-monitoring")
         suffix = str(int(time.time()))
         scores, labels, tx, alerts, dlq = (f"bench.mon.{w}.{suffix}" for w in ("scores", "labels", "tx", "alerts",

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from fraud.contract import TransactionEvent
 from fraud.dataset import iter_rows
+from fraud.embedded.testing import given_or_temporary_broker
 from fraud.kafka_config import KafkaClientConfig
 from fraud.paths import SAMPLE_CSV
 from fraud.replay import CardPool, transaction_event
@@ -159,12 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     with contextlib.ExitStack() as stack:
         state = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-preprocess-")))
-        if args.bootstrap:
-            bootstrap = args.bootstrap
-        else:
-            from fraud.embedded.testing import temporary_broker
-
-            bootstrap = stack.enter_context(temporary_broker(state / "kafka")).bootstrap
+        bootstrap = stack.enter_context(given_or_temporary_broker(args.bootstrap, state / "kafka"))
         kafka = KafkaClientConfig(bootstrap_servers=(bootstrap,), client_id="bench-preprocess")
         suffix = str(time.time_ns())
 

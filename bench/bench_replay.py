@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from fraud.dataset import iter_rows
+from fraud.embedded.testing import given_or_temporary_broker
 from fraud.kafka_config import KafkaClientConfig, ensure_topics
 from fraud.paths import SAMPLE_CSV
 from fraud.replay import CardPool, KafkaSink, ReplayConfig, run_replay, transaction_event
@@ -48,13 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     with contextlib.ExitStack() as stack:
-        if args.bootstrap:
-            bootstrap = args.bootstrap
-        else:
-            from fraud.embedded.testing import temporary_broker
-
-            state = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-replay-")))
-            bootstrap = stack.enter_context(temporary_broker(state)).bootstrap
+        state = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-replay-")))
+        bootstrap = stack.enter_context(given_or_temporary_broker(args.bootstrap, state))
         kafka = KafkaClientConfig(bootstrap_servers=(bootstrap,), client_id="bench-replay")
         suffix = str(int(time.time()))
         names = [f"bench.replay.{what}.{suffix}" for what in ("base", "base-labels", "tx", "labels", "paced", "paced-l")]

@@ -434,7 +434,7 @@ def summarize(config: DemoConfig) -> str:
 
 def model_lines(paths: Paths) -> list[str]:
     """What the latest pipeline run's Evaluators measured and what it pushed (as `fraudctl report` shows)."""
-    from pipeline.report import _prop, latest_run, read_evaluation
+    from pipeline.report import artifact_property, latest_run, read_evaluation
 
     record = latest_run(paths.metadata_path)
     lines = []
@@ -448,21 +448,21 @@ def model_lines(paths: Paths) -> list[str]:
                          f"({int(o.get('example_count', 0))} eval rows)")
     selected = record.outputs.get("ModelSelector", {}).get("blessing", [])
     pushed = record.outputs.get("Pusher", {}).get("pushed_model", [])
-    choice = f"selected {_prop(selected[0], 'selected_model')}" if selected else "no selection"
-    if pushed and _prop(pushed[0], "pushed"):
-        choice += f", pushed as version {_prop(pushed[0], 'pushed_version')}"
+    choice = f"selected {artifact_property(selected[0], 'selected_model')}" if selected else "no selection"
+    if pushed and artifact_property(pushed[0], "pushed"):
+        choice += f", pushed as version {artifact_property(pushed[0], 'pushed_version')}"
     return [f"models          : {choice} (run {record.run_id})", *lines]
 
 
 def monitor_line(paths: Paths) -> str:
     """The alerts in the monitor's snapshot (what `fraudctl monitor report` renders)."""
-    import json
     from collections import Counter
 
-    snapshot = paths.monitor_dir / "snapshot.json"
-    if not snapshot.exists():
+    from monitoring.report import load_snapshot
+
+    if not paths.monitor_snapshot.exists():
         return "monitor         : no snapshot yet"
-    alerts = json.loads(snapshot.read_text()).get("alerts", [])
+    alerts = load_snapshot(paths.monitor_snapshot).get("alerts", [])
     kinds = Counter(a.get("kind", "?") for a in alerts)
     detail = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) or "none"
     return f"monitor alerts  : {len(alerts)} ({detail})"

@@ -70,6 +70,11 @@ class Paths:
         return self.home / "monitor"
 
     @property
+    def monitor_snapshot(self) -> Path:
+        """The snapshot the monitor publishes and `fraudctl monitor report` renders."""
+        return self.monitor_dir / "snapshot.json"
+
+    @property
     def reports_dir(self) -> Path:
         return self.home / "reports"
 

@@ -64,7 +64,7 @@ def _monitor_report(args: argparse.Namespace) -> int:
     from monitoring.report import write_report
 
     paths = load_paths()
-    snapshot = args.snapshot or paths.monitor_dir / "snapshot.json"
+    snapshot = args.snapshot or paths.monitor_snapshot
     out = args.out or paths.reports_dir / "monitor.html"
     write_report(snapshot, out)
     print(f"monitor report: {out}")

@@ -272,7 +272,7 @@ class MonitorConfig:
         port = v["http_port"]
         kwargs: dict[str, Any] = dict(
             kafka=kafka,
-            snapshot_path=v["snapshot_path"] or paths.monitor_dir / "snapshot.json",
+            snapshot_path=v["snapshot_path"] or paths.monitor_snapshot,
             metadata_path=v["metadata_path"] or paths.metadata_path,
             scores_topic=v["scores_topic"], labels_topic=v["labels_topic"],
             transactions_topic=v["transactions_topic"], alerts_topic=v["alerts_topic"], dlq_topic=v["dlq_topic"],

@@ -79,7 +79,8 @@ def latest_run(metadata_path: Path, run_id: str | None = None) -> RunRecord:
     return record
 
 
-def _prop(artifact: Any, name: str) -> Any:
+def artifact_property(artifact: Any, name: str) -> Any:
+    """An MLMD artifact's custom property value (None when it has none)."""
     if name not in artifact.custom_properties:
         return None
     v = artifact.custom_properties[name]
@@ -368,13 +369,13 @@ def render(record: RunRecord, model_infos: Mapping[str, Mapping[str, Any]]) -> s
                 outcome.append(f"<pre>{html.escape(record.errors[n][:3000])}</pre>")
     if selector:
         b = selector[0]
-        outcome.append(f"<p>Model selected: <b>{html.escape(str(_prop(b, 'selected_model')))}</b>, "
-                       f"{'<span class=ok>blessed</span>' if _prop(b, 'blessed') else '<span class=bad>not blessed</span>'}.</p>")
+        outcome.append(f"<p>Model selected: <b>{html.escape(str(artifact_property(b, 'selected_model')))}</b>, "
+                       f"{'<span class=ok>blessed</span>' if artifact_property(b, 'blessed') else '<span class=bad>not blessed</span>'}.</p>")
     if pushed:
         p = pushed[0]
-        if _prop(p, "pushed"):
-            outcome.append(f"<p class='ok'>Pushed as version {html.escape(str(_prop(p, 'pushed_version')))} to "
-                           f"{html.escape(str(_prop(p, 'pushed_destination')))}.</p>")
+        if artifact_property(p, "pushed"):
+            outcome.append(f"<p class='ok'>Pushed as version {html.escape(str(artifact_property(p, 'pushed_version')))} to "
+                           f"{html.escape(str(artifact_property(p, 'pushed_destination')))}.</p>")
         else:
             outcome.append("<p class='bad'>Nothing pushed.</p>")
     out += ["<h2>Outcome</h2>", *outcome]
@@ -384,8 +385,8 @@ def render(record: RunRecord, model_infos: Mapping[str, Mapping[str, Any]]) -> s
     examples = record.outputs.get("KafkaExportExampleGen", {}).get("examples", [])
     if examples:
         e = examples[0]
-        counts = [(k, _prop(e, k)) for k in sorted(e.custom_properties) if k.startswith("rows_")]
-        out += ["<h2>Data</h2>", f"<p>span {_prop(e, 'span')}</p>", _table(["count", "rows"], counts)]
+        counts = [(k, artifact_property(e, k)) for k in sorted(e.custom_properties) if k.startswith("rows_")]
+        out += ["<h2>Data</h2>", f"<p>span {artifact_property(e, 'span')}</p>", _table(["count", "rows"], counts)]
     anomalies = record.outputs.get("ExampleValidator", {}).get("anomalies", [])
     if anomalies:
         lines = anomalies_lines(anomalies[0])
@@ -413,7 +414,7 @@ def render(record: RunRecord, model_infos: Mapping[str, Mapping[str, Any]]) -> s
             model = node[len("Evaluator_"):]
             blessing = keys.get("blessing", [None])[0]
             evaluations.append(read_evaluation(model, keys["evaluation"][0].uri,
-                                               bool(_prop(blessing, "blessed")) if blessing is not None else None))
+                                               bool(artifact_property(blessing, "blessed")) if blessing is not None else None))
     if evaluations:
         thresholds = {m: float(i["threshold"]) for m, i in model_infos.items() if "threshold" in i}
         out.append("<h2>Models on the eval split (TFMA)</h2>")

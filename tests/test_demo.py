@@ -168,7 +168,7 @@ def test_demo_numbers_match_the_reports_it_points_to(demo_run):
     for model, keys in evaluators.items():
         ev = read_evaluation(model, keys["evaluation"][0].uri, None)
         assert printed[model] == f"{ev.overall['auc_precision_recall']:.3f}"
-    snapshot = json.loads((paths.monitor_dir / "snapshot.json").read_text())
+    snapshot = json.loads(paths.monitor_snapshot.read_text())
     assert f"monitor alerts  : {len(snapshot['alerts'])} " in out
 
 

@@ -384,3 +384,11 @@ def test_fraudctl_connect_start_with_a_connector_file(kafka_broker, kafka_client
     assert code == 0 and "stopped" in out
     code, out, _ = _fraudctl(capsys, "connect", "status", *args)
     assert code == 3
+
+
+def test_a_given_broker_is_used_as_is_and_nothing_is_started(tmp_path):
+    from fraud.embedded.testing import given_or_temporary_broker
+
+    with given_or_temporary_broker("kafka.example:9092", tmp_path / "kafka") as bootstrap:
+        assert bootstrap == "kafka.example:9092"
+    assert not (tmp_path / "kafka").exists()

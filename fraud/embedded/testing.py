@@ -92,6 +92,17 @@ def temporary_broker(state_dir: Path, attempts: int = 3, **overrides: object) ->
         kafka.stop()
 
 
+@contextlib.contextmanager
+def given_or_temporary_broker(bootstrap: str | None, state_dir: Path) -> Iterator[str]:
+    """The bootstrap address to use: `bootstrap` when given (a broker someone else runs), else that of a
+    throwaway broker in `state_dir`, stopped when the block ends (benchmarks' `--bootstrap`)."""
+    if bootstrap:
+        yield bootstrap
+        return
+    with temporary_broker(state_dir) as kafka:
+        yield kafka.bootstrap
+
+
 def unique_topic_name(prefix: str = "test") -> str:
     safe = "".join(c if c.isalnum() or c in "._-" else "-" for c in prefix)[:120]
     return f"{safe}.{uuid.uuid4().hex[:10]}"
