@@ -9,6 +9,18 @@ SIGNATURE_NAME = "serving_default"
 #: Input: a 1-D string tensor of serialized tf.Example protos holding the raw features (no label).
 INPUT_EXAMPLES = "examples"
 
+#: A second Predict signature for clients that hold the features as numbers (the bridge): same outputs
+#: as SIGNATURE_NAME, no tf.Example parsing.
+FEATURES_SIGNATURE_NAME = "serving_features"
+#: Its input: float32 [batch, 30], the raw features in fraud.features.FEATURE_NAMES order (sent as
+#: `tensor_content`).
+INPUT_FEATURES = "features"
+
+#: TF Serving's Classify and Regress APIs need signatures of their own method names
+#: (tensorflow/serving/classify, tensorflow/serving/regress) over serialized tf.Examples under "inputs".
+CLASSIFY_SIGNATURE_NAME = "classification"
+REGRESS_SIGNATURE_NAME = "regression"
+
 #: float32 [batch], in [0, 1]; higher means more likely fraud. TFMA's binary metrics judge this.
 SCORE = "score"
 #: int64 [batch], 1 when SCORE >= the threshold shipped with the model, else 0.
