@@ -37,6 +37,8 @@ COPY serving serving
 COPY kafka_bridge kafka_bridge
 COPY preprocessing preprocessing
 COPY monitoring monitoring
+COPY warehouse warehouse
+COPY fraudctl fraudctl
 RUN python -m pip install --no-deps . \
  && python -c "import tensorflow as tf, tfx; assert tfx.__version__ == '1.16.0', tfx.__version__; assert tf.__version__.startswith('2.16.'), tf.__version__" \
  && python -c "import tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor, pipeline.pipeline, monitoring.monitor" \

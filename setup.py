@@ -9,6 +9,7 @@ from setuptools import find_packages, setup
 
 PACKAGES = [
     "fraud",
+    "fraudctl",
     "pipeline",
     "components",
     "schema",
@@ -16,6 +17,7 @@ PACKAGES = [
     "kafka_bridge",
     "preprocessing",
     "monitoring",
+    "warehouse",
 ]
 
 setup(
@@ -44,5 +46,5 @@ setup(
         "prometheus-client",
         "tqdm",
     ],
-    entry_points={"console_scripts": ["fraudctl = fraud.cli:main"]},
+    entry_points={"console_scripts": ["fraudctl = fraudctl.cli:main"]},
 )

@@ -2,7 +2,7 @@
 
 One run, one broker, one set of topics holding N score events and N label events:
 
-- baseline: the sink's own reader (monitoring.kafka_io.PartitionReader, confluent-kafka, manual assignment)
+- baseline: the sink's own reader (fraud.stream.reader.PartitionReader, confluent-kafka, manual assignment)
   reads every record and does nothing else: the ceiling for anything consuming these topics here;
 - sink: `SinkJob` into a fresh DuckDB file (parse, batch, one transaction per batch with the offsets);
 - monitor: `MonitorJob` (parse, join labels, windows, gauges, snapshot), drift off;
@@ -22,15 +22,16 @@ from pathlib import Path
 
 from fraud.embedded.testing import given_or_temporary_broker
 from fraud.kafka_config import KafkaClientConfig, ensure_topics
-from fraud.stream.logs import configure_logging
+from fraud.logs import configure_logging
+from fraud.stream.reader import PartitionReader
 from fraud.topics import TopicSpec
-from monitoring.config import GRANULARITIES, MonitorConfig, SinkConfig, Thresholds
-from monitoring.kafka_io import PartitionReader
+from monitoring.config import GRANULARITIES, MonitorConfig, Thresholds
 from monitoring.monitor import MonitorJob
-from monitoring.sink import SinkJob
 from monitoring.testing import produce, synthetic_scores
-from monitoring.warehouse import DuckDBWarehouse
 from monitoring.windows import WindowedMetrics
+from warehouse.config import SinkConfig
+from warehouse.sink import SinkJob
+from warehouse.store import DuckDBWarehouse
 
 
 def read_all_records(kafka: KafkaClientConfig, topics: list[str], total: int) -> float:

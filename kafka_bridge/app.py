@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from fraud.errors import FraudError
-from fraud.stream.logs import configure_logging, log_event
+from fraud.logs import configure_logging, log_event
 from fraud.stream.metrics import STREAM_METRICS, PrometheusMetrics
 from fraud.stream.processor import StreamProcessor
 from fraud.stream.records import FatalError

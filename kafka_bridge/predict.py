@@ -1,6 +1,6 @@
 """The gRPC Predict client: one reused channel, a deadline per call, TLS when configured.
 
-Calls go through the raw method path with bytes in and out (see kafka_bridge.wire), so the bridge
+Calls go through the raw method path with bytes in and out (see fraud.wire), so the bridge
 speaks to TensorFlow Serving or the project's serving/ without importing TensorFlow. gRPC status codes
 are sorted into what the bridge does with them: `ModelRejected` (INVALID_ARGUMENT, OUT_OF_RANGE: this
 batch's content is refused: find the record at fault) and `RetriableError` (everything else: the server
@@ -18,7 +18,7 @@ import numpy as np
 
 from fraud.errors import FraudError
 from fraud.stream.records import RetriableError
-from kafka_bridge.wire import WireError, decode_predict_response, encode_predict_request
+from fraud.wire import WireError, decode_predict_response, encode_predict_request
 
 PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
 REJECTED_CODES = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE)

@@ -36,8 +36,8 @@ from fraud.signature import DECISION, FEATURE_CONTRIBUTIONS, RECONSTRUCTION_ERRO
 from fraud.stream import metrics as sm
 from fraud.stream.metrics import Kind, MetricDef, Metrics
 from fraud.stream.records import Output, ProcessResult, Record, RetriableError
+from fraud.wire import ExampleEncoder
 from kafka_bridge.predict import ModelRejected, Prediction
-from kafka_bridge.wire import ExampleEncoder
 
 COMPONENT = "kafka_bridge"
 #: The bridge's own dead-letter reasons (next to fraud.contract.REASONS).

@@ -1,1 +1,1 @@
-"""Warehouse sink and live model monitoring (windowed metrics, drift, alerts, reports)."""
+"""Live model monitoring: windowed metrics, drift, alerts, reports."""

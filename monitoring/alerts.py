@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from fraud.contract import AlertEvent
+from fraud.features import FEATURES
 from monitoring.config import Thresholds
 from monitoring.drift import DriftResult
 from monitoring.windows import WindowStats
@@ -80,8 +81,6 @@ def drift_alerts(r: DriftResult, granularity: str, now_ms: int, model_name: str 
             features=tuple(names), details={n: values[n] for n in names if n in values},
             model_name=model_name, model_version=model_version))
     if r.schema_anomalies:
-        from fraud.features import FEATURES
-
         names = [n for n in r.schema_anomalies if n in FEATURES]
         text = "; ".join(f"{n}: {d}" for n, d in r.schema_anomalies.items())
         out.append(AlertEvent(

@@ -1,4 +1,4 @@
-"""`fraudctl sink run`, `fraudctl monitor run` and `fraudctl monitor report`."""
+"""`fraudctl monitor run` and `fraudctl monitor report`."""
 
 from __future__ import annotations
 
@@ -7,17 +7,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+from fraud.logs import configure_logging
 from fraud.paths import load_paths
 
 
 def register(subparsers: Any) -> None:
-    from monitoring.config import MonitorConfig, SinkConfig
-
-    sink = subparsers.add_parser("sink", help="the warehouse sink (scores and labels into DuckDB or BigQuery)")
-    sink_sub = sink.add_subparsers(dest="sink_command", metavar="ACTION", required=True)
-    run = sink_sub.add_parser("run", help="write score and label events to the warehouse, exactly once")
-    SinkConfig.add_arguments(run)
-    run.set_defaults(func=_sink_run)
+    from monitoring.config import MonitorConfig
 
     mon = subparsers.add_parser("monitor", help="live model monitoring: windowed metrics, drift, alerts, report")
     mon_sub = mon.add_subparsers(dest="monitor_command", metavar="ACTION", required=True)
@@ -32,22 +27,7 @@ def register(subparsers: Any) -> None:
     rep.set_defaults(func=_monitor_report)
 
 
-def _sink_run(args: argparse.Namespace) -> int:
-    from fraud.stream.logs import configure_logging
-    from monitoring.config import SinkConfig
-    from monitoring.sink import SinkJob, make_warehouse
-
-    config = SinkConfig.from_args(args, os.environ, load_paths())
-    configure_logging(config.log_level)
-    job = SinkJob(config, make_warehouse(config))
-    job.install_signal_handlers()
-    stats = job.run()
-    print(f"sink: {stats.summary()}")
-    return 0
-
-
 def _monitor_run(args: argparse.Namespace) -> int:
-    from fraud.stream.logs import configure_logging
     from monitoring.config import MonitorConfig
     from monitoring.monitor import MonitorJob
 

@@ -1,6 +1,6 @@
-"""Settings of `fraudctl sink run` and `fraudctl monitor run`: declared once, parsed once into frozen objects.
+"""Settings of `fraudctl monitor run`: declared once, parsed once into frozen objects.
 
-Every flag can also be set as an environment variable (FRAUD_SINK_* / FRAUD_MONITOR_*; see
+Every flag can also be set as an environment variable (FRAUD_MONITOR_*; see
 fraud.stream.options); the Kafka connection comes from fraud.kafka_config (FRAUD_KAFKA_*).
 """
 
@@ -16,112 +16,23 @@ from fraud.errors import FraudError
 from fraud.features import FEATURE_NAMES
 from fraud.kafka_config import KafkaClientConfig
 from fraud.paths import Paths
-from fraud.stream.options import Option, add_options, parse_bool, parse_csv, resolve_options
+from fraud.stream.options import (
+    READER_SERVICE_OPTIONS,
+    Option,
+    add_options,
+    parse_bool,
+    parse_csv,
+    parse_path,
+    resolve_options,
+)
 from fraud.topics import ALERTS, DLQ_MONITORING, LABELS, SCORES, TRANSACTIONS
 
-SINK_ENV = "FRAUD_SINK_"
 MONITOR_ENV = "FRAUD_MONITOR_"
-WAREHOUSES = ("duckdb", "bigquery")
 
-
-def _optional_path(text: str) -> Path:
-    return Path(text).expanduser()
 
 
 def _opt_float(text: str) -> float | None:
     return None if text.strip().lower() in ("", "off", "none") else float(text)
-
-
-# ---------------------------------------------------------------------------------------------
-# Sink
-
-
-SINK_OPTIONS: tuple[Option, ...] = (
-    Option("warehouse", str, "duckdb", "where rows go", choices=WAREHOUSES),
-    Option("duckdb_path", _optional_path, None, "DuckDB file (default <FRAUD_HOME>/warehouse/fraud.duckdb)",
-           metavar="PATH"),
-    Option("bigquery_project", str, None, "BigQuery project id"),
-    Option("bigquery_dataset", str, "fraud", "BigQuery dataset"),
-    Option("bigquery_location", str, None, "BigQuery location of the dataset and jobs (e.g. EU)"),
-    Option("bigquery_endpoint", str, None, "BigQuery API endpoint (an emulator; default Google's)", metavar="URL"),
-    Option("bigquery_retry_deadline_s", float, 120.0, "how long the BigQuery client retries one call", minimum=0.1),
-    Option("scores_topic", str, SCORES.name, "score events topic"),
-    Option("labels_topic", str, LABELS.name, "label events topic"),
-    Option("dlq_topic", str, DLQ_MONITORING.name, "dead-letter topic for records that cannot be parsed"),
-    Option("group_id", str, "fraud-sink", "consumer group the sink reports its offsets to (advisory only)"),
-    Option("batch_max_size", int, 2000, "records per warehouse batch at most", minimum=1),
-    Option("batch_max_wait_ms", int, 500, "longest wait to fill a batch", minimum=0),
-    Option("retry_backoff_max_ms", int, 30_000, "longest backoff between retries of a failed write", minimum=1),
-    Option("stop_when_idle_s", float, 0.0, "exit once every partition is read to its end and no record came for this many seconds (0: run until stopped)",
-           minimum=0),
-    Option("http_host", str, "127.0.0.1", "bind address of /healthz and /metrics"),
-    Option("http_port", int, -1, "port of /healthz and /metrics (-1: off, 0: any free port)", minimum=-1),
-    Option("log_level", str, "INFO", "log level", choices=["DEBUG", "INFO", "WARNING", "ERROR"]),
-)
-
-
-@dataclass(frozen=True)
-class BigQueryConfig:
-    project: str
-    dataset: str
-    location: str | None = None
-    api_endpoint: str | None = None
-    #: How long the client library retries one call (HTTP 5xx, 429, connection errors) before the sink
-    #: sees a transient failure and retries the whole batch itself.
-    retry_deadline_s: float = 120.0
-
-
-@dataclass(frozen=True)
-class SinkConfig:
-    kafka: KafkaClientConfig
-    warehouse: str = "duckdb"
-    duckdb_path: Path | None = None
-    bigquery: BigQueryConfig | None = None
-    scores_topic: str = SCORES.name
-    labels_topic: str = LABELS.name
-    dlq_topic: str = DLQ_MONITORING.name
-    group_id: str = "fraud-sink"
-    batch_max_size: int = 2000
-    batch_max_wait_ms: int = 500
-    retry_backoff_max_ms: int = 30_000
-    stop_when_idle_s: float = 0.0
-    http_host: str = "127.0.0.1"
-    http_port: int | None = None
-    log_level: str = "INFO"
-
-    def __post_init__(self) -> None:
-        if self.warehouse not in WAREHOUSES:
-            raise FraudError(f"warehouse {self.warehouse!r} is not one of {', '.join(WAREHOUSES)}")
-        if self.warehouse == "duckdb" and self.duckdb_path is None:
-            raise FraudError("the DuckDB warehouse needs a file path")
-        if self.warehouse == "bigquery" and self.bigquery is None:
-            raise FraudError("the BigQuery warehouse needs --bigquery-project (or FRAUD_SINK_BIGQUERY_PROJECT)")
-        if self.dlq_topic in (self.scores_topic, self.labels_topic):
-            raise FraudError(f"dead-letter topic {self.dlq_topic} is also an input topic")
-        if self.scores_topic == self.labels_topic:
-            raise FraudError("scores and labels must be different topics")
-
-    @staticmethod
-    def add_arguments(parser: argparse.ArgumentParser) -> None:
-        add_options(parser, SINK_OPTIONS, SINK_ENV, "warehouse sink")
-        KafkaClientConfig.add_arguments(parser)
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace | None, environ: Mapping[str, str], paths: Paths) -> SinkConfig:
-        v = resolve_options(SINK_OPTIONS, args, environ, SINK_ENV)
-        kafka = KafkaClientConfig.from_env_and_args(args, environ, client_id="fraud-sink")
-        bq = None
-        if v["warehouse"] == "bigquery" and v["bigquery_project"]:
-            bq = BigQueryConfig(v["bigquery_project"], v["bigquery_dataset"], v["bigquery_location"],
-                                v["bigquery_endpoint"], v["bigquery_retry_deadline_s"])
-        port = v["http_port"]
-        return cls(kafka=kafka, warehouse=v["warehouse"],
-                   duckdb_path=v["duckdb_path"] or paths.warehouse_dir / "fraud.duckdb", bigquery=bq,
-                   scores_topic=v["scores_topic"], labels_topic=v["labels_topic"], dlq_topic=v["dlq_topic"],
-                   group_id=v["group_id"], batch_max_size=v["batch_max_size"],
-                   batch_max_wait_ms=v["batch_max_wait_ms"], retry_backoff_max_ms=v["retry_backoff_max_ms"],
-                   stop_when_idle_s=v["stop_when_idle_s"], http_host=v["http_host"],
-                   http_port=None if port < 0 else port, log_level=v["log_level"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,11 +91,11 @@ MONITOR_OPTIONS: tuple[Option, ...] = (
     Option("retention_hours", float, 48.0, "keep per-event state this long behind the newest event time",
            minimum=0.01),
     Option("allowed_lateness_s", float, 60.0, "a window closes this long (event time) after its end", minimum=0),
-    Option("training_stats", _optional_path, None, "training statistics (FeatureStats.pb, or a StatisticsGen "
+    Option("training_stats", parse_path, None, "training statistics (FeatureStats.pb, or a StatisticsGen "
            "artifact dir); default: the latest pushed model's, from the pipeline's MLMD", metavar="PATH"),
-    Option("metadata_path", _optional_path, None, "MLMD sqlite of the pipeline (default <FRAUD_HOME>/tfx/"
+    Option("metadata_path", parse_path, None, "MLMD sqlite of the pipeline (default <FRAUD_HOME>/tfx/"
            "metadata.sqlite)", metavar="PATH"),
-    Option("schema_path", _optional_path, None, "schema.pbtxt (default: the curated schema/schema.pbtxt)",
+    Option("schema_path", parse_path, None, "schema.pbtxt (default: the curated schema/schema.pbtxt)",
            metavar="PATH"),
     Option("drift_features", parse_csv, tuple(n for n in FEATURE_NAMES if n != "Time"),
            "features checked for drift and skew (Time is a counter since the first transaction: always 'drifts')"),
@@ -204,13 +115,9 @@ MONITOR_OPTIONS: tuple[Option, ...] = (
            minimum=0),
     Option("max_latency_p99_ms", _opt_float, 1000.0, "alert when p99 scoring latency exceeds ('off')"),
     Option("publish_interval_s", float, 5.0, "how often gauges and the report snapshot are refreshed", minimum=0.1),
-    Option("snapshot_path", _optional_path, None, "where the report's data is written (default <FRAUD_HOME>/"
+    Option("snapshot_path", parse_path, None, "where the report's data is written (default <FRAUD_HOME>/"
            "monitor/snapshot.json)", metavar="PATH"),
-    Option("stop_when_idle_s", float, 0.0, "exit once every partition is read to its end and no record came for this many seconds, closing every window "
-           "(0: run until stopped)", minimum=0),
-    Option("http_host", str, "127.0.0.1", "bind address of /healthz and /metrics"),
-    Option("http_port", int, -1, "port of /healthz and /metrics (-1: off, 0: any free port)", minimum=-1),
-    Option("log_level", str, "INFO", "log level", choices=["DEBUG", "INFO", "WARNING", "ERROR"]),
+    *READER_SERVICE_OPTIONS,
 )
 
 

@@ -34,16 +34,17 @@ from fraud.contract import (
     ScoreEvent,
     TransactionEvent,
 )
+from fraud.errors import FraudError
+from fraud.logs import log_event
 from fraud.stream.health import HealthServer
-from fraud.stream.logs import log_event
 from fraud.stream.metrics import Metrics, PrometheusMetrics
+from fraud.stream.reader import EventProducer, PartitionReader, read_all
 from fraud.stream.records import Record
 from fraud.stream.signals import install_stop_handlers
 from monitoring import metrics as m
 from monitoring.alerts import AlertBook, drift_alerts, window_alerts
 from monitoring.config import DRIFT_WINDOWS, GRANULARITIES, MonitorConfig
 from monitoring.drift import DriftChecker, DriftResult, DriftWindows, find_training_statistics
-from monitoring.kafka_io import EventProducer, PartitionReader, read_all
 from monitoring.windows import WindowedMetrics
 
 log = logging.getLogger("monitoring.monitor")
@@ -74,8 +75,6 @@ def load_schema(path: Path | None) -> Any:
 
     path = Path(path) if path is not None else SCHEMA_FILE
     if not path.is_file():
-        from fraud.errors import FraudError
-
         raise FraudError(f"schema {path} does not exist")
     return tfdv.load_schema_text(str(path))
 

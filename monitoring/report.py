@@ -8,10 +8,7 @@ latency quantiles, and the score distribution. Tables: alerts raised, drift wind
 
 from __future__ import annotations
 
-import base64
 import html
-import io
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from fraud import report_kit
 from fraud.errors import FraudError
 
 HOUR_MS = 3_600_000
@@ -36,15 +34,6 @@ def load_snapshot(path: Path) -> dict:
     return snap
 
 
-def _png(fig: Any) -> str:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
-
-
 def _times(windows: Sequence[dict]) -> list:
     import datetime as dt
 
@@ -52,13 +41,7 @@ def _times(windows: Sequence[dict]) -> list:
 
 
 def _figure(title: str, height: float = 3.0) -> tuple[Any, Any]:
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(10, height))
-    ax.set_title(title)
+    fig, ax = report_kit.figure(figsize=(10, height), title=title)
     ax.grid(alpha=0.3)
     return fig, ax
 
@@ -82,7 +65,7 @@ def plot_rates(snap: dict) -> str | None:
     ax2.set_ylabel("events per second")
     ax.set_ylabel("alert rate")
     ax.legend(loc="upper left", fontsize=8)
-    return _png(fig)
+    return report_kit.image(fig, ax.get_title())
 
 
 def plot_quality(snap: dict) -> str | None:
@@ -97,7 +80,7 @@ def plot_quality(snap: dict) -> str | None:
            label="label coverage")
     ax.set_ylim(0, 1.05)
     ax.legend(loc="lower left", fontsize=8)
-    return _png(fig)
+    return report_kit.image(fig, ax.get_title())
 
 
 def plot_label_progress(snap: dict) -> str | None:
@@ -115,7 +98,7 @@ def plot_label_progress(snap: dict) -> str | None:
     ax2.set_ylabel("fraction labelled")
     ax.set_ylim(0, 1.05)
     ax.legend(loc="lower left", fontsize=8)
-    return _png(fig)
+    return report_kit.image(fig, ax.get_title())
 
 
 def plot_drift(snap: dict) -> str | None:
@@ -128,7 +111,7 @@ def plot_drift(snap: dict) -> str | None:
     if not features:
         return None
     matrix = np.array([[r["skew_jsd"].get(f, np.nan) for r in results] for f in features])
-    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
 
     fig, ax = _figure("Jensen-Shannon divergence per feature against the training data (skew), per checked "
                       "window; boxes: over the threshold", height=max(3.0, 0.22 * len(features)))
@@ -141,10 +124,10 @@ def plot_drift(snap: dict) -> str | None:
         for f in r["skewed"]:
             if f in features:
                 i = features.index(f)
-                ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="red", lw=1.5))
+                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="red", lw=1.5))
     fig.colorbar(image, ax=ax, label="JSD")
     ax.grid(False)
-    return _png(fig)
+    return report_kit.image(fig, ax.get_title())
 
 
 def plot_latency(snap: dict) -> str | None:
@@ -160,7 +143,7 @@ def plot_latency(snap: dict) -> str | None:
         ax.axhline(limit, color="red", ls="--", lw=1, label=f"p99 threshold {limit:g} ms")
     ax.set_ylabel("ms")
     ax.legend(loc="upper left", fontsize=8)
-    return _png(fig)
+    return report_kit.image(fig, ax.get_title())
 
 
 def plot_scores(snap: dict) -> str | None:
@@ -181,13 +164,7 @@ def plot_scores(snap: dict) -> str | None:
                   ha="right")
     fig.colorbar(image, ax=ax, label="share")
     ax.grid(False)
-    return _png(fig)
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return report_kit.image(fig, ax.get_title())
 
 
 def _when(ms: int) -> str:
@@ -195,51 +172,30 @@ def _when(ms: int) -> str:
 
 
 def render(snap: dict) -> str:
-    sections = []
+    parts = [f"<p>Model: {html.escape(str(snap.get('model_name')))}; snapshot of "
+             f"{_when(snap.get('generated_at_ms', 0))} UTC. Training statistics: "
+             f"{html.escape(str(snap.get('training_statistics')))}.</p>"]
+    stats = ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in snap.get("stats", {}).items())
+    parts.append(f"<p>{html.escape(stats)}</p>")
     for title, plot in (("Alert rate", plot_rates), ("Precision and recall per window", plot_quality),
                         ("Precision and recall as labels arrive", plot_label_progress),
                         ("Drift per feature", plot_drift), ("Scoring latency", plot_latency),
                         ("Score distribution", plot_scores)):
-        png = plot(snap)
-        body = (f'<img alt="{html.escape(title)}" src="data:image/png;base64,{png}">' if png
-                else "<p class=none>No data yet.</p>")
-        sections.append(f"<h2>{html.escape(title)}</h2>{body}")
+        parts.append(f"<h2>{html.escape(title)}</h2>{plot(snap) or '<p class=none>No data yet.</p>'}")
     alerts = snap.get("alerts", [])
     alert_rows = [(_when(a["window_start_ms"]), a["kind"], a["severity"], ", ".join(a.get("features", [])),
                    f"{a['value']:.4g}", f"{a['threshold']:.4g}", a["message"]) for a in alerts]
     drift_rows = [(_when(r["window_start_ms"]), r["rows"], r["control"], ", ".join(r["drifted"]) or "-",
                    ", ".join(r["skewed"]) or "-", ", ".join(r["schema_anomalies"]) or "-")
                   for r in snap.get("drift", [])]
-    stats = snap.get("stats", {})
-    summary = ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in stats.items())
-    return f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>Fraud model monitor</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2em; max-width: 1100px; }}
-table {{ border-collapse: collapse; font-size: 0.85em; margin-bottom: 1.5em; }}
-td, th {{ border: 1px solid #ccc; padding: 3px 6px; text-align: left; vertical-align: top; }}
-img {{ max-width: 100%; }} .none {{ color: #888; }}
-</style></head><body>
-<h1>Fraud model monitor</h1>
-<p>Model: {html.escape(str(snap.get("model_name")))}; snapshot of {_when(snap.get("generated_at_ms", 0))} UTC.
-Training statistics: {html.escape(str(snap.get("training_statistics")))}.</p>
-<p>{html.escape(summary)}</p>
-{''.join(sections)}
-<h2>Alerts ({len(alerts)})</h2>
-{_table(("window", "kind", "severity", "features", "value", "threshold", "message"), alert_rows)
- if alert_rows else "<p class=none>No alerts.</p>"}
-<h2>Drift windows checked ({len(drift_rows)})</h2>
-{_table(("window", "rows", "control", "drifted", "skewed", "schema anomalies"), drift_rows)
- if drift_rows else "<p class=none>No drift window checked yet.</p>"}
-</body></html>
-"""
+    parts.append(f"<h2>Alerts ({len(alerts)})</h2>")
+    parts.append(report_kit.table(("window", "kind", "severity", "features", "value", "threshold", "message"),
+                                  alert_rows) if alert_rows else "<p class=none>No alerts.</p>")
+    parts.append(f"<h2>Drift windows checked ({len(drift_rows)})</h2>")
+    parts.append(report_kit.table(("window", "rows", "control", "drifted", "skewed", "schema anomalies"), drift_rows)
+                 if drift_rows else "<p class=none>No drift window checked yet.</p>")
+    return report_kit.page("Fraud model monitor", parts)
 
 
 def write_report(snapshot: Path, out: Path) -> Path:
-    page = render(load_snapshot(snapshot))
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, out)
-    return out
+    return report_kit.write_page(out, render(load_snapshot(snapshot)))

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 
+from fraud import spans
 from fraud.errors import FraudError
-from pipeline import export, report, spans
+from fraud.paths import load_paths
+from pipeline import export, report
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,8 +35,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from fraud.paths import load_paths
-
     if args.window_spans < 1:
         raise FraudError(f"--window-spans={args.window_spans}: must be at least 1")
     paths = load_paths()

@@ -1,4 +1,4 @@
-"""`fraudctl export`: a bounded snapshot of a Kafka topic as one new span (see pipeline/spans.py).
+"""`fraudctl export`: a bounded snapshot of a Kafka topic as one new span (see fraud/spans.py).
 
 Each run reads every partition from where the previous complete span ended (its manifest's end
 offsets; the log start for partitions never exported) up to the end offsets seen when the run starts,
@@ -31,10 +31,12 @@ from typing import Any, Protocol
 
 import orjson
 
+from fraud import spans
 from fraud.contract import ContractError, DeadLetter, TransactionEvent
 from fraud.errors import FraudError
+from fraud.kafka_config import KafkaClientConfig
+from fraud.paths import load_paths
 from fraud.topics import TRANSACTIONS
-from pipeline import spans
 
 DEFAULT_ROWS_PER_FILE = 100_000
 COMPONENT = "fraudctl-export"
@@ -361,8 +363,6 @@ def export_span(source: ExportSource, base: Path, topic: str = TRANSACTIONS.name
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from fraud.kafka_config import KafkaClientConfig
-
     p = subparsers.add_parser("export", help="export new records of a topic as one training span",
                               description=__doc__.split("\n\n")[0])
     p.add_argument("--topic", default=TRANSACTIONS.name, help="topic to export (default: %(default)s)")
@@ -376,9 +376,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from fraud.kafka_config import KafkaClientConfig
-    from fraud.paths import load_paths
-
     if args.seal is not None:
         manifest = spans.seal_span(args.seal, args.topic)
         print(f"sealed {args.seal}: {manifest['rows']} rows in {len(manifest['partitions'])} partitions")

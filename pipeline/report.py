@@ -9,9 +9,7 @@ calibration) are drawn with matplotlib and embedded as PNG, so the page is one s
 from __future__ import annotations
 
 import argparse
-import base64
 import html
-import io
 import math
 import os
 import time
@@ -20,8 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fraud import report_kit
 from fraud.errors import FraudError
-from fraud.features import AMOUNT_BAND_KEY, AMOUNT_BAND_LABELS, HOUR_OF_DAY_KEY
+from fraud.features import AMOUNT_BAND_KEY, AMOUNT_BAND_LABELS, FEATURE_NAMES, HOUR_OF_DAY_KEY
+from fraud.paths import load_paths
 from fraud.signature import DECISION, SCORE
 
 _SUMMARY_METRICS = ("example_count", "auc", "auc_precision_recall", "calibration", "mean_label", "mean_prediction")
@@ -227,22 +227,8 @@ def _threshold_text(threshold: Any) -> str:
 # Plots
 
 
-def _png(fig: Any) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    return f'<img alt="plot" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
-
-
-def _subplots(*grid: int, figsize: tuple[float, float]) -> tuple[Any, Any]:
-    """A figure that never touches pyplot's global state or backend (safe inside a notebook)."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=figsize)
-    return fig, fig.subplots(*grid)
-
-
 def pr_curve_plot(evaluations: list[Evaluation], thresholds: Mapping[str, float]) -> str:
-    fig, ax = _subplots(figsize=(5.5, 4))
+    fig, ax = report_kit.figure(figsize=(5.5, 4))
     for ev in evaluations:
         pts = [(c["tp"] / (c["tp"] + c["fn"]), c["tp"] / (c["tp"] + c["fp"]))
                for c in ev.curve if c["tp"] + c["fn"] > 0 and c["tp"] + c["fp"] > 0]
@@ -259,7 +245,7 @@ def pr_curve_plot(evaluations: list[Evaluation], thresholds: Mapping[str, float]
     ax.set_ylim(0, 1.02)
     ax.set_title("Precision-recall on the eval split (dot: shipped threshold)")
     ax.legend(loc="lower left", fontsize=8)
-    return _png(fig)
+    return report_kit.image(fig)
 
 
 def score_histogram_plot(ev: Evaluation, bins: int = 40) -> str:
@@ -273,13 +259,13 @@ def score_histogram_plot(ev: Evaluation, bins: int = 40) -> str:
         i = int(mid * bins)
         normal[i] += n - frauds
         fraud[i] += frauds
-    fig, axes = _subplots(1, 2, figsize=(9, 3.2))
+    fig, axes = report_kit.figure(1, 2, figsize=(9, 3.2))
     for ax, values, name in ((axes[0], normal, "normal"), (axes[1], fraud, "fraud")):
         ax.bar(edges[:-1], values, width=1.0 / bins, align="edge", color="tab:blue" if name == "normal" else "tab:red")
         ax.set_yscale("log" if values.max() > 100 else "linear")
         ax.set_title(f"{ev.model}: score of {name} rows ({int(values.sum())})")
         ax.set_xlabel("score")
-    return _png(fig)
+    return report_kit.image(fig)
 
 
 def calibration_plot(ev: Evaluation, bins: int = 10) -> str:
@@ -295,31 +281,17 @@ def calibration_plot(ev: Evaluation, bins: int = 10) -> str:
         label[i] += frauds
         pred[i] += mid * count
     ok = n > 0
-    fig, ax = _subplots(figsize=(4, 4))
+    fig, ax = report_kit.figure(figsize=(4, 4))
     ax.plot([0, 1], [0, 1], "--", color="grey")
     ax.plot(pred[ok] / n[ok], label[ok] / n[ok], "o-")
     ax.set_xlabel("mean score")
     ax.set_ylabel("fraud rate")
     ax.set_title(f"{ev.model}: calibration")
-    return _png(fig)
+    return report_kit.image(fig)
 
 
 # ---------------------------------------------------------------------------------------------
 # The page
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "–"
-        return f"{v:.0f}" if v.is_integer() and abs(v) >= 10 else f"{v:.4g}"
-    return html.escape(str(v))
-
-
-def _table(headers: list[str], rows: Iterable[Iterable[Any]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{_fmt(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
 
 
 def threshold_table(ev: Evaluation, shipped: float | None) -> str:
@@ -338,24 +310,14 @@ def threshold_table(ev: Evaluation, shipped: float | None) -> str:
         alerts = d.get("tp", 0) + d.get("fp", 0)
         rows.append([f"{shipped:.4g} (shipped)", alerts, d.get("tp", 0), d.get("fp", 0),
                      d.get("precision", math.nan), d.get("recall", math.nan)])
-    return _table(["threshold", "alerts", "frauds caught", "false alarms", "precision", "recall"], rows)
-
-
-_CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}
-table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
-th{background:#f3f3f3}td:first-child{text-align:left}.ok{color:#070}.bad{color:#b00}h2{margin-top:1.6em}
-.small{font-size:.9em;color:#555}"""
+    return report_kit.table(["threshold", "alerts", "frauds caught", "false alarms", "precision", "recall"], rows)
 
 
 def render(record: RunRecord, model_infos: Mapping[str, Mapping[str, Any]]) -> str:
     """The HTML page for one run."""
-    from fraud.features import FEATURE_NAMES
 
-    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>Pipeline run {html.escape(record.run_id)}</title>"
-           f"<style>{_CSS}</style></head><body>",
-           f"<h1>Fraud pipeline run {html.escape(record.run_id)}</h1>",
-           f"<p class='small'>started {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(record.started_ms / 1000))}; "
-           f"report written {time.strftime('%Y-%m-%d %H:%M:%S')}</p>"]
+    out = [f"<p class='small'>started {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(record.started_ms / 1000))}; "
+            f"report written {time.strftime('%Y-%m-%d %H:%M:%S')}</p>"]
 
     # Outcome
     selector = record.outputs.get("ModelSelector", {}).get("blessing", [])
@@ -379,14 +341,14 @@ def render(record: RunRecord, model_infos: Mapping[str, Mapping[str, Any]]) -> s
         else:
             outcome.append("<p class='bad'>Nothing pushed.</p>")
     out += ["<h2>Outcome</h2>", *outcome]
-    out.append(_table(["component", "state"], sorted(record.states.items())))
+    out.append(report_kit.table(["component", "state"], sorted(record.states.items())))
 
     # Data
     examples = record.outputs.get("KafkaExportExampleGen", {}).get("examples", [])
     if examples:
         e = examples[0]
         counts = [(k, artifact_property(e, k)) for k in sorted(e.custom_properties) if k.startswith("rows_")]
-        out += ["<h2>Data</h2>", f"<p>span {artifact_property(e, 'span')}</p>", _table(["count", "rows"], counts)]
+        out += ["<h2>Data</h2>", f"<p>span {artifact_property(e, 'span')}</p>", report_kit.table(["count", "rows"], counts)]
     anomalies = record.outputs.get("ExampleValidator", {}).get("anomalies", [])
     if anomalies:
         lines = anomalies_lines(anomalies[0])
@@ -405,7 +367,7 @@ def render(record: RunRecord, model_infos: Mapping[str, Mapping[str, Any]]) -> s
                 row += [st.get("mean", math.nan), st.get("std", math.nan)]
             rows.append(row)
         headers = ["feature"] + [f"{s} {m}" for s in splits for m in ("mean", "std")]
-        out += ["<h3>Feature statistics by split (TFDV)</h3>", _table(headers, rows)]
+        out += ["<h3>Feature statistics by split (TFDV)</h3>", report_kit.table(headers, rows)]
 
     # Models
     evaluations = []
@@ -426,7 +388,7 @@ def render(record: RunRecord, model_infos: Mapping[str, Mapping[str, Any]]) -> s
                          ev.decision.get("precision", math.nan), ev.decision.get("recall", math.nan),
                          info.get("threshold", math.nan), info.get("threshold_target_text", ""),
                          "yes" if ev.blessed else "no"])
-        out.append(_table(["model", "examples", "AUPRC", "ROC AUC", "calibration", "precision @ shipped",
+        out.append(report_kit.table(["model", "examples", "AUPRC", "ROC AUC", "calibration", "precision @ shipped",
                            "recall @ shipped", "threshold", "target", "blessed"], rows))
         for ev in evaluations:
             if ev.validation_failures:
@@ -438,17 +400,17 @@ def render(record: RunRecord, model_infos: Mapping[str, Mapping[str, Any]]) -> s
             if ev.decision:
                 d = ev.decision
                 out.append("<p>Confusion matrix at the shipped threshold</p>")
-                out.append(_table(["", "flagged", "not flagged"],
+                out.append(report_kit.table(["", "flagged", "not flagged"],
                                   [["fraud", d.get("tp", 0), d.get("fn", 0)], ["normal", d.get("fp", 0), d.get("tn", 0)]]))
             out.append("<p>Thresholds</p>" + threshold_table(ev, thresholds.get(ev.model)))
             if ev.histogram:
                 out.append(score_histogram_plot(ev) + calibration_plot(ev))
             out.append("<p>Slices</p>")
-            out.append(_table(["slice", *_SUMMARY_METRICS],
+            out.append(report_kit.table(["slice", *_SUMMARY_METRICS],
                               [[name, *(vals.get(k, math.nan) for k in _SUMMARY_METRICS)] for name, vals in ev.slices]))
     out.append(f"<p class='small'>Slices: {AMOUNT_BAND_KEY} bands {', '.join(AMOUNT_BAND_LABELS)}; {HOUR_OF_DAY_KEY} "
-               f"0-23 from Time.</p></body></html>")
-    return "\n".join(out)
+               f"0-23 from Time.</p>")
+    return report_kit.page(f"Fraud pipeline run {record.run_id}", out)
 
 
 def model_infos(record: RunRecord) -> dict[str, dict[str, Any]]:
@@ -471,8 +433,8 @@ def write_report(metadata_path: Path, out_dir: Path, run_id: str | None = None) 
     out_dir.mkdir(parents=True, exist_ok=True)
     safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in record.run_id)
     path = out_dir / f"pipeline-{safe}.html"
-    path.write_text(page, encoding="utf-8")
-    (out_dir / "pipeline-latest.html").write_text(page, encoding="utf-8")
+    report_kit.write_page(path, page)
+    report_kit.write_page(out_dir / "pipeline-latest.html", page)
     return path
 
 
@@ -485,8 +447,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from fraud.paths import load_paths
-
     paths = load_paths()
     path = write_report(args.metadata or paths.metadata_path, args.out or paths.reports_dir, args.run)
     print(path)

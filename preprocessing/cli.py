@@ -7,10 +7,14 @@ import os
 import sys
 from pathlib import Path
 
+from fraud.embedded.broker import running_bootstrap
+from fraud.embedded.connect import ConnectConfig, ConnectStandalone
 from fraud.errors import FraudError
-from fraud.paths import SAMPLE_CSV
-from fraud.replay import DEFAULT_CARDS, DEFAULT_SEED
-from fraud.topics import ALERTS, DLQ_BRIDGE, DLQ_PREPROCESS, INGEST_CSV, LABELS, SCORES, TRANSACTIONS, USERS
+from fraud.kafka_config import KafkaClientConfig, ensure_topics
+from fraud.logs import configure_logging
+from fraud.paths import SAMPLE_CSV, load_paths
+from fraud.replay import DEFAULT_CARDS, DEFAULT_SEED, CardPool
+from fraud.topics import ALERTS, DLQ_BRIDGE, DLQ_PREPROCESS, INGEST_CSV, LABELS, SCORES, TRANSACTIONS, USERS, TopicSpec
 
 #: Topics downstream of preprocessing: none may hold a raw card or customer id.
 DOWNSTREAM_TOPICS: tuple[str, ...] = (TRANSACTIONS.name, SCORES.name, LABELS.name, DLQ_PREPROCESS.name,
@@ -19,8 +23,6 @@ EXIT_FOUND = 4
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from fraud.kafka_config import KafkaClientConfig
-
     ingest = subparsers.add_parser(
         "ingest", help="read a CSV file into the ingest topic through Kafka Connect (FileStreamSource)",
         description="Read a dataset CSV (or .csv.gz) into the ingest topic with Kafka Connect's FileStreamSource, "
@@ -96,12 +98,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _kafka(args: argparse.Namespace, client_id: str):
     """Flags, else FRAUD_KAFKA_*, else the running embedded broker, else the default bootstrap."""
-    from fraud.kafka_config import KafkaClientConfig
 
     if not getattr(args, "bootstrap", None) and not os.environ.get("FRAUD_KAFKA_BOOTSTRAP"):
-        from fraud.embedded.broker import running_bootstrap
-        from fraud.paths import load_paths
-
         running = running_bootstrap(load_paths().kafka_dir)
         if running:
             args.bootstrap = running
@@ -109,10 +107,6 @@ def _kafka(args: argparse.Namespace, client_id: str):
 
 
 def _ingest(args: argparse.Namespace) -> int:
-    from fraud.embedded.connect import ConnectConfig, ConnectStandalone
-    from fraud.kafka_config import ensure_topics
-    from fraud.paths import load_paths
-    from fraud.topics import TopicSpec
     from preprocessing.ingest import ingest_file, progress_printer
 
     paths = load_paths()
@@ -141,7 +135,6 @@ def _ingest(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from fraud.stream.logs import configure_logging
     from preprocessing.job import PreprocessConfig, PreprocessJob
 
     config = PreprocessConfig.from_args(args, os.environ)
@@ -175,9 +168,6 @@ def _check_rules(args: argparse.Namespace) -> int:
 def _users(args: argparse.Namespace) -> int:
     import orjson
 
-    from fraud.kafka_config import ensure_topics
-    from fraud.replay import CardPool
-    from fraud.topics import TopicSpec
     from preprocessing.users import load_users, synthetic_users
 
     if args.synthetic:

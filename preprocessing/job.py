@@ -30,9 +30,9 @@ from typing import Any
 from fraud.contract import DeadLetter
 from fraud.errors import FraudError
 from fraud.kafka_config import KafkaClientConfig
+from fraud.logs import log_event
 from fraud.stream import metrics as sm
 from fraud.stream.config import StreamConfig, stream_options
-from fraud.stream.logs import log_event
 from fraud.stream.metrics import Kind, MetricDef, Metrics, PrometheusMetrics
 from fraud.stream.options import Option, add_options, resolve_options
 from fraud.stream.processor import StreamProcessor

@@ -26,8 +26,8 @@ import orjson
 
 from fraud.errors import FraudError
 from fraud.kafka_config import KafkaClientConfig
+from fraud.logs import log_event
 from fraud.replay import CardPool
-from fraud.stream.logs import log_event
 
 log = logging.getLogger("preprocessing.users")
 

@@ -16,6 +16,8 @@ import sys
 from typing import TYPE_CHECKING
 
 from fraud.errors import FraudError
+from fraud.logs import configure_logging
+from fraud.paths import load_paths
 
 if TYPE_CHECKING:
     from serving.config import ModelConfig, ServerConfig
@@ -32,7 +34,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _project_models() -> tuple[ModelConfig, ...]:
     """Every model directory under the project's serving model dir (FRAUD_HOME/serving/models/<name>)."""
-    from fraud.paths import load_paths
     from serving.config import ModelConfig
 
     root = load_paths().serving_model_dir
@@ -59,9 +60,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 def run(config: ServerConfig) -> int:
     """Start the server for `config` and serve until SIGTERM/SIGINT."""
-    from serving import logs
 
-    logs.configure(config.log_level)
+    configure_logging(config.log_level)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ banner out of the JSON log
     from serving.errors import ServingError
     from serving.server import ModelServer

@@ -16,6 +16,7 @@ from typing import Any
 
 import grpc
 
+from fraud import wire as codec
 from serving import wire
 from serving.api import ServingApi
 from serving.config import parse_model_server_config
@@ -71,7 +72,7 @@ class PredictionServicer:
             call = wire.decode_predict_request(data, self._bulk)
             with self._api.acquire(call.model_spec, record) as handle:
                 result = self._api.predict(handle, call, record, _deadline(context))
-            spec = wire.encode_model_spec(call.model_spec.name, handle.version, result.signature_name)
+            spec = codec.encode_model_spec(call.model_spec.name, handle.version, result.signature_name)
             return wire.encode_predict_response(result.outputs, spec, result.output_dtypes, self._tensor_content)
         except ServingError as exc:
             error = exc
@@ -96,10 +97,10 @@ class PredictionServicer:
             with self._api.acquire(call.model_spec, record) as handle:
                 if api == "Classify":
                     result = self._api.classify(handle, call, record, _deadline(context))
-                    spec = wire.encode_model_spec(call.model_spec.name, handle.version, result.signature_name)
+                    spec = codec.encode_model_spec(call.model_spec.name, handle.version, result.signature_name)
                     return wire.encode_classification_response(result.labels, result.scores, spec)
                 regression = self._api.regress(handle, call, record, _deadline(context))
-                spec = wire.encode_model_spec(call.model_spec.name, handle.version, regression.signature_name)
+                spec = codec.encode_model_spec(call.model_spec.name, handle.version, regression.signature_name)
                 return wire.encode_regression_response(regression.values, spec)
         except ServingError as exc:
             error = exc

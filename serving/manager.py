@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from serving import logs
+from fraud.logs import log_event
 from serving.batching import BatchScheduler
 from serving.config import ModelConfig, ServerConfig
 from serving.errors import Code, ServingError
@@ -226,7 +226,7 @@ class ModelManager:
                 entry = self._models.get(config.name)
                 if entry is None:
                     self._models[config.name] = ModelEntry(config=config)
-                    logs.event(log, "model_added", model=config.name, base_path=config.base_path,
+                    log_event(log, logging.INFO, "model_added", model=config.name, base_path=config.base_path,
                                policy=config.policy.kind)
                 elif entry.removed or entry.config != config:
                     entry.removed = False
@@ -236,7 +236,7 @@ class ModelManager:
                 if name not in names and not entry.removed:
                     entry.removed = True
                     entry.aspired = {}
-                    logs.event(log, "model_removed", model=name)
+                    log_event(log, logging.INFO, "model_removed", model=name)
             self._lock.notify_all()
         if not initial:
             self._wake.set()
@@ -362,13 +362,13 @@ class ModelManager:
                     continue
                 if children is None:
                     if entry.poll_error != error:
-                        logs.event(log, "base_path_unreadable", logging.ERROR, model=name, error=error)
+                        log_event(log, logging.ERROR, "base_path_unreadable", model=name, error=error)
                     entry.poll_error = error
                     continue
                 entry.poll_error = None
                 aspired = aspired_versions(config, children)
                 if not aspired and (entry.aspired or not entry.polled):
-                    logs.event(log, "no_versions_found", logging.WARNING, model=name, base_path=config.base_path,
+                    log_event(log, logging.WARNING, "no_versions_found", model=name, base_path=config.base_path,
                                hint="name version directories with integers, e.g. <base_path>/1/")
                 entry.failed &= set(aspired)
                 for version, path in aspired.items():
@@ -415,7 +415,7 @@ class ModelManager:
         servable: Servable | None = None
         for attempt in range(attempts):
             started = time.monotonic()
-            logs.event(log, "version_loading", model=name, version=entry.version, model_path=entry.path,
+            log_event(log, logging.INFO, "version_loading", model=name, version=entry.version, model_path=entry.path,
                        attempt=attempt + 1)
             try:
                 servable = self._loader(name, entry.version, entry.path, tags=config.saved_model_tags,
@@ -434,7 +434,7 @@ class ModelManager:
                     self._metrics.warmup(model=name, version=entry.version, path=entry.path, ok=True,
                                          latency_s=time.monotonic() - warm_start, records=records)
                     if records:
-                        logs.event(log, "version_warmed_up", model=name, version=entry.version, records=records,
+                        log_event(log, logging.INFO, "version_warmed_up", model=name, version=entry.version, records=records,
                                    seconds=round(time.monotonic() - warm_start, 3))
                 error = None
                 break
@@ -446,7 +446,7 @@ class ModelManager:
                 else:
                     self._metrics.load(model=name, version=entry.version, path=entry.path, ok=False,
                                        latency_s=time.monotonic() - started)
-                logs.event(log, "version_load_failed", logging.ERROR, model=name, version=entry.version,
+                log_event(log, logging.ERROR, "version_load_failed", model=name, version=entry.version,
                            model_path=entry.path, attempt=attempt + 1, code=error.code.name, error=error.message)
             with self._lock:
                 model = self._models.get(name)
@@ -460,7 +460,7 @@ class ModelManager:
                 entry.servable = servable
                 entry.error = None
                 self._set_state(name, entry, State.AVAILABLE)
-                logs.event(log, "version_available", model=name, version=entry.version, model_path=entry.path)
+                log_event(log, logging.INFO, "version_available", model=name, version=entry.version, model_path=entry.path)
             else:
                 if servable is not None:
                     servable.close()
@@ -485,7 +485,7 @@ class ModelManager:
             while entry.inflight > 0:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
-                    logs.event(log, "unload_forced", logging.WARNING, model=name, version=entry.version,
+                    log_event(log, logging.WARNING, "unload_forced", model=name, version=entry.version,
                                inflight=entry.inflight)
                     break
                 self._lock.wait(remaining if remaining is not None else 1.0)
@@ -496,7 +496,7 @@ class ModelManager:
             self._set_state(name, entry, State.END)
             self._forget_old(name)
             self._lock.notify_all()
-        logs.event(log, "version_unloaded", model=name, version=entry.version)
+        log_event(log, logging.INFO, "version_unloaded", model=name, version=entry.version)
         self._wake.set()
 
     def _forget_old(self, name: str) -> None:

@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-from serving import dtypes, wire
+from fraud import dtypes
+from fraud import wire as codec
 from serving.errors import Code, ServingError
 from serving.servable import TensorInfo
 
@@ -335,7 +336,7 @@ def _feature(name: str, content: Any) -> tuple[str, list]:
 def _example(value: Any) -> bytes:
     if not isinstance(value, dict):
         raise _invalid(f"Example must be JSON object but got JSON {_json_type(value)}")
-    return wire.encode_example({name: _feature(name, content) for name, content in value.items()})
+    return codec.encode_example({name: _feature(name, content) for name, content in value.items()})
 
 
 def parse_examples(doc: dict) -> tuple[str, list[bytes]]:

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from serving import dtypes, wire
+from fraud import dtypes
+from serving import wire
 from serving.errors import Code, ServingError
 from serving.requests import DEFAULT_SIGNATURE, ExamplesCall, PredictCall
 

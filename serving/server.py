@@ -15,7 +15,7 @@ import threading
 import time
 from typing import Any
 
-from serving import logs
+from fraud.logs import log_event
 from serving.api import ServingApi
 from serving.batching import BatchScheduler
 from serving.config import ConfigError, ModelConfig, ServerConfig, parse_model_server_config
@@ -32,7 +32,7 @@ def configure_tensorflow(intra_op: int = 0, inter_op: int = 0, disable_thread_sp
     """TensorFlow's thread pools, set before its runtime starts (later calls keep what is there).
 
     Idle pool threads spin by default (low latency for one process owning the machine). A server
-    shares the CPUs with the gRPC stack and, here, with its clients: measured with bench/serving.py's
+    shares the CPUs with the gRPC stack and, here, with its clients: measured with bench/bench_serving.py's
     model, turning spinning off cut the server's CPU per request by about a fifth at equal latency.
     TF2 has no public switch for ConfigProto.experimental.disable_thread_spinning, hence the context's
     private `_config`, used only while the context is not yet initialized.
@@ -108,7 +108,7 @@ class ModelServer:
         if config.model_config_file and config.model_config_file_poll_wait_seconds > 0:
             self._config_thread = threading.Thread(target=self._poll_config, name="serving-config-poll", daemon=True)
             self._config_thread.start()
-        logs.event(log, "server_started", grpc=f"{config.host}:{self.grpc_port}",
+        log_event(log, logging.INFO, "server_started", grpc=f"{config.host}:{self.grpc_port}",
                    rest=f"{config.rest_api_host}:{self.rest_port}" if self.rest_port else None,
                    models=[m.name for m in config.models], batching=config.enable_batching)
         return self
@@ -117,7 +117,7 @@ class ModelServer:
         """Install a new model list (HandleReloadConfigRequest, or a changed --model_config_file)."""
         assert self.manager is not None
         self.manager.apply_config(models)
-        logs.event(log, "config_reloaded", models=[m.name for m in models])
+        log_event(log, logging.INFO, "config_reloaded", models=[m.name for m in models])
 
     def _poll_config(self) -> None:
         path = self.config.model_config_file
@@ -133,7 +133,7 @@ class ModelServer:
                 with open(path, encoding="utf-8") as f:
                     text = f.read()
             except OSError as exc:
-                logs.event(log, "config_unreadable", logging.ERROR, path=path, error=exc.strerror)
+                log_event(log, logging.ERROR, "config_unreadable", path=path, error=exc.strerror)
                 continue
             if text == last:
                 continue
@@ -141,7 +141,7 @@ class ModelServer:
             try:
                 self.reload_models(parse_model_server_config(text, path))
             except (ConfigError, ServingError) as exc:
-                logs.event(log, "config_reload_failed", logging.ERROR, path=path,
+                log_event(log, logging.ERROR, "config_reload_failed", path=path,
                            error=getattr(exc, "message", None) or str(exc))
 
     def stop(self, grace: float = 10.0) -> bool:
@@ -167,7 +167,7 @@ class ModelServer:
         if self.batching is not None:
             self.batching.close(timeout=max(0.1, deadline - time.monotonic()))
         self._drained = drained
-        logs.event(log, "server_stopped", drained=drained)
+        log_event(log, logging.INFO, "server_stopped", drained=drained)
         return drained
 
     def request_stop(self) -> None:

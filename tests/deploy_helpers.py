@@ -358,7 +358,7 @@ class Guard(importlib.abc.MetaPathFinder):
         return None
 sys.meta_path.insert(0, Guard())
 sys.argv = ["fraudctl", *json.loads(os.environ["FRAUD_GUARD_ARGV"])]
-from fraud.cli import main
+from fraudctl.cli import main
 sys.exit(main())
 '''
 
@@ -423,9 +423,9 @@ def parse_container(argv: list[str], env: Mapping[str, str]) -> Parsed:
 
     Raises whatever the code raises for a bad flag, variable or value (FraudError, SystemExit).
     """
-    from fraud.cli import build_parser
     from fraud.kafka_config import KafkaClientConfig
     from fraud.paths import load_paths
+    from fraudctl.cli import build_parser
 
     rec = RecordingEnv(env)
     assert argv[0] == "fraudctl", argv
@@ -447,7 +447,7 @@ def parse_container(argv: list[str], env: Mapping[str, str]) -> Parsed:
                       (*c.stream.input_topics, c.output_topic, c.stream.dlq_topic, c.users_topic),
                       c.stream.input_topics)
     if command == ("sink", "run"):
-        from monitoring.config import SinkConfig
+        from warehouse.config import SinkConfig
 
         c = SinkConfig.from_args(args, rec, paths)
         return Parsed("sink", c, rec.read, c.http_host, c.http_port, (c.scores_topic, c.labels_topic, c.dlq_topic),

@@ -17,10 +17,10 @@ from fraud.signature import DECISION, FEATURE_CONTRIBUTIONS, RECONSTRUCTION_ERRO
 from fraud.stream.config import Delivery
 from fraud.stream.metrics import STREAM_METRICS, RecordingMetrics
 from fraud.stream.records import Record, RetriableError
+from fraud.wire import ExampleEncoder, decode_predict_response, encode_predict_request
 from kafka_bridge import scoring
 from kafka_bridge.config import BridgeConfig
 from kafka_bridge.predict import ModelRejected, Prediction, PredictUnavailable
-from kafka_bridge.wire import ExampleEncoder, decode_predict_response, encode_predict_request
 
 
 def test_example_encoder_matches_tensorflow_parsing():
@@ -257,7 +257,7 @@ def test_unexpected_parser_exception_is_a_dead_letter_not_a_crash(monkeypatch):
 
 
 def test_fraudctl_bridge_run_bad_setting_is_one_line_and_exit_1(monkeypatch, capsys):
-    from fraud.cli import main
+    from fraudctl.cli import main
 
     monkeypatch.setenv("FRAUD_BRIDGE_DELIVERY", "twice")
     assert main(["bridge", "run"]) == 1

@@ -7,8 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fraud import cli, features, topics
+from fraud import features, topics
 from fraud.paths import load_paths
+from fraudctl import cli
 
 
 def test_feature_module_matches_the_dataset_columns():
@@ -39,7 +40,7 @@ def test_paths_follow_the_environment(tmp_path: Path):
 
 
 def test_fraudctl_help_lists_every_registered_command():
-    out = subprocess.run([sys.executable, "-m", "fraud.cli", "--help"], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-m", "fraudctl.cli", "--help"], capture_output=True, text=True, check=True)
     parser = cli.build_parser()
     subactions = [a for a in parser._actions if a.dest == "command"]
     assert subactions
@@ -49,7 +50,7 @@ def test_fraudctl_help_lists_every_registered_command():
 
 def test_fraudctl_errors_are_one_line_naming_the_subcommand(tmp_path: Path):
     missing = tmp_path / "missing.csv"
-    out = subprocess.run([sys.executable, "-m", "fraud.cli", "data", "info", "--file", str(missing)],
+    out = subprocess.run([sys.executable, "-m", "fraudctl.cli", "data", "info", "--file", str(missing)],
                          capture_output=True, text=True)
     assert out.returncode != 0
     lines = out.stderr.strip().splitlines()
@@ -59,7 +60,7 @@ def test_fraudctl_errors_are_one_line_naming_the_subcommand(tmp_path: Path):
 
 
 def test_fraudctl_train_refuses_an_empty_training_window(tmp_path: Path):
-    out = subprocess.run([sys.executable, "-m", "fraud.cli", "train", "--window-spans", "0"], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "fraudctl.cli", "train", "--window-spans", "0"], capture_output=True,
                          text=True, env={**os.environ, "FRAUD_HOME": str(tmp_path)})
     assert out.returncode != 0
     assert out.stderr.strip().splitlines() == ["fraudctl train: --window-spans=0: must be at least 1"], out.stderr

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from fraud import cli, demo
 from fraud.dataset import count_rows
 from fraud.errors import FraudError
 from fraud.paths import SAMPLE_CSV, load_paths
+from fraudctl import cli, demo
 
 
 def _config(tmp_path: Path, **kw) -> demo.DemoConfig:
@@ -60,7 +60,7 @@ def test_service_commands_are_real_commands_on_shifted_ports(tmp_path):
     config = _config(tmp_path, port_offset=1000)
     parser = cli.build_parser()
     for svc in demo.services(config):
-        if svc.args[0] == "fraud.cli":
+        if svc.args[0] == "fraudctl.cli":
             args = parser.parse_args(list(svc.args[1:]))
             assert callable(args.func)
             assert int(args.http_port) == config.port(svc.name) == demo.PORTS[svc.name] + 1000
@@ -119,7 +119,7 @@ def test_caught_up_holds_under_transactions(kafka_broker, kafka_topic, tmp_path)
 # The whole demo, once per module: `fraudctl demo run` on embedded defaults (ports shifted so it can run
 # beside other brokers), then checks of what it printed, of privacy, and of a re-run.
 
-DEMO_CMD = [sys.executable, "-m", "fraud.cli", "demo"]
+DEMO_CMD = [sys.executable, "-m", "fraudctl.cli", "demo"]
 PORT_OFFSET = "21000"
 
 
@@ -148,7 +148,7 @@ def test_demo_numbers_match_the_reports_it_points_to(demo_run):
     monitor_report = Path(re.search(r"monitor report  : (\S+)", out).group(1))
     assert pipeline_report.is_file() and monitor_report.is_file()
 
-    from monitoring.warehouse import open_readonly
+    from warehouse.store import open_readonly
 
     con = open_readonly(config.warehouse)
     try:
@@ -178,7 +178,7 @@ def test_no_raw_id_anywhere_after_the_demo(demo_run):
     warehouse, or any file the installation wrote (exports, pipeline artifacts, reports, service logs).
     Kafka's own data directory is left out: it holds the upstream raw topic, where raw ids belong."""
     env, paths, _out = demo_run
-    cmd = [sys.executable, "-m", "fraud.cli", "preprocess", "privacy-check"]
+    cmd = [sys.executable, "-m", "fraudctl.cli", "preprocess", "privacy-check"]
     warehouses = sorted(paths.home.rglob("*.duckdb"))
     assert warehouses, "the demo wrote a warehouse"
     args = list(cmd)

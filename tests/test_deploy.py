@@ -120,9 +120,9 @@ def test_services_image_runs_fraudctl_as_a_non_root_user() -> None:
     assert users and users[-1].split(":")[0] not in ("0", "root")
     entry = [h.exec_form(i.args) for i in final if i.keyword == "ENTRYPOINT"]
     assert entry == [["fraudctl"]]
-    assert h.console_scripts()["fraudctl"] == "fraud.cli:main"
+    assert h.console_scripts()["fraudctl"] == "fraudctl.cli:main"
     cmd = [h.exec_form(i.args) for i in final if i.keyword == "CMD"][-1]
-    from fraud.cli import build_parser
+    from fraudctl.cli import build_parser
 
     with pytest.raises(SystemExit) as exc:  # --help exits 0 after printing
         build_parser().parse_args(cmd)
@@ -149,9 +149,9 @@ def test_every_copied_path_exists_and_is_in_the_build_context(dockerfile: Path) 
 def test_dockerignore_keeps_state_and_tests_out_of_the_context() -> None:
     patterns = h.dockerignore_patterns()
     for path in (".venv/bin/python", "var/kafka/x", ".git/HEAD", "tests/test_deploy.py", "deploy/secrets/anonymize.key",
-                 "fraud/__pycache__/cli.cpython-311.pyc", "fraud_tfx.egg-info/PKG-INFO"):
+                 "fraudctl/__pycache__/cli.cpython-311.pyc", "fraud_tfx.egg-info/PKG-INFO"):
         assert h.ignored_by_dockerignore(path, patterns), path
-    for path in ("fraud/cli.py", "preprocessing/rules.yaml", "deploy/docker/pins.py", "schema/schema.pbtxt"):
+    for path in ("fraudctl/cli.py", "preprocessing/rules.yaml", "deploy/docker/pins.py", "schema/schema.pbtxt"):
         assert h.ignored_by_dockerignore(path, patterns) is None, path
 
 
@@ -240,13 +240,14 @@ def test_services_lock_has_no_tensorflow_stack() -> None:
 
 #: Code the services image runs: the bridge, preprocessing, the sink (DuckDB and BigQuery), topic init, the
 #: stream machinery and fraud's core. Left out, with the image that has them: fraud/dataset.py and
-#: fraud/replay.py (`fraudctl data`/`replay`, developer tools), fraud/demo.py, fraud/embedded/ (the
+#: fraud/replay.py (`fraudctl data`/`replay`, developer tools), fraud/spans.py (export spans, pipeline image),
+#: fraud/report_kit.py (the HTML reports, pipeline image), fraudctl/demo.py, fraud/embedded/ (the
 #: embedded broker, not used in containers), monitoring/{monitor,drift,alerts,windows,report,testing}.py
 #: (the monitor, on the pipeline image).
-SERVICE_SOURCES = ("kafka_bridge/*.py", "preprocessing/*.py", "fraud/stream/*.py", "fraud/*.py", "fraud/embedded/cli.py",
-                   "monitoring/sink.py", "monitoring/warehouse.py", "monitoring/bigquery_warehouse.py",
-                   "monitoring/kafka_io.py", "monitoring/config.py", "monitoring/metrics.py", "monitoring/cli.py")
-NOT_IN_SERVICES = ("fraud/dataset.py", "fraud/replay.py", "fraud/demo.py")
+SERVICE_SOURCES = ("kafka_bridge/*.py", "preprocessing/*.py", "fraud/stream/*.py", "fraud/*.py", "fraudctl/cli.py",
+                   "fraudctl/kafka.py", "warehouse/*.py", "monitoring/config.py", "monitoring/metrics.py",
+                   "monitoring/cli.py")
+NOT_IN_SERVICES = ("fraud/dataset.py", "fraud/replay.py", "fraud/spans.py", "fraud/report_kit.py")
 
 
 def test_every_package_the_services_code_imports_is_in_the_services_lock() -> None:
@@ -272,7 +273,7 @@ def test_every_package_the_services_code_imports_is_in_the_services_lock() -> No
     project = set(h.setup_packages())
     files = sorted({f for pattern in SERVICE_SOURCES for f in h.ROOT.glob(pattern)}
                    - {h.ROOT / f for f in NOT_IN_SERVICES})
-    assert any(f.name == "bigquery_warehouse.py" for f in files)
+    assert any(f.name == "bigquery.py" for f in files)
     missing = []
     for path in files:
         for node in ast.walk(ast.parse(path.read_text())):

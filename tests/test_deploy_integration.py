@@ -85,7 +85,7 @@ def _start(name: str, env: dict[str, str], guarded: bool, log: Path) -> subproce
     out = log.open("wb")
     if guarded:
         return h.guarded_fraudctl(argv[1:], SERVICES_LOCK, env, stdout=out, stderr=subprocess.STDOUT)
-    return subprocess.Popen([sys.executable, "-m", "fraud.cli", *argv[1:]], env=env, stdout=out,
+    return subprocess.Popen([sys.executable, "-m", "fraudctl.cli", *argv[1:]], env=env, stdout=out,
                             stderr=subprocess.STDOUT)
 
 

@@ -17,8 +17,8 @@ from tfx.types import artifact_utils, standard_artifacts
 from components.kafka_export_example_gen import KafkaExportExampleGen
 from components.kafka_export_example_gen import executor as eg_executor
 from components.kafka_export_example_gen.component import time_split_config
+from fraud import spans
 from fraud.features import EVENT_TIME_KEY, FEATURE_NAMES, LABEL_KEY, TRANSACTION_ID_KEY
-from pipeline import spans
 from pipeline.export import write_span
 
 

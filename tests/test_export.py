@@ -10,10 +10,10 @@ from pathlib import Path
 import fastavro
 import pytest
 
+from fraud import spans
 from fraud.contract import TransactionEvent
 from fraud.errors import FraudError
 from fraud.features import FEATURE_NAMES
-from pipeline import spans
 from pipeline.export import Record, export_span, read_rejected, write_span
 
 TOPIC = "fraud.transactions"

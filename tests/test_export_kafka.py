@@ -14,8 +14,8 @@ import pytest
 from kafka import KafkaProducer
 from test_export import event
 
+from fraud import spans
 from fraud.contract import TransactionEvent
-from pipeline import spans
 from pipeline.export import KafkaExportSource, export_span
 
 pytestmark = pytest.mark.integration
@@ -115,7 +115,7 @@ def test_cli_export(kafka_broker, kafka_topic, tmp_path: Path) -> None:
     topic = kafka_topic(partitions=2)
     _produce(kafka_broker.client_config(), topic, range(0, 20), 2)
     env = dict(os.environ, FRAUD_HOME=str(tmp_path / "home"))
-    cmd = [sys.executable, "-m", "fraud.cli", "export", "--topic", topic, "--bootstrap", kafka_broker.bootstrap,
+    cmd = [sys.executable, "-m", "fraudctl.cli", "export", "--topic", topic, "--bootstrap", kafka_broker.bootstrap,
            "--format", "avro"]
     first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert first.returncode == 0, first.stderr

@@ -6,9 +6,9 @@ import gzip
 
 import pytest
 
-from fraud.cli import main
 from fraud.errors import FraudError
 from fraud.paths import SAMPLE_CSV
+from fraudctl.cli import main
 from preprocessing.ingest import _count_line_ends, check_file, connector_name, ingest_file
 from preprocessing.privacy import iter_topic
 

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from fraud.cli import main
 from fraud.embedded import jars
 from fraud.embedded.process import free_port, pid_alive
 from fraud.errors import FraudError
+from fraudctl.cli import main
 
 
 def _fraudctl(capsys, *argv: str) -> tuple[int, str, str]:

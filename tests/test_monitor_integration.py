@@ -23,7 +23,7 @@ from sklearn.metrics import average_precision_score, precision_score, recall_sco
 from fraud.contract import AlertEvent
 from fraud.features import FEATURE_NAMES
 from fraud.paths import SAMPLE_CSV
-from monitoring.kafka_io import read_all
+from fraud.stream.reader import read_all
 from monitoring.testing import produce, sample_transactions, synthetic_scores
 
 pytestmark = pytest.mark.integration
@@ -32,7 +32,7 @@ HOUR = 3_600_000
 
 
 def monitor(bootstrap: str, topics: dict[str, str], snapshot: Path, *extra: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "fraud.cli", "monitor", "run", "--bootstrap", bootstrap,
+    cmd = [sys.executable, "-m", "fraudctl.cli", "monitor", "run", "--bootstrap", bootstrap,
            "--scores-topic", topics["scores"], "--labels-topic", topics["labels"],
            "--transactions-topic", topics["transactions"], "--alerts-topic", topics["alerts"],
            "--dlq-topic", topics["dlq"], "--snapshot-path", str(snapshot), "--stop-when-idle-s", "4",

@@ -22,6 +22,7 @@ from monitoring.drift import DriftResult
 from monitoring.monitor import MonitorJob
 from monitoring.report import render, write_report
 from monitoring.testing import synthetic_scores
+from warehouse import metrics as sm
 
 DASHBOARD = Path(__file__).resolve().parents[1] / "monitoring" / "grafana_dashboard.json"
 HOUR = 3_600_000
@@ -123,9 +124,9 @@ def series_names(metrics: PrometheusMetrics) -> set[str]:
 def test_grafana_dashboard_queries_only_metrics_the_code_exports():
     dashboard = json.loads(DASHBOARD.read_text())
     exported = (series_names(PrometheusMetrics(m.MONITOR_NAMESPACE, m.MONITOR_METRICS))
-                | series_names(PrometheusMetrics(m.SINK_NAMESPACE, m.SINK_METRICS)))
+                | series_names(PrometheusMetrics(sm.SINK_NAMESPACE, sm.SINK_METRICS)))
     assert exported == (m.exported_names(m.MONITOR_NAMESPACE, m.MONITOR_METRICS)
-                        | m.exported_names(m.SINK_NAMESPACE, m.SINK_METRICS))
+                        | m.exported_names(sm.SINK_NAMESPACE, sm.SINK_METRICS))
     used = set()
     panels = [p for p in dashboard["panels"] if p["type"] != "row"]
     assert len(panels) >= 10
@@ -168,7 +169,7 @@ def test_report_has_every_plot_and_the_alerts(tmp_path: Path):
 
 
 def test_report_cli_says_what_is_missing_in_one_line(tmp_path: Path):
-    done = subprocess.run([sys.executable, "-m", "fraud.cli", "monitor", "report", "--snapshot",
+    done = subprocess.run([sys.executable, "-m", "fraudctl.cli", "monitor", "report", "--snapshot",
                            str(tmp_path / "nope.json"), "--out", str(tmp_path / "r.html")],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
@@ -182,7 +183,7 @@ def test_report_cli_says_what_is_missing_in_one_line(tmp_path: Path):
     ("--min-precision", "1.5", "must be in [0, 1]"),
 ])
 def test_bad_monitor_settings_are_one_line_errors(tmp_path: Path, flag: str, value: str, message: str):
-    from fraud import cli
+    from fraudctl import cli
 
     parser = cli.build_parser()
     args = parser.parse_args(["monitor", "run", flag, value])

@@ -19,13 +19,13 @@ import tensorflow as tf
 from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
-from fraud import signature
+from fraud import signature, spans
 from fraud.dataset import iter_rows
 from fraud.features import FEATURE_NAMES
 from fraud.paths import SAMPLE_CSV, Paths
 from fraud.replay import CardPool, transaction_event
 from fraud.topics import TRANSACTIONS
-from pipeline import local_runner, spans
+from pipeline import local_runner
 from pipeline.export import write_span
 from pipeline.pipeline import MODEL_KINDS, Gates, SplitFractions, TrainingSettings
 from pipeline.report import write_report
@@ -33,7 +33,7 @@ from pipeline.training import read_model_info
 
 SPLITS = SplitFractions(train=0.5, validation=0.2, eval=0.3)  # the sample's frauds sit early in its window
 GATES = Gates(min_auprc=0.1, max_auprc_drop=0.02)
-#: Small models: this test is about the mechanics; model quality is bench/pipeline.py's business.
+#: Small models: this test is about the mechanics; model quality is bench/bench_pipeline.py's business.
 TRAINING = TrainingSettings(autoencoder={"seeds": 2, "epochs": 10}, supervised={"seeds": 2, "epochs": 10})
 #: TFX and Beam start-up dominate; on a busy 2-core machine one pipeline run can take 10 minutes.
 pytestmark = pytest.mark.timeout(2400)

@@ -27,9 +27,9 @@ from fraud.dataset import iter_rows
 from fraud.embedded.testing import create_topic, delete_topics, unique_topic_name
 from fraud.features import CSV_COLUMNS
 from fraud.kafka_config import KafkaClientConfig
+from fraud.logs import JsonFormatter
 from fraud.paths import SAMPLE_CSV
 from fraud.replay import CardPool, transaction_event, transaction_id
-from fraud.stream.logs import JsonFormatter
 from preprocessing.anonymize import AnonymizeKey, Anonymizer
 from preprocessing.ingest import ingest_file
 from preprocessing.job import PreprocessConfig, PreprocessJob
@@ -332,7 +332,7 @@ def _start_cli(bootstrap: str, rules: Path, raw: str, out: str, dlq: str, users:
     import sys
 
     env = dict(os.environ, FRAUD_ANONYMIZE_KEY=KEY.secret.decode(), PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-m", "fraud.cli", "preprocess", "run", "--rules", str(rules), "--csv-topic", "",
+    cmd = [sys.executable, "-m", "fraudctl.cli", "preprocess", "run", "--rules", str(rules), "--csv-topic", "",
            "--raw-topic", raw, "--output-topic", out, "--dlq-topic", dlq, "--users-topic", users,
            "--group-id", group, "--instance-id", "cli-1", "--bootstrap", bootstrap, "--batch-max-size", "50", *extra]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

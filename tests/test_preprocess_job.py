@@ -8,7 +8,6 @@ import argparse
 import orjson
 import pytest
 
-from fraud.cli import main
 from fraud.contract import H_EXC_MESSAGE, H_FIELD, H_OFFSET, H_REASON, H_TOPIC, DeadLetter
 from fraud.dataset import iter_rows
 from fraud.errors import FraudError
@@ -18,6 +17,7 @@ from fraud.replay import CardPool, transaction_event
 from fraud.stream.config import Delivery
 from fraud.stream.metrics import RecordingMetrics
 from fraud.stream.records import ProcessResult, Record
+from fraudctl.cli import main
 from preprocessing.anonymize import AnonymizeKey
 from preprocessing.job import (
     CLEAN,

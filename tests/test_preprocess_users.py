@@ -7,9 +7,9 @@ import time
 import orjson
 import pytest
 
-from fraud.cli import main
 from fraud.errors import FraudError
 from fraud.replay import CardPool
+from fraudctl.cli import main
 from preprocessing.users import UsersTable, load_users, parse_user, synthetic_users
 
 POOL = CardPool(40, 3)

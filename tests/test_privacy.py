@@ -6,9 +6,9 @@ import gzip
 
 import pytest
 
-from fraud.cli import main
 from fraud.errors import FraudError
 from fraud.replay import CardPool
+from fraudctl.cli import main
 from preprocessing.anonymize import AnonymizeKey, Anonymizer
 from preprocessing.privacy import IdScanner, pool_ids, read_ids_file, scan_duckdb, scan_path
 

@@ -9,7 +9,7 @@ import re
 import shlex
 from pathlib import Path
 
-from fraud import cli
+from fraudctl import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fraud import cli, replay
+from fraud import replay
 from fraud.contract import LabelEvent, TransactionEvent
 from fraud.dataset import Row, iter_rows
 from fraud.errors import FraudError
@@ -15,6 +15,7 @@ from fraud.features import FEATURE_NAMES
 from fraud.kafka_config import KafkaClientConfig
 from fraud.paths import SAMPLE_CSV
 from fraud.replay import CardPool, Clock, RateSchedule, ReplayConfig, luhn_check_digit, luhn_valid, replay_rows
+from fraudctl import cli
 
 
 class FakeTime:

@@ -95,7 +95,7 @@ def test_replay_sends_every_row_once_with_labels_after_the_delay(kafka_topic, ka
 def test_fraudctl_replay_command_against_the_broker(kafka_broker, kafka_topic, kafka_client_config):
     topic, labels_topic = kafka_topic(partitions=PARTITIONS), kafka_topic(partitions=PARTITIONS)
     proc = subprocess.run(
-        [sys.executable, "-m", "fraud.cli", "replay", "--bootstrap", kafka_broker.bootstrap, "--topic", topic,
+        [sys.executable, "-m", "fraudctl.cli", "replay", "--bootstrap", kafka_broker.bootstrap, "--topic", topic,
          "--labels-topic", labels_topic, "--limit", "120", "--label-delay", "30", "--flush-labels", "--no-progress"],
         capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
@@ -109,7 +109,7 @@ def test_replay_to_a_missing_topic_fails_fast_in_one_line(kafka_broker, kafka_to
     labels_topic = kafka_topic()
     start = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-m", "fraud.cli", "replay", "--bootstrap", kafka_broker.bootstrap, "--topic", "no.such.topic",
+        [sys.executable, "-m", "fraudctl.cli", "replay", "--bootstrap", kafka_broker.bootstrap, "--topic", "no.such.topic",
          "--labels-topic", labels_topic, "--limit", "5", "--no-progress"],
         capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 1

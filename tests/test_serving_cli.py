@@ -14,7 +14,7 @@ import grpc
 import numpy as np
 import pytest
 
-from fraud import cli
+from fraudctl import cli
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serving import dtypes, rest_json
+from fraud import dtypes
+from serving import rest_json
 from serving.batching import BatchingParameters, BatchScheduler
 from serving.config import (
     ConfigError,

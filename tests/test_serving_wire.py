@@ -1,4 +1,4 @@
-"""serving.wire against the generated protobuf classes: every hand-written codec must read what the
+"""fraud.wire and serving.wire against the generated protobuf classes: every hand-written codec must read what the
 official protos write, and write what they read, with TensorFlow's tensor semantics."""
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ from tensorflow_serving.apis import (  # noqa: E402
     regression_pb2,
 )
 
-from serving import dtypes, wire  # noqa: E402
+from fraud import dtypes  # noqa: E402
+from fraud import wire as codec  # noqa: E402
+from serving import wire  # noqa: E402
 from serving.errors import Code, ServingError  # noqa: E402
 
 ARRAYS = [
@@ -42,7 +44,7 @@ ARRAYS = [
 
 def _decode(proto: tensor_pb2.TensorProto) -> np.ndarray:
     data = proto.SerializeToString()
-    return wire.decode_tensor(data, 0, len(data))
+    return codec.decode_tensor(data, 0, len(data))
 
 
 @pytest.mark.parametrize("arr", ARRAYS, ids=lambda a: f"{a.dtype}{list(a.shape)}")
@@ -55,7 +57,7 @@ def test_decode_reads_make_tensor_proto(arr):
 @pytest.mark.parametrize("as_content", [False, True], ids=["typed-field", "tensor-content"])
 @pytest.mark.parametrize("arr", ARRAYS, ids=lambda a: f"{a.dtype}{list(a.shape)}")
 def test_encode_is_read_by_make_ndarray(arr, as_content):
-    proto = tensor_pb2.TensorProto.FromString(wire.encode_tensor(arr, as_content=as_content))
+    proto = tensor_pb2.TensorProto.FromString(codec.encode_tensor(arr, as_content=as_content))
     assert proto.dtype == dtypes.from_numpy(arr.dtype)
     got = tf.make_ndarray(proto)
     assert got.shape == arr.shape
@@ -76,11 +78,11 @@ def test_typed_fields_packed_and_unpacked_and_fill_rules():
     proto.ClearField("float_val")
     unpacked = b"".join(b"\x2d" + np.float32(v).tobytes() for v in (5.0, 6.0, 7.0, 8.0))  # field 5, fixed32
     data = proto.SerializeToString() + unpacked
-    assert wire.decode_tensor(data, 0, len(data)).tolist() == [5.0, 6.0, 7.0, 8.0]
+    assert codec.decode_tensor(data, 0, len(data)).tolist() == [5.0, 6.0, 7.0, 8.0]
     ints = tensor_pb2.TensorProto(dtype=tf.int64.as_datatype_enum)
     ints.tensor_shape.dim.add().size = 3
-    data = ints.SerializeToString() + b"".join(b"\x50" + wire.encode_varint(v) for v in (1, -1, 300))  # unpacked
-    assert wire.decode_tensor(data, 0, len(data)).tolist() == [1, -1, 300]
+    data = ints.SerializeToString() + b"".join(b"\x50" + codec.encode_varint(v) for v in (1, -1, 300))  # unpacked
+    assert codec.decode_tensor(data, 0, len(data)).tolist() == [1, -1, 300]
 
 
 @pytest.mark.parametrize("mutate", [
@@ -93,17 +95,17 @@ def test_invalid_tensors_are_refused(mutate):
     proto = tensor_pb2.TensorProto(dtype=tf.float32.as_datatype_enum)
     proto.tensor_shape.dim.add().size = 2
     mutate(proto)
-    with pytest.raises(wire.WireError):
+    with pytest.raises(codec.WireError):
         _decode(proto)
 
 
 def test_packed_varints_roundtrip_vectorized():
     values = np.array([0, 1, 127, 128, 300, 2**32, 2**63 - 1, 2**64 - 1], dtype=np.uint64)
-    encoded = wire.encode_packed_varints(values)
-    assert encoded == b"".join(wire.encode_varint(int(v)) for v in values)
-    assert wire.decode_packed_varints(encoded).tolist() == values.tolist()
-    with pytest.raises(wire.WireError):
-        wire.decode_packed_varints(b"\x80\x80")  # truncated
+    encoded = codec.encode_packed_varints(values)
+    assert encoded == b"".join(codec.encode_varint(int(v)) for v in values)
+    assert codec.decode_packed_varints(encoded).tolist() == values.tolist()
+    with pytest.raises(codec.WireError):
+        codec.decode_packed_varints(b"\x80\x80")  # truncated
 
 
 def test_predict_request_with_model_spec_choices_and_output_filter():
@@ -145,14 +147,14 @@ def test_predict_response_is_read_by_official_proto():
     outputs = {"score": np.array([0.25, 0.5], np.float32), "decision": np.array([0, 1], np.int64),
                "label": np.array([b"a", b"b"], dtype=object)}
     for as_content in (False, True):
-        data = wire.encode_predict_response(outputs, wire.encode_model_spec("m", 3, "serving_default"),
+        data = wire.encode_predict_response(outputs, codec.encode_model_spec("m", 3, "serving_default"),
                                             as_content=as_content)
         response = predict_pb2.PredictResponse.FromString(data)
         assert response.model_spec.name == "m" and response.model_spec.version.value == 3
         assert response.model_spec.signature_name == "serving_default"
         assert {k: tf.make_ndarray(v).tolist() for k, v in response.outputs.items()} == {
             k: v.tolist() for k, v in outputs.items()}
-    spec = model_pb2.ModelSpec.FromString(wire.encode_model_spec("m", 0, None))
+    spec = model_pb2.ModelSpec.FromString(codec.encode_model_spec("m", 0, None))
     assert spec.HasField("version") and spec.version.value == 0
 
 
@@ -182,7 +184,7 @@ def test_examples_requests_with_and_without_context():
 def test_classification_and_regression_responses_are_read_by_official_protos():
     labels = np.array([[b"legit", b"fraud"], [b"legit", b"fraud"]], dtype=object)
     scores = np.array([[0.75, 0.25], [0.0, 1.0]], np.float32)
-    spec = wire.encode_model_spec("m", 1, "classify")
+    spec = codec.encode_model_spec("m", 1, "classify")
     response = classification_pb2.ClassificationResponse.FromString(
         wire.encode_classification_response(labels, scores, spec))
     got = [[(c.label, c.score) for c in row.classes] for row in response.result.classifications]
@@ -197,7 +199,7 @@ def test_classification_and_regression_responses_are_read_by_official_protos():
 
 
 def test_encode_example_matches_official_example():
-    data = wire.encode_example({"f": ("float", [1.5, 2.0]), "i": ("int64", [-1, 300]), "b": ("bytes", [b"x"]),
+    data = codec.encode_example({"f": ("float", [1.5, 2.0]), "i": ("int64", [-1, 300]), "b": ("bytes", [b"x"]),
                                 "e": ("", [])})
     ex = example_pb2.Example.FromString(data)
     assert list(ex.features.feature["f"].float_list.value) == [1.5, 2.0]

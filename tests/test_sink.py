@@ -12,11 +12,11 @@ from fraud.errors import FraudError
 from fraud.kafka_config import KafkaClientConfig
 from fraud.stream.metrics import RecordingMetrics
 from fraud.stream.records import Record, RetriableError
-from monitoring import metrics as m
-from monitoring.config import SinkConfig
-from monitoring.sink import SinkJob, parse_batch
 from monitoring.testing import synthetic_scores
-from monitoring.warehouse import DuckDBWarehouse, WarehouseBatch, WriteResult
+from warehouse import metrics as m
+from warehouse.config import SinkConfig
+from warehouse.sink import SinkJob, parse_batch
+from warehouse.store import DuckDBWarehouse, WarehouseBatch, WriteResult
 
 S, L = "fraud.scores", "fraud.labels"
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from fraud.contract import DeadLetter
-from monitoring.kafka_io import read_all
+from fraud.stream.reader import read_all
 from monitoring.testing import produce, synthetic_scores
-from monitoring.warehouse import open_readonly
+from warehouse.store import open_readonly
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +33,7 @@ MALFORMED = [
 
 
 def sink_command(bootstrap: str, scores: str, labels: str, dlq: str, *warehouse: str) -> list[str]:
-    return [sys.executable, "-m", "fraud.cli", "sink", "run", "--bootstrap", bootstrap, "--scores-topic", scores,
+    return [sys.executable, "-m", "fraudctl.cli", "sink", "run", "--bootstrap", bootstrap, "--scores-topic", scores,
             "--labels-topic", labels, "--dlq-topic", dlq, "--batch-max-size", "150",
             "--batch-max-wait-ms", "20", "--group-id", f"sink-{scores}", *warehouse]
 

@@ -16,10 +16,10 @@ import pytest
 from fraud.contract import H_OFFSET, H_REASON, H_TOPIC, DeadLetter
 from fraud.errors import FraudError
 from fraud.kafka_config import KafkaClientConfig
+from fraud.logs import JsonFormatter, log_event
 from fraud.stream import metrics as m
 from fraud.stream.config import ClientKind, Delivery, StreamConfig, stream_options
 from fraud.stream.health import HealthServer
-from fraud.stream.logs import JsonFormatter, log_event
 from fraud.stream.options import add_options, resolve_options
 from fraud.stream.processor import StreamProcessor
 from fraud.stream.records import (

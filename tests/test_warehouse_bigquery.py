@@ -18,10 +18,10 @@ import pytest
 from fraud.contract import LabelEvent, ScoreEvent
 from fraud.errors import FraudError
 from fraud.stream.records import Record, RetriableError
-from monitoring.bigquery_warehouse import BigQueryWarehouse, merge_script
-from monitoring.config import BigQueryConfig
 from monitoring.testing import synthetic_scores
-from monitoring.warehouse import LabelRecord, Located, ScoreRecord, WarehouseBatch
+from warehouse.bigquery import BigQueryWarehouse, merge_script
+from warehouse.config import BigQueryConfig
+from warehouse.store import LabelRecord, Located, ScoreRecord, WarehouseBatch
 
 PROJECT, DATASET = "test-project", "fraud"
 
@@ -254,8 +254,8 @@ def test_sink_job_writes_through_bigquery_and_resumes_from_its_offsets(fake_bq: 
     """SinkJob (no Kafka: a fake reader) -> BigQueryWarehouse -> the fake server, twice: the second run
     starts from the offsets the first stored, and a transient 503 is retried with the same batch."""
     from fraud.kafka_config import KafkaClientConfig
-    from monitoring.config import SinkConfig
-    from monitoring.sink import SinkJob, make_warehouse
+    from warehouse.config import SinkConfig
+    from warehouse.sink import SinkJob, make_warehouse
 
     data = synthetic_scores(300, seed=17)
     records = [Record("fraud.scores", 0, i, d.score.transaction_id.encode(), d.score.to_json(), 0)

@@ -8,7 +8,7 @@ import pytest
 
 from fraud.contract import LabelEvent, ScoreEvent
 from fraud.errors import FraudError
-from monitoring.warehouse import DuckDBWarehouse, LabelRecord, Located, ScoreRecord, WarehouseBatch, open_readonly
+from warehouse.store import DuckDBWarehouse, LabelRecord, Located, ScoreRecord, WarehouseBatch, open_readonly
 
 SCORES = "fraud.scores"
 LABELS = "fraud.labels"
@@ -92,7 +92,7 @@ def test_a_later_label_replaces_an_earlier_one_but_not_the_other_way(warehouse: 
 
 def test_a_failed_batch_leaves_no_trace(warehouse: DuckDBWarehouse, monkeypatch: pytest.MonkeyPatch):
     warehouse.write(WarehouseBatch(scores=[score("a", 0)], offsets={(SCORES, 0): 1}))
-    import monitoring.warehouse as wmod
+    import warehouse.store as wmod
 
     def broken_label_row(rec, ts):
         raise RuntimeError("disk full")

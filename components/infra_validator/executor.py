@@ -29,7 +29,7 @@ from tfx.types import artifact_utils
 from tfx.utils import io_utils, path_utils, proto_utils
 
 from components.infra_validator import spec as keys
-from fraud.signature import DECISION, REQUIRED_OUTPUTS, SCORE, THRESHOLD
+from fraud.signature import DECISION, DEFAULT_MODEL_NAME, REQUIRED_OUTPUTS, SCORE, THRESHOLD
 
 _DEFAULT_MAX_LOADING_SECONDS = 300
 _DEFAULT_TAGS = ("serve",)
@@ -294,7 +294,6 @@ class Executor(base_executor.BaseExecutor):
         validation_spec = infra_validator_pb2.ValidationSpec()
         if exec_properties.get(keys.VALIDATION_SPEC_KEY):
             proto_utils.json_to_proto(exec_properties[keys.VALIDATION_SPEC_KEY], validation_spec)
-        from fraud.signature import DEFAULT_MODEL_NAME
 
         model_name = exec_properties.get(keys.MODEL_NAME_KEY) or DEFAULT_MODEL_NAME
         model_path = path_utils.serving_model_path(model.uri, path_utils.is_old_model_artifact(model))

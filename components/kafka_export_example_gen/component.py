@@ -16,8 +16,8 @@ from tfx.types import standard_artifacts
 
 from components.kafka_export_example_gen import executor
 from components.kafka_export_example_gen.spec import KafkaExportExampleGenSpec
+from fraud.spans import span_pattern
 from fraud.topics import TRANSACTIONS
-from pipeline.spans import span_pattern
 
 TRAIN_SPLIT = "train"
 EVAL_SPLIT = "eval"

@@ -35,9 +35,9 @@ from tfx.utils import proto_utils
 from tfx_bsl.coders import example_coder
 
 from components.kafka_export_example_gen import spec
+from fraud import spans
 from fraud.contract import ContractError, TransactionEvent
 from fraud.features import CARD_ID_KEY, EVENT_TIME_KEY, FEATURE_NAMES, LABEL_KEY, TRANSACTION_ID_KEY
-from pipeline import spans
 
 _COUNTS_URI_KEY = "_counts_uri"
 SortKey = tuple[int, str]

@@ -24,6 +24,8 @@ COPY serving serving
 COPY kafka_bridge kafka_bridge
 COPY preprocessing preprocessing
 COPY monitoring monitoring
+COPY warehouse warehouse
+COPY fraudctl fraudctl
 RUN /opt/fraud/bin/pip install --no-deps . \
  && /opt/fraud/bin/fraudctl --help > /dev/null \
  && /opt/fraud/bin/fraudctl bridge run --help > /dev/null \

@@ -16,8 +16,9 @@ from fraud.embedded.broker import BrokerConfig, KafkaBroker
 from fraud.embedded.connect import ConnectConfig, ConnectStandalone
 from fraud.embedded.process import free_port
 from fraud.errors import FraudError
-from fraud.kafka_config import KafkaClientConfig
+from fraud.kafka_config import KafkaClientConfig, ensure_topics
 from fraud.paths import load_paths
+from fraud.topics import TopicSpec
 
 TEST_BROKER_HEAP = "384m"
 TEST_CONNECT_HEAP = "256m"
@@ -111,9 +112,6 @@ def unique_topic_name(prefix: str = "test") -> str:
 def create_topic(
     config: KafkaClientConfig, name: str, partitions: int = 1, topic_config: Mapping[str, str] | None = None
 ) -> str:
-    from fraud.kafka_config import ensure_topics
-    from fraud.topics import TopicSpec
-
     ensure_topics(config, [TopicSpec(name, partitions, dict(topic_config or {}))])
     return name
 

@@ -11,13 +11,11 @@ a transaction is never open while partitions can move.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from fraud.stream.config import ClientKind, StreamConfig
-from fraud.stream.records import Output, Record, TopicPartition
-
-PartitionsCallback = Callable[[list[TopicPartition]], None]
+from fraud.stream.records import Output, PartitionsCallback, Record, TopicPartition
 
 
 class Delivery(Protocol):

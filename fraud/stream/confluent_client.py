@@ -13,10 +13,17 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from fraud.stream.clients import PartitionsCallback
+from fraud.logs import log_event
 from fraud.stream.config import StreamConfig
-from fraud.stream.logs import log_event
-from fraud.stream.records import FatalError, Output, ProducerNeedsReset, Record, RetriableError, TopicPartition
+from fraud.stream.records import (
+    FatalError,
+    Output,
+    PartitionsCallback,
+    ProducerNeedsReset,
+    Record,
+    RetriableError,
+    TopicPartition,
+)
 
 log = logging.getLogger("fraud.stream.confluent")
 #: librdkafka's own log lines (connection failures, session timeouts) go through Python logging, so they are

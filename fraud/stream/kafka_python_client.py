@@ -12,9 +12,16 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from fraud.stream.clients import PartitionsCallback
 from fraud.stream.config import StreamConfig
-from fraud.stream.records import FatalError, Output, ProducerNeedsReset, Record, RetriableError, TopicPartition
+from fraud.stream.records import (
+    FatalError,
+    Output,
+    PartitionsCallback,
+    ProducerNeedsReset,
+    Record,
+    RetriableError,
+    TopicPartition,
+)
 
 log = logging.getLogger("fraud.stream.kafka_python")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from fraud.errors import FraudError
@@ -26,6 +27,10 @@ def parse_bool(text: str) -> bool:
     if low in _FALSE:
         return False
     raise ValueError(f"expected one of {'/'.join(_TRUE + _FALSE)}")
+
+
+def parse_path(text: str) -> Path:
+    return Path(text).expanduser()
 
 
 def parse_csv(text: str) -> tuple[str, ...]:
@@ -102,3 +107,13 @@ def resolve_options(options: Iterable[Option], args: argparse.Namespace | None, 
             raise FraudError(f"{where}={raw!r}: must be >= {opt.minimum:g}")
         out[opt.name] = value
     return out
+
+
+#: Options every reader service (sink, monitor) has: its exit when idle, /healthz and /metrics, log level.
+READER_SERVICE_OPTIONS: tuple[Option, ...] = (
+    Option("stop_when_idle_s", float, 0.0, "exit once every partition is read to its end and no record came for "
+           "this many seconds (0: run until stopped)", minimum=0),
+    Option("http_host", str, "127.0.0.1", "bind address of /healthz and /metrics"),
+    Option("http_port", int, -1, "port of /healthz and /metrics (-1: off, 0: any free port)", minimum=-1),
+    Option("log_level", str, "INFO", "log level", choices=["DEBUG", "INFO", "WARNING", "ERROR"]),
+)

@@ -33,11 +33,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from fraud.contract import DeadLetter
+from fraud.logs import log_event
 from fraud.stream import metrics as m
 from fraud.stream.clients import StreamClient, make_client
 from fraud.stream.config import StreamConfig
 from fraud.stream.health import HealthServer
-from fraud.stream.logs import log_event
 from fraud.stream.metrics import Metrics, PrometheusMetrics
 from fraud.stream.records import (
     FatalError,

@@ -15,6 +15,8 @@ from fraud.contract import DeadLetter
 
 #: (topic, partition): client-neutral name of a topic partition.
 TopicPartition = tuple[str, int]
+#: A rebalance callback: the partitions assigned, revoked or lost.
+PartitionsCallback = Callable[[list[TopicPartition]], None]
 
 
 @dataclass(frozen=True, slots=True)

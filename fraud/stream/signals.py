@@ -7,7 +7,7 @@ import signal
 import threading
 from typing import Any
 
-from fraud.stream.logs import log_event
+from fraud.logs import log_event
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Benchmark: the whole training pipeline on the full data set, and the models it trains.
 
-    .venv/bin/python bench/pipeline.py [--csv PATH] [--home DIR] [--keep]
+    .venv/bin/python bench/bench_pipeline.py [--csv PATH] [--home DIR] [--keep]
 
 1. Writes the full data set as one export span (TransactionEvents with labels, JSON lines, 4
    partitions) in a fresh FRAUD_HOME, exactly what `fraudctl export` writes.
@@ -28,16 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script from the checkout
-    sys.path.insert(0, str(ROOT))
-
-from fraud import signature  # noqa: E402
-from fraud.dataset import iter_rows, load_arrays  # noqa: E402
-from fraud.features import FEATURE_NAMES  # noqa: E402
-from fraud.paths import Paths, load_paths  # noqa: E402
-from fraud.replay import CardPool, transaction_event  # noqa: E402
-from fraud.topics import TRANSACTIONS  # noqa: E402
+from fraud import signature
+from fraud.dataset import iter_rows, load_arrays
+from fraud.features import FEATURE_NAMES
+from fraud.paths import Paths, load_paths
+from fraud.replay import CardPool, transaction_event
+from fraud.topics import TRANSACTIONS
 
 EVAL_FRACTION = 0.2
 
@@ -129,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     csv = args.csv or load_paths().dataset_csv_gz
     if not csv.exists():
-        print(f"bench/pipeline.py: {csv} not found (fraudctl data fetch, or --csv PATH)", file=sys.stderr)
+        print(f"bench/bench_pipeline.py: {csv} not found (fraudctl data fetch, or --csv PATH)", file=sys.stderr)
         return 1
     home = args.home or Path(tempfile.mkdtemp(prefix="fraud-bench-"))
     paths = Paths(home=home.resolve(), cache=load_paths().cache)

@@ -1,4 +1,6 @@
-"""Structured logs: one JSON object per line, with the ids an operator needs to follow one event.
+"""Structured logs, the one format of every service: one JSON object per line
+(`{"ts", "level", "logger", "event", <fields>}`, level in lower case), with the ids an operator needs
+to follow one event (transaction id, offset, model, version, ...).
 
 `configure_logging(level)` installs the JSON formatter on the root logger (services call it once at
 start-up); `log_event(logger, level, event, **fields)` logs an event name with fields, e.g.
@@ -44,7 +46,7 @@ def configure_logging(level: str | int = "INFO", stream: TextIO | None = None) -
         root.removeHandler(h)
     root.addHandler(handler)
     root.setLevel(level if isinstance(level, int) else level.upper())
-    for noisy in ("kafka", "urllib3"):  # kafka-python logs every reconnect at INFO/WARNING
+    for noisy in ("kafka", "urllib3", "absl"):  # kafka-python logs every reconnect at INFO/WARNING
         logging.getLogger(noisy).setLevel(max(root.level, logging.ERROR))
 
 

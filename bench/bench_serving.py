@@ -1,6 +1,6 @@
 """Benchmark the model server: rows/s over gRPC against calling the same SavedModel signature in process.
 
-    .venv/bin/python bench/serving.py [--clients 4] [--seconds 6] [--rounds 3] [--batch-sizes 1,32,256]
+    .venv/bin/python bench/bench_serving.py [--clients 4] [--seconds 6] [--rounds 3] [--batch-sizes 1,32,256]
 
 For each batch size, with the same number of concurrent callers (threads):
 - in-process: `loaded.signatures["serving_default"](examples=<tensor>)` in this process (the model's own
@@ -30,11 +30,7 @@ import threading
 import time
 from pathlib import Path
 
-# This file is bench/serving.py: run as a script, its own directory comes first on sys.path and
-# `import serving` would import this file instead of the serving package. Drop that entry.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
-import numpy as np  # noqa: E402
+import numpy as np
 
 MODEL = "bench"
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100

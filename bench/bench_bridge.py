@@ -8,14 +8,14 @@ For each Kafka client (kafka-python, confluent-kafka):
 3. bridge at offered rates (fractions of its maximum): latency from the transaction's produce time to
    the score being readable by a consumer, p50/p99 (goal p99 <= 50 ms at half the maximum rate).
 Before that, one micro-benchmark: building a raw tf.Example per event by hand-encoding the wire format
-(kafka_bridge.wire) against tf.train.Example + SerializeToString.
+(fraud.wire) against tf.train.Example + SerializeToString.
 
 Throughput is counted from the output records' own timestamps (first to last), so process start-up
 does not count. Each stage runs as its own process (broker, model server, worker, and the paced producer
 of the latency stages); this script fills the throughput topics and reads.
 
-    .venv/bin/python bench/bridge.py                        # both clients, at-least-once
-    .venv/bin/python bench/bridge.py --delivery exactly_once --clients confluent-kafka --events 20000
+    .venv/bin/python bench/bench_bridge.py                        # both clients, at-least-once
+    .venv/bin/python bench/bench_bridge.py --delivery exactly_once --clients confluent-kafka --events 20000
 """
 
 from __future__ import annotations
@@ -37,10 +37,6 @@ from fraud.features import FEATURE_NAMES
 from fraud.kafka_config import KafkaClientConfig, ensure_topics
 from fraud.topics import TopicSpec
 
-# `python bench/bridge.py` puts bench/ first on sys.path, where bench/serving.py would shadow the serving
-# package this script starts the model server from.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-
 PARTITIONS = 4
 
 
@@ -56,7 +52,7 @@ def _event(i: int, rng: np.random.Generator) -> tuple[bytes, bytes]:
 def bench_example_encoding(n: int = 2000) -> None:
     import tensorflow as tf
 
-    from kafka_bridge.wire import ExampleEncoder
+    from fraud.wire import ExampleEncoder
 
     rows = np.random.default_rng(0).normal(size=(n, len(FEATURE_NAMES))).tolist()
     t = time.perf_counter()
@@ -166,7 +162,7 @@ def worker(kind: str, env: dict[str, str], log: Path) -> Iterator[subprocess.Pop
 
 def passthrough_worker() -> int:
     """Entry of the passthrough process: the same fraud.stream processor, identity process function."""
-    from fraud.stream.logs import configure_logging
+    from fraud.logs import configure_logging
     from fraud.stream.processor import StreamProcessor
     from fraud.stream.records import Output, ProcessResult
     from kafka_bridge.config import BridgeConfig
@@ -220,7 +216,7 @@ def run_client(client: str, args: argparse.Namespace, bootstrap: str, server_por
     results: dict = {"client": client}
 
     def topics(stage: str) -> dict[str, str]:
-        base = f"bench.bridge.{client}.{stage}.{int(time.time() * 1000)}"
+        base = f"bench_bridge.{client}.{stage}.{int(time.time() * 1000)}"
         names = {"in": base + ".in", "out": base + ".out", "dlq": base + ".dlq"}
         ensure_topics(kafka, [TopicSpec(names["in"], PARTITIONS), TopicSpec(names["out"], PARTITIONS),
                               TopicSpec(names["dlq"], 1), TopicSpec(names["in"] + ".warmup", 1)])

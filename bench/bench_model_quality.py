@@ -1,9 +1,9 @@
 """Model quality without the rest of the pipeline: retrain one model on a kept pipeline run's
 Transform outputs and score the eval split, in one process (seconds to minutes instead of a run).
 
-    .venv/bin/python bench/pipeline.py --csv ... --home /tmp/bench      # once, keeps its state
-    .venv/bin/python bench/model_quality.py --home /tmp/bench autoencoder '{"seeds": 2}'
-    .venv/bin/python bench/model_quality.py --home /tmp/bench supervised '{"widths": [128, 64]}'
+    .venv/bin/python bench/bench_pipeline.py --csv ... --home /tmp/bench      # once, keeps its state
+    .venv/bin/python bench/bench_model_quality.py --home /tmp/bench autoencoder '{"seeds": 2}'
+    .venv/bin/python bench/bench_model_quality.py --home /tmp/bench supervised '{"widths": [128, 64]}'
 
 The same code as the Trainer (`pipeline.training.run_training`); the configuration is a JSON object
 of AutoencoderConfig / SupervisedConfig fields. Baseline in the same run: the model the pipeline
@@ -21,12 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from fraud import signature  # noqa: E402
-from fraud.features import LABEL_KEY  # noqa: E402
+from fraud import signature
+from fraud.features import LABEL_KEY
 
 
 def _latest(directory: Path) -> Path:
@@ -63,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--home", type=Path, required=True, help="FRAUD_HOME of a kept bench/pipeline.py run")
+    parser.add_argument("--home", type=Path, required=True, help="FRAUD_HOME of a kept bench/bench_pipeline.py run")
     parser.add_argument("kind", choices=("autoencoder", "supervised"))
     parser.add_argument("config", nargs="?", default="{}", help="JSON object of config fields")
     args = parser.parse_args(argv)

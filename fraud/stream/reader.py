@@ -19,8 +19,8 @@ from typing import Any
 from fraud.contract import DeadLetter
 from fraud.errors import FraudError
 from fraud.kafka_config import KafkaClientConfig
+from fraud.logs import log_event
 from fraud.stream.confluent_client import rdkafka_log, records_from_messages
-from fraud.stream.logs import log_event
 from fraud.stream.records import Record, RetriableError, TopicPartition
 
 log = logging.getLogger("monitoring.kafka")

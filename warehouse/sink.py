@@ -27,17 +27,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from fraud.contract import MALFORMED_JSON, ContractError, DeadLetter, LabelEvent, ScoreEvent
+from fraud.logs import log_event
 from fraud.stream.health import HealthServer
-from fraud.stream.logs import log_event
 from fraud.stream.metrics import Metrics, PrometheusMetrics
+from fraud.stream.reader import EventProducer, PartitionReader
 from fraud.stream.records import Record, RetriableError, next_offsets
 from fraud.stream.signals import install_stop_handlers
-from monitoring import metrics as m
-from monitoring.config import SinkConfig
-from monitoring.kafka_io import EventProducer, PartitionReader
-from monitoring.warehouse import LabelRecord, Located, ScoreRecord, Warehouse, WarehouseBatch
+from warehouse import metrics as m
+from warehouse.config import SinkConfig
+from warehouse.store import LabelRecord, Located, ScoreRecord, Warehouse, WarehouseBatch
 
-log = logging.getLogger("monitoring.sink")
+log = logging.getLogger("warehouse.sink")
 COMPONENT = "warehouse_sink"
 
 
@@ -239,11 +239,11 @@ def _caught_up(reader: Any) -> bool:
 
 def make_warehouse(config: SinkConfig) -> Warehouse:
     if config.warehouse == "bigquery":
-        from monitoring.bigquery_warehouse import BigQueryWarehouse
+        from warehouse.bigquery import BigQueryWarehouse
 
         assert config.bigquery is not None
         return BigQueryWarehouse(config.bigquery)
-    from monitoring.warehouse import DuckDBWarehouse
+    from warehouse.store import DuckDBWarehouse
 
     assert config.duckdb_path is not None
     return DuckDBWarehouse(config.duckdb_path)

@@ -28,10 +28,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from fraud.errors import FraudError
-from fraud.stream.logs import log_event
+from fraud.logs import log_event
 from fraud.stream.records import RetriableError
-from monitoring.config import BigQueryConfig
-from monitoring.warehouse import (
+from warehouse.config import BigQueryConfig
+from warehouse.store import (
     LABEL_COLUMNS,
     OFFSET_COLUMNS,
     SCORE_COLUMNS,

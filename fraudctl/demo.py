@@ -34,8 +34,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from fraud import spans, topics
+from fraud.dataset import count_rows
+from fraud.embedded.broker import BrokerConfig, KafkaBroker, running_bootstrap
+from fraud.embedded.connect import ConnectConfig, ConnectStandalone
+from fraud.embedded.process import PythonService
 from fraud.errors import FraudError
+from fraud.kafka_config import KafkaClientConfig, ensure_topics
 from fraud.paths import SAMPLE_CSV, Paths, load_paths
+from kafka_bridge.config import DEFAULT_GROUP as BRIDGE_GROUP
+from monitoring.report import load_snapshot
+from pipeline.report import artifact_property, latest_run, read_evaluation
+from preprocessing.job import DEFAULT_GROUP as PREPROCESS_GROUP
+from warehouse.store import live_summary
 
 MODEL_NAME = "fraud"
 
@@ -99,7 +110,7 @@ def _say(step: str, text: str) -> None:
 
 def _fraudctl(args: Sequence[str], *, log: Path | None = None) -> str:
     """Runs `fraudctl ARGS` (same interpreter). Its output goes to the terminal, or to `log` (quiet steps)."""
-    cmd = [sys.executable, "-m", "fraud.cli", *args]
+    cmd = [sys.executable, "-m", "fraudctl.cli", *args]
     if log is None:
         done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
         if done.stdout:
@@ -146,8 +157,6 @@ class Service:
     ready_url: str
 
     def handle(self, paths: Paths):
-        from fraud.embedded.process import PythonService
-
         return PythonService(self.name, self.label, paths.run_dir / self.name, self.args[0])
 
     def start(self, paths: Paths, timeout_s: float = 180.0) -> str:
@@ -169,7 +178,7 @@ def services(config: DemoConfig) -> list[Service]:
     bootstrap = ("--bootstrap", _bootstrap(paths))
     preprocess = Service(
         "preprocess", "preprocessing job",
-        ("fraud.cli", "preprocess", "run", "--key-file", str(config.key_file), "--delivery", config.delivery,
+        ("fraudctl.cli", "preprocess", "run", "--key-file", str(config.key_file), "--delivery", config.delivery,
          "--http-port", str(config.port("preprocess")), *bootstrap),
         f"http://127.0.0.1:{config.port('preprocess')}/readyz")
     server = Service(
@@ -179,17 +188,17 @@ def services(config: DemoConfig) -> list[Service]:
         f"http://127.0.0.1:{config.port('rest')}/v1/models/{MODEL_NAME}")
     bridge = Service(
         "bridge", "bridge",
-        ("fraud.cli", "bridge", "run", "--server", f"127.0.0.1:{config.port('grpc')}", "--delivery", config.delivery,
+        ("fraudctl.cli", "bridge", "run", "--server", f"127.0.0.1:{config.port('grpc')}", "--delivery", config.delivery,
          "--http-port", str(config.port("bridge")), *bootstrap),
         f"http://127.0.0.1:{config.port('bridge')}/readyz")
     sink = Service(
         "sink", "warehouse sink",
-        ("fraud.cli", "sink", "run", "--duckdb-path", str(config.warehouse),
+        ("fraudctl.cli", "sink", "run", "--duckdb-path", str(config.warehouse),
          "--http-port", str(config.port("sink")), *bootstrap),
         f"http://127.0.0.1:{config.port('sink')}/healthz")
     monitor = Service(
         "monitor", "monitor",
-        ("fraud.cli", "monitor", "run", "--http-port", str(config.port("monitor")), "--publish-interval-s", "5",
+        ("fraudctl.cli", "monitor", "run", "--http-port", str(config.port("monitor")), "--publish-interval-s", "5",
          *bootstrap),
         f"http://127.0.0.1:{config.port('monitor')}/healthz")
     return [preprocess, server, bridge, sink, monitor]
@@ -200,8 +209,6 @@ def _service(config: DemoConfig, name: str) -> Service:
 
 
 def _bootstrap(paths: Paths) -> str:
-    from fraud.embedded.broker import running_bootstrap
-
     return running_bootstrap(paths.kafka_dir) or f"127.0.0.1:{PORTS['kafka']}"
 
 
@@ -210,8 +217,6 @@ def _bootstrap(paths: Paths) -> str:
 
 
 def _client(paths: Paths, client_id: str):
-    from fraud.kafka_config import KafkaClientConfig
-
     return KafkaClientConfig(bootstrap_servers=(_bootstrap(paths),), client_id=client_id)
 
 
@@ -284,7 +289,6 @@ def split_source(config: DemoConfig) -> tuple[int, int]:
     The split is made once: a re-run keeps the existing history file, so no row is both trained on and
     replayed as live traffic.
     """
-    from fraud.dataset import count_rows
 
     total = count_rows(config.source)
     if config.history_csv.exists():
@@ -319,10 +323,6 @@ def pushed_versions(paths: Paths) -> list[int]:
 
 
 def run(config: DemoConfig) -> int:
-    from fraud import topics
-    from fraud.embedded.broker import BrokerConfig, KafkaBroker
-    from fraud.kafka_config import ensure_topics
-
     paths = config.paths
     started = time.monotonic()
 
@@ -344,7 +344,6 @@ def run(config: DemoConfig) -> int:
         # The seed's users table, which the job joins transactions with (a compacted topic: re-writing is idempotent).
         _fraudctl(["preprocess", "users", "--synthetic", "--bootstrap", broker.bootstrap])
     _say("preprocess", _service(config, "preprocess").start(paths))
-    from preprocessing.job import DEFAULT_GROUP as PREPROCESS_GROUP
 
     inputs = [topics.INGEST_CSV.name, topics.TRANSACTIONS_RAW.name]
     took = _wait("the preprocessing job to catch up", lambda: caught_up(paths, PREPROCESS_GROUP, inputs),
@@ -355,8 +354,6 @@ def run(config: DemoConfig) -> int:
         _say("train", f"reusing the pushed model versions {pushed_versions(paths)} "
                       "(`fraudctl export && fraudctl train` retrains on new data)")
     else:
-        from pipeline import spans
-
         if not any(s.complete for s in spans.list_spans(paths.exports_dir)):
             _fraudctl(["export", "--bootstrap", broker.bootstrap])
         log = config.logs_dir / "train.log"
@@ -367,7 +364,6 @@ def run(config: DemoConfig) -> int:
     if not pushed_versions(paths):
         raise FraudError("the pipeline pushed no model (not blessed?); see `fraudctl report`")
 
-    from kafka_bridge.config import DEFAULT_GROUP as BRIDGE_GROUP
 
     if commit_at_end(paths, BRIDGE_GROUP, topics.TRANSACTIONS.name):
         _say("bridge", "first run: the bridge starts after the history (only live traffic is scored)")
@@ -378,7 +374,7 @@ def run(config: DemoConfig) -> int:
     _fraudctl(["replay", *sample_rows, "--rate", str(config.rate), "--label-delay", str(config.label_delay_s),
                "--bootstrap", broker.bootstrap])
 
-    from monitoring.config import SinkConfig
+    from warehouse.config import SinkConfig
 
     for what, group, names in (
         ("the preprocessing job", PREPROCESS_GROUP, inputs),
@@ -402,21 +398,9 @@ def summarize(config: DemoConfig) -> str:
     monitor_report = _fraudctl(["monitor", "report"], log=config.logs_dir / "monitor-report.log").strip().splitlines()[-1]
     monitor_report = monitor_report.removeprefix("monitor report: ")
     _service(config, "sink").handle(paths).stop()
-    from monitoring.warehouse import open_readonly
 
-    con = open_readonly(config.warehouse)
-    try:
-        scored, alerts, versions = con.execute(
-            "SELECT count(*), count(*) FILTER (WHERE decision), string_agg(DISTINCT CAST(model_version AS VARCHAR), ',') "
-            "FROM scores").fetchone()
-        tp, fp, fn, labelled = con.execute(
-            "SELECT count(*) FILTER (WHERE s.decision AND l.label = 1), count(*) FILTER (WHERE s.decision AND l.label = 0),"
-            " count(*) FILTER (WHERE NOT s.decision AND l.label = 1), count(*) "
-            "FROM scores s JOIN labels l USING (transaction_id)").fetchone()
-    finally:
-        con.close()
-    precision = tp / (tp + fp) if tp + fp else float("nan")
-    recall = tp / (tp + fn) if tp + fn else float("nan")
+    live = live_summary(config.warehouse)
+    versions = ",".join(str(v) for v in live.model_versions)
     return "\n".join([
         "",
         "=== fraud detection demo ===",
@@ -425,16 +409,16 @@ def summarize(config: DemoConfig) -> str:
         f"monitor report  : {monitor_report}",
         monitor_line(paths),
         f"warehouse       : {config.warehouse} (tables scores, labels; the sink was stopped so you can open it)",
-        f"live stream     : {scored} transactions scored by model versions {versions}, {alerts} alerts",
-        f"labelled        : {labelled}; at the shipped threshold precision {precision:.3f}, recall {recall:.3f} "
-        f"({tp} frauds caught, {fn} missed, {fp} false alerts)",
+        f"live stream     : {live.scored} transactions scored by model versions {versions}, {live.alerts} alerts",
+        f"labelled        : {live.labelled}; at the shipped threshold precision {live.precision:.3f}, "
+        f"recall {live.recall:.3f} ({live.true_positives} frauds caught, {live.false_negatives} missed, "
+        f"{live.false_positives} false alerts)",
         "",
     ])
 
 
 def model_lines(paths: Paths) -> list[str]:
     """What the latest pipeline run's Evaluators measured and what it pushed (as `fraudctl report` shows)."""
-    from pipeline.report import artifact_property, latest_run, read_evaluation
 
     record = latest_run(paths.metadata_path)
     lines = []
@@ -458,7 +442,6 @@ def monitor_line(paths: Paths) -> str:
     """The alerts in the monitor's snapshot (what `fraudctl monitor report` renders)."""
     from collections import Counter
 
-    from monitoring.report import load_snapshot
 
     if not paths.monitor_snapshot.exists():
         return "monitor         : no snapshot yet"
@@ -469,9 +452,6 @@ def monitor_line(paths: Paths) -> str:
 
 
 def stop(paths: Paths) -> int:
-    from fraud.embedded.broker import BrokerConfig, KafkaBroker
-    from fraud.embedded.connect import ConnectConfig, ConnectStandalone
-
     config = DemoConfig(paths=paths)
     for svc in reversed(services(config)):
         _say(svc.name, svc.handle(paths).stop())
@@ -481,8 +461,6 @@ def stop(paths: Paths) -> int:
 
 
 def status(paths: Paths) -> int:
-    from fraud.embedded.broker import BrokerConfig, KafkaBroker
-
     broker = KafkaBroker(BrokerConfig(state_dir=paths.kafka_dir, jars_dir=paths.jars_dir)).status()
     _say("kafka", broker.detail or "stopped")
     for svc in services(DemoConfig(paths=paths)):

@@ -1,28 +1,36 @@
 """`fraudctl`: the project's one command line.
 
-Each concern keeps its subcommands in its own module, which exposes `register(subparsers)`; the list
-below is the only place they are wired in. Handlers import heavy packages (TensorFlow, TFX) lazily so
-`fraudctl --help` stays fast.
+Each concern keeps its subcommands in its own `cli` module, which exposes `register(subparsers)`; the
+list below is the only place they are wired in. Handlers import heavy packages (TensorFlow, TFX) lazily
+so `fraudctl --help` stays fast.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
+from types import ModuleType
 
+import kafka_bridge.cli
+import monitoring.cli
+import pipeline.cli
+import preprocessing.cli
+import serving.cli
+import warehouse.cli
 from fraud.errors import FraudError
+from fraudctl import data, demo, kafka
 
 #: Modules that register subcommands, in the order `fraudctl --help` lists them.
-COMMAND_MODULES: tuple[str, ...] = (
-    "fraud.demo",
-    "fraud.data_cli",
-    "fraud.embedded.cli",
-    "preprocessing.cli",
-    "pipeline.cli",
-    "serving.cli",
-    "kafka_bridge.cli",
-    "monitoring.cli",
+COMMAND_MODULES: tuple[ModuleType, ...] = (
+    demo,
+    data,
+    kafka,
+    preprocessing.cli,
+    pipeline.cli,
+    serving.cli,
+    kafka_bridge.cli,
+    warehouse.cli,
+    monitoring.cli,
 )
 
 
@@ -31,8 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fraudctl", description="Real-time credit-card fraud detection on TFX and Apache Kafka."
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(subparsers)
+    for module in COMMAND_MODULES:
+        module.register(subparsers)
     _record_prog(parser)
     return parser
 

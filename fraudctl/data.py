@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from fraud import replay
+from fraud.dataset import dataset_info, fetch_dataset
+from fraud.errors import FraudError
 from fraud.kafka_config import KafkaClientConfig
 from fraud.paths import SAMPLE_CSV, load_paths
 from fraud.topics import LABELS, TRANSACTIONS_RAW
@@ -57,8 +60,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _fetch(args: argparse.Namespace) -> int:
-    from fraud.dataset import fetch_dataset
-
     result = fetch_dataset(load_paths(), args.source, force=args.force)
     if result.source == "existing":
         print(f"{result.path}: already there, sha256 {result.sha256} verified")
@@ -68,9 +69,6 @@ def _fetch(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from fraud.dataset import dataset_info
-    from fraud.errors import FraudError
-
     path = SAMPLE_CSV if args.sample else (args.file or load_paths().dataset_csv_gz)
     if args.file is None and not args.sample and not path.is_file():
         raise FraudError(f"no dataset at {path}: run `fraudctl data fetch` (or pass --file / --sample)")
@@ -85,8 +83,6 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from fraud import replay
-
     overrides = {k: v for k, v in (("base_time_ms", args.base_time_ms), ("cards", args.cards), ("seed", args.seed))
                  if v is not None}
     kafka = KafkaClientConfig.from_env_and_args(args, client_id=replay.CLIENT_ID)

@@ -91,7 +91,7 @@ class Warehouse(Protocol):
 # ---------------------------------------------------------------------------------------------
 # Rows (shared by the DuckDB and BigQuery implementations)
 
-#: Column name -> DuckDB type, in table order. BigQuery maps the same columns (see bigquery_warehouse).
+#: Column name -> DuckDB type, in table order. BigQuery maps the same columns (see warehouse.bigquery).
 SCORE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("transaction_id", "VARCHAR"),
     ("event_time_ms", "BIGINT"),
@@ -316,3 +316,43 @@ def open_readonly(path: Path) -> Any:
         return duckdb.connect(str(path), read_only=True)
     except duckdb.IOException as exc:
         raise FraudError(f"cannot open the warehouse {path} read-only: {str(exc).splitlines()[0]}") from None
+
+
+@dataclass(frozen=True)
+class LiveSummary:
+    """What the warehouse holds of the live stream: scores, alerts, and the decisions' confusion counts
+    over the transactions whose label arrived."""
+
+    scored: int
+    alerts: int
+    model_versions: tuple[int, ...]
+    labelled: int
+    true_positives: int
+    false_positives: int
+    false_negatives: int
+
+    @property
+    def precision(self) -> float:
+        flagged = self.true_positives + self.false_positives
+        return self.true_positives / flagged if flagged else float("nan")
+
+    @property
+    def recall(self) -> float:
+        frauds = self.true_positives + self.false_negatives
+        return self.true_positives / frauds if frauds else float("nan")
+
+
+def live_summary(path: Path) -> LiveSummary:
+    """Counts over the `scores` and `labels` tables of the DuckDB warehouse at `path` (opened read-only)."""
+    con = open_readonly(path)
+    try:
+        scored, alerts = con.execute("SELECT count(*), count(*) FILTER (WHERE decision) FROM scores").fetchone()
+        versions = tuple(v for (v,) in con.execute(
+            "SELECT DISTINCT model_version FROM scores ORDER BY model_version").fetchall())
+        tp, fp, fn, labelled = con.execute(
+            "SELECT count(*) FILTER (WHERE s.decision AND l.label = 1), count(*) FILTER (WHERE s.decision AND l.label = 0),"
+            " count(*) FILTER (WHERE NOT s.decision AND l.label = 1), count(*) "
+            "FROM scores s JOIN labels l USING (transaction_id)").fetchone()
+    finally:
+        con.close()
+    return LiveSummary(scored, alerts, versions, labelled, tp, fp, fn)

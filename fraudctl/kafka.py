@@ -11,7 +11,13 @@ import argparse
 import sys
 from pathlib import Path
 
+from fraud.embedded.broker import BrokerConfig, KafkaBroker, running_bootstrap
+from fraud.embedded.connect import ConnectConfig, ConnectStandalone
+from fraud.embedded.jars import jars_ready
 from fraud.errors import FraudError
+from fraud.kafka_config import KafkaClientConfig, ensure_topics, parse_bootstrap
+from fraud.paths import load_paths
+from fraud.topics import ALL_TOPICS
 
 EXIT_NOT_RUNNING = 3
 
@@ -61,7 +67,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         p.set_defaults(func=_connect)
 
     topics = subparsers.add_parser("topics", help="create the project's Kafka topics (idempotent)")
-    from fraud.kafka_config import KafkaClientConfig
 
     KafkaClientConfig.add_arguments(topics)
     topics.add_argument("--replication-factor", type=int, help="default: the broker's default")
@@ -71,14 +76,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _paths():
-    from fraud.paths import load_paths
-
     return load_paths()
 
 
 def _broker(args: argparse.Namespace):
-    from fraud.embedded.broker import BrokerConfig, KafkaBroker
-
     paths = _paths()
     settings = {"state_dir": (args.state_dir or paths.kafka_dir).expanduser().resolve(), "jars_dir": paths.jars_dir}
     if args.kafka_command == "start":
@@ -88,8 +89,6 @@ def _broker(args: argparse.Namespace):
 
 
 def _announce_fetch(jars_dir: Path) -> None:
-    from fraud.embedded.jars import jars_ready
-
     if not jars_ready(jars_dir):
         print(f"fetching the Kafka jars from Maven Central into {jars_dir} (once) ...", file=sys.stderr, flush=True)
 
@@ -120,8 +119,6 @@ def _kafka(args: argparse.Namespace) -> int:
 
 
 def _connect(args: argparse.Namespace) -> int:
-    from fraud.embedded.connect import ConnectConfig, ConnectStandalone
-
     paths = _paths()
     settings = {"state_dir": (args.state_dir or paths.connect_dir).expanduser().resolve(), "jars_dir": paths.jars_dir}
     if args.connect_command == "start":
@@ -158,19 +155,12 @@ def _connect(args: argparse.Namespace) -> int:
 
 def _connect_bootstrap(flag: str | None) -> str:
     if flag:
-        from fraud.kafka_config import parse_bootstrap
-
         return ",".join(parse_bootstrap(flag, "--bootstrap"))
-    from fraud.embedded.broker import running_bootstrap
-    from fraud.kafka_config import KafkaClientConfig
 
     return running_bootstrap(_paths().kafka_dir) or KafkaClientConfig.from_env_and_args().bootstrap
 
 
 def _topics(args: argparse.Namespace) -> int:
-    from fraud.kafka_config import KafkaClientConfig, ensure_topics
-    from fraud.topics import ALL_TOPICS
-
     config = KafkaClientConfig.from_env_and_args(args, client_id="fraudctl-topics")
     results = ensure_topics(
         config, ALL_TOPICS, replication_factor=args.replication_factor, increase_partitions=args.increase_partitions
