@@ -29,11 +29,13 @@ from pathlib import Path
 import numpy as np
 
 from fraud import signature
+from fraud.console import Console, quiet_output
 from fraud.dataset import iter_rows, load_arrays
 from fraud.features import FEATURE_NAMES
 from fraud.paths import Paths, load_paths
 from fraud.replay import CardPool, transaction_event
 from fraud.topics import TRANSACTIONS
+from pipeline.progress import component_lines
 
 EVAL_FRACTION = 0.2
 
@@ -122,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--csv", type=Path, default=None, help="full data set (default: fraudctl data fetch's copy)")
     parser.add_argument("--home", type=Path, default=None, help="FRAUD_HOME for the run (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the temp FRAUD_HOME")
+    parser.add_argument("-v", "--verbose", action="store_true", help="library output on the terminal, not in the log")
     args = parser.parse_args(argv)
     csv = args.csv or load_paths().dataset_csv_gz
     if not csv.exists():
@@ -130,31 +133,41 @@ def main(argv: list[str] | None = None) -> int:
     home = args.home or Path(tempfile.mkdtemp(prefix="fraud-bench-"))
     paths = Paths(home=home.resolve(), cache=load_paths().cache)
 
+    log = home / "bench-pipeline.log"
+    with quiet_output(log, verbose=args.verbose) as console:
+        code = _run(args, csv, home, paths, console)
+    if not args.verbose:
+        print(f"library output: {log}")
+    return code
+
+
+def _run(args: argparse.Namespace, csv: Path, home: Path, paths: Paths, console: Console) -> int:
     from pipeline import local_runner
     from pipeline.pipeline import MODEL_KINDS
     from pipeline.training import average_precision, precision_at_k, precision_recall_at, read_model_info, roc_auc
 
     base_s, base_auprc = baseline(csv)
-    print(f"baseline (numpy + scikit-learn logistic regression, one process): {base_s:.1f}s, AUPRC {base_auprc:.3f}")
+    console.echo(f"baseline (numpy + scikit-learn logistic regression, one process): {base_s:.1f}s, AUPRC {base_auprc:.3f}")
 
     t = time.perf_counter()
     rows = write_full_span(csv, paths)
     span_s = time.perf_counter() - t
-    print(f"span written: {rows} rows in {span_s:.1f}s")
+    console.echo(f"span written: {rows} rows in {span_s:.1f}s")
 
     t = time.perf_counter()
-    local_runner.run(paths)  # the whole pipeline, infra validation included
+    with component_lines(console):
+        local_runner.run(paths)  # the whole pipeline, infra validation included
     pipeline_s = time.perf_counter() - t
     times, mlmd_total = component_times(paths)
-    print(f"\npipeline wall time: {pipeline_s:.1f}s ({pipeline_s / 60:.1f} min; {mlmd_total:.1f}s from the first "
+    console.echo(f"\npipeline wall time: {pipeline_s:.1f}s ({pipeline_s / 60:.1f} min; {mlmd_total:.1f}s from the first "
           f"execution to the last in MLMD) = {pipeline_s / base_s:.1f}x the baseline")
     for node, seconds, state in times:
-        print(f"  {node:28s} {seconds:7.1f}s  {state}")
+        console.echo(f"  {node:28s} {seconds:7.1f}s  {state}")
 
     examples, labels, start = eval_examples(csv)
-    print(f"\neval rows: {len(labels)} from index {start}, {int(labels.sum())} frauds")
+    console.echo(f"\neval rows: {len(labels)} from index {start}, {int(labels.sum())} frauds")
     header = f"{'model':12s} {'AUPRC':>6s} {'ROC-AUC':>7s} {'P@100':>6s} {'threshold':>9s} {'precision':>9s} {'recall':>6s} {'alerts':>6s}  target"
-    print(header)
+    console.echo(header)
     served = None
     for kind in MODEL_KINDS:
         model_dir = next((paths.pipeline_root / f"Trainer_{kind}" / "model").iterdir()) / "Format-Serving"
@@ -163,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         s = out[signature.SCORE]
         p, r, alerts = precision_recall_at(labels, s, info["threshold"])
         assert np.array_equal(out[signature.DECISION], (s >= info["threshold"]).astype(np.int64))
-        print(f"{kind:12s} {average_precision(labels, s):6.3f} {roc_auc(labels, s):7.3f} "
+        console.echo(f"{kind:12s} {average_precision(labels, s):6.3f} {roc_auc(labels, s):7.3f} "
               f"{precision_at_k(labels, s, 100):6.2f} {info['threshold']:9.4g} {p:9.3f} {r:6.3f} {alerts:6d}  "
               f"{info['threshold_target_text']} (validation: precision {info['threshold_on_validation']['precision']:.3f},"
               f" recall {info['threshold_on_validation']['recall']:.3f})")
@@ -171,13 +184,15 @@ def main(argv: list[str] | None = None) -> int:
     if pushed.exists() and any(pushed.iterdir()):
         version = max(int(p.name) for p in pushed.iterdir() if p.name.isdigit())
         served = read_model_info(str(pushed / str(version)))["model"]
-        print(f"\nserved: {served} as version {version} under {pushed}")
+        console.echo(f"\nserved: {served} as version {version} under {pushed}")
     else:
-        print("\nserved: nothing pushed (no model blessed)")
+        console.echo("\nserved: nothing pushed (no model blessed)")
     if not args.keep and args.home is None:
-        shutil.rmtree(home, ignore_errors=True)
+        for child in home.iterdir():
+            if child.name != "bench-pipeline.log":
+                shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink()
     else:
-        print(f"state kept in {home}")
+        console.echo(f"state kept in {home}")
     return 0
 
 

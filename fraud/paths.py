@@ -79,6 +79,11 @@ class Paths:
         return self.home / "reports"
 
     @property
+    def logs_dir(self) -> Path:
+        """Library output of commands that keep the terminal quiet (`fraudctl train`, the demo's steps)."""
+        return self.home / "logs"
+
+    @property
     def run_dir(self) -> Path:
         """Pid files and logs of the services `fraudctl` starts."""
         return self.home / "run"

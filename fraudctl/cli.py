@@ -38,11 +38,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fraudctl", description="Real-time credit-card fraud detection on TFX and Apache Kafka."
     )
+    _add_verbose(parser)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in COMMAND_MODULES:
         module.register(subparsers)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _add_verbose(sub, default=argparse.SUPPRESS)  # `fraudctl train -v` as well as `fraudctl -v train`
     _record_prog(parser)
     return parser
+
+
+def _add_verbose(parser: argparse.ArgumentParser, default: object = False) -> None:
+    parser.add_argument("-v", "--verbose", action="store_true", default=default,
+                        help="show library output (TensorFlow, absl, Beam, setuptools) live instead of in a log file")
 
 
 def _record_prog(parser: argparse.ArgumentParser) -> None:

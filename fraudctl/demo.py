@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fraud import spans, topics
+from fraud.console import Console, quiet_output, timestamped_log
 from fraud.dataset import count_rows
 from fraud.embedded.broker import BrokerConfig, KafkaBroker, running_bootstrap
 from fraud.embedded.connect import ConnectConfig, ConnectStandalone
@@ -46,6 +47,7 @@ from kafka_bridge.config import DEFAULT_GROUP as BRIDGE_GROUP
 from monitoring.report import load_snapshot
 from pipeline.report import artifact_property, latest_run, read_evaluation
 from preprocessing.job import DEFAULT_GROUP as PREPROCESS_GROUP
+from warehouse.config import SinkConfig
 from warehouse.store import live_summary
 
 MODEL_NAME = "fraud"
@@ -104,28 +106,25 @@ class DemoConfig:
 # Small helpers
 
 
-def _say(step: str, text: str) -> None:
-    print(f"[demo] {step:<10} {text}", flush=True)
-
-
-def _fraudctl(args: Sequence[str], *, log: Path | None = None) -> str:
-    """Runs `fraudctl ARGS` (same interpreter). Its output goes to the terminal, or to `log` (quiet steps)."""
+def _fraudctl(args: Sequence[str], logs_dir: Path, console: Console | None = None) -> str:
+    """Runs `fraudctl ARGS` (same interpreter) and returns what it printed on stdout. Its stderr (library
+    output, warnings) goes to `logs_dir/<command>.log`; with a console, its stdout lines are shown as they
+    come, indented under the step that runs it."""
     cmd = [sys.executable, "-m", "fraudctl.cli", *args]
-    if log is None:
-        done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
-        if done.stdout:
-            print(done.stdout, end="", flush=True)
-        if done.returncode != 0:
-            raise FraudError(f"`fraudctl {' '.join(args)}` failed (exit {done.returncode})")
-        return done.stdout
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as out:
-        done = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, text=True)
-    text = log.read_text(errors="replace")
-    if done.returncode != 0:
-        last = [ln for ln in text.splitlines() if ln.strip()][-1:] or ["no output"]
-        raise FraudError(f"`fraudctl {' '.join(args)}` failed (exit {done.returncode}): {last[0][:300]} (log: {log})")
-    return text
+    log = logs_dir / ("-".join(a for a in args[:2] if not a.startswith("-")) + ".log")
+    logs_dir.mkdir(parents=True, exist_ok=True)
+    lines: list[str] = []
+    with open(log, "a") as err:
+        with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True) as proc:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                lines.append(line)
+                if console is not None and line.strip():
+                    console.echo("    " + line.rstrip())
+    if proc.returncode != 0:
+        tail = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()][-1:] or ["no output"]
+        raise FraudError(f"`fraudctl {' '.join(args)}` failed (exit {proc.returncode}): {tail[0][:300]} (log: {log})")
+    return "".join(lines)
 
 
 def _http_ok(url: str) -> bool:
@@ -322,80 +321,90 @@ def pushed_versions(paths: Paths) -> list[int]:
     return sorted(int(p.name) for p in base.iterdir() if p.name.isdigit()) if base.is_dir() else []
 
 
-def run(config: DemoConfig) -> int:
+def run(config: DemoConfig, console: Console) -> int:
     paths = config.paths
     started = time.monotonic()
+    logs = config.logs_dir
 
-    broker = KafkaBroker(BrokerConfig(state_dir=paths.kafka_dir, jars_dir=paths.jars_dir, port=config.port("kafka"),
-                                      controller_port=config.port("controller")))
-    took = broker.start()
-    _say("kafka", "already running" if took is None else f"started in {took:.1f} s at {broker.bootstrap}")
-    results = ensure_topics(_client(paths, "fraud-demo"), topics.ALL_TOPICS)
-    _say("topics", f"{len(results)} topics ready")
+    with console.step("kafka") as step:
+        broker = KafkaBroker(BrokerConfig(state_dir=paths.kafka_dir, jars_dir=paths.jars_dir,
+                                          port=config.port("kafka"), controller_port=config.port("controller")))
+        took = broker.start()
+        step.detail("already running" if took is None else f"started at {broker.bootstrap}")
+        results = ensure_topics(_client(paths, "fraud-demo"), topics.ALL_TOPICS)
+        step.detail(f"{step.text}; {len(results)} topics ready")
 
-    history, live = split_source(config)
-    _say("data", f"{config.source.name}: {history} rows of history, {live} held out for live replay")
+    with console.step("data") as step:
+        history, live = split_source(config)
+        step.detail(f"{config.source.name}: {history} rows of history, {live} held out for live replay")
 
-    _fraudctl(["ingest", "--file", str(config.history_csv), "--bootstrap", broker.bootstrap, "--no-progress",
-               "--rest-port", str(config.port("connect"))])
+    with console.step("ingest"):
+        _fraudctl(["ingest", "--file", str(config.history_csv), "--bootstrap", broker.bootstrap, "--no-progress",
+                   "--rest-port", str(config.port("connect"))], logs, console)
 
     ensure_key(config)
-    if not _service(config, "preprocess").handle(paths).status().running:
-        # The seed's users table, which the job joins transactions with (a compacted topic: re-writing is idempotent).
-        _fraudctl(["preprocess", "users", "--synthetic", "--bootstrap", broker.bootstrap])
-    _say("preprocess", _service(config, "preprocess").start(paths))
-
+    with console.step("preprocess") as step:
+        if not _service(config, "preprocess").handle(paths).status().running:
+            # The seed's users table, which the job joins transactions with (a compacted topic: re-writing
+            # is idempotent).
+            _fraudctl(["preprocess", "users", "--synthetic", "--bootstrap", broker.bootstrap], logs, console)
+        step.detail(_service(config, "preprocess").start(paths))
     inputs = [topics.INGEST_CSV.name, topics.TRANSACTIONS_RAW.name]
-    took = _wait("the preprocessing job to catch up", lambda: caught_up(paths, PREPROCESS_GROUP, inputs),
-                 config.wait_timeout_s)
-    _say("preprocess", f"caught up with the ingested history ({took:.0f} s)")
+    with console.step("preprocess history") as step:
+        _wait("the preprocessing job to catch up", lambda: caught_up(paths, PREPROCESS_GROUP, inputs),
+              config.wait_timeout_s)
+        step.detail("caught up with the ingested history")
 
-    if pushed_versions(paths):
-        _say("train", f"reusing the pushed model versions {pushed_versions(paths)} "
-                      "(`fraudctl export && fraudctl train` retrains on new data)")
-    else:
-        if not any(s.complete for s in spans.list_spans(paths.exports_dir)):
-            _fraudctl(["export", "--bootstrap", broker.bootstrap])
-        log = config.logs_dir / "train.log"
-        _say("train", f"running the TFX pipeline (log: {log}) ...")
-        t0 = time.monotonic()
-        _fraudctl(["train"], log=log)
-        _say("train", f"done in {time.monotonic() - t0:.0f} s; pushed versions {pushed_versions(paths)}")
+    with console.step("train") as step:
+        if pushed_versions(paths):
+            step.state = "reused"
+            step.detail(f"reusing the pushed model versions {pushed_versions(paths)} "
+                        "(`fraudctl export && fraudctl train` retrains on new data)")
+        else:
+            if not any(s.complete for s in spans.list_spans(paths.exports_dir)):
+                _fraudctl(["export", "--bootstrap", broker.bootstrap], logs, console)
+            _fraudctl(["train"], logs, console)
+            step.detail(f"pushed versions {pushed_versions(paths)}")
     if not pushed_versions(paths):
         raise FraudError("the pipeline pushed no model (not blessed?); see `fraudctl report`")
 
-
     if commit_at_end(paths, BRIDGE_GROUP, topics.TRANSACTIONS.name):
-        _say("bridge", "first run: the bridge starts after the history (only live traffic is scored)")
+        console.say("bridge", "first run: the bridge starts after the history (only live traffic is scored)")
     for name in ("serving", "bridge", "sink", "monitor"):
-        _say(name, _service(config, name).start(paths))
+        with console.step(name) as step:
+            detail = _service(config, name).start(paths)
+            step.state = "running" if detail.startswith("already") else step.state
+            step.detail(detail)
 
-    sample_rows = ["--file", str(config.source), "--start-row", str(history)]
-    _fraudctl(["replay", *sample_rows, "--rate", str(config.rate), "--label-delay", str(config.label_delay_s),
-               "--bootstrap", broker.bootstrap])
+    with console.step("replay"):
+        sample_rows = ["--file", str(config.source), "--start-row", str(history)]
+        _fraudctl(["replay", *sample_rows, "--rate", str(config.rate), "--label-delay", str(config.label_delay_s),
+                   "--bootstrap", broker.bootstrap], logs, console)
 
-    from warehouse.config import SinkConfig
+    with console.step("score live traffic") as step:
+        for what, group, names in (
+            ("the preprocessing job", PREPROCESS_GROUP, inputs),
+            ("the bridge", BRIDGE_GROUP, [topics.TRANSACTIONS.name]),
+            ("the warehouse sink", SinkConfig.group_id, [topics.SCORES.name, topics.LABELS.name]),
+        ):
+            step.detail(f"waiting for {what}")
+            _wait(what, lambda g=group, n=names: caught_up(paths, g, n), config.wait_timeout_s)
+        step.detail("waiting for the monitor's next snapshot")
+        time.sleep(6)  # one monitor publish interval (it keeps no group offsets): its snapshot holds the last window
+        step.detail("all live transactions scored and their labels stored")
 
-    for what, group, names in (
-        ("the preprocessing job", PREPROCESS_GROUP, inputs),
-        ("the bridge", BRIDGE_GROUP, [topics.TRANSACTIONS.name]),
-        ("the warehouse sink", SinkConfig.group_id, [topics.SCORES.name, topics.LABELS.name]),
-    ):
-        _wait(what, lambda g=group, n=names: caught_up(paths, g, n), config.wait_timeout_s)
-    time.sleep(6)  # one monitor publish interval (it keeps no group offsets), so its snapshot holds the last window
-    _say("pipeline", "all live transactions scored and their labels stored")
-
-    summary = summarize(config)
-    print(summary, flush=True)
-    _say("done", f"in {time.monotonic() - started:.0f} s; `fraudctl demo stop` stops everything")
+    with console.step("reports"):
+        summary = summarize(config)
+    console.echo(summary)
+    console.say("done", f"in {time.monotonic() - started:.0f} s; `fraudctl demo stop` stops everything")
     return 0
 
 
 def summarize(config: DemoConfig) -> str:
     """Renders both reports, stops the sink (so the warehouse file can be opened), prints headline numbers."""
     paths = config.paths
-    pipeline_report = _fraudctl(["report"], log=config.logs_dir / "report.log").strip().splitlines()[-1]
-    monitor_report = _fraudctl(["monitor", "report"], log=config.logs_dir / "monitor-report.log").strip().splitlines()[-1]
+    pipeline_report = _fraudctl(["report"], config.logs_dir).strip().splitlines()[-1]
+    monitor_report = _fraudctl(["monitor", "report"], config.logs_dir).strip().splitlines()[-1]
     monitor_report = monitor_report.removeprefix("monitor report: ")
     _service(config, "sink").handle(paths).stop()
 
@@ -451,20 +460,20 @@ def monitor_line(paths: Paths) -> str:
     return f"monitor alerts  : {len(alerts)} ({detail})"
 
 
-def stop(paths: Paths) -> int:
+def stop(paths: Paths, console: Console) -> int:
     config = DemoConfig(paths=paths)
     for svc in reversed(services(config)):
-        _say(svc.name, svc.handle(paths).stop())
-    _say("connect", ConnectStandalone(ConnectConfig(state_dir=paths.connect_dir, jars_dir=paths.jars_dir)).stop())
-    _say("kafka", KafkaBroker(BrokerConfig(state_dir=paths.kafka_dir, jars_dir=paths.jars_dir)).stop())
+        console.say(svc.name, svc.handle(paths).stop())
+    console.say("connect", ConnectStandalone(ConnectConfig(state_dir=paths.connect_dir, jars_dir=paths.jars_dir)).stop())
+    console.say("kafka", KafkaBroker(BrokerConfig(state_dir=paths.kafka_dir, jars_dir=paths.jars_dir)).stop())
     return 0
 
 
-def status(paths: Paths) -> int:
+def status(paths: Paths, console: Console) -> int:
     broker = KafkaBroker(BrokerConfig(state_dir=paths.kafka_dir, jars_dir=paths.jars_dir)).status()
-    _say("kafka", broker.detail or "stopped")
+    console.say("kafka", broker.detail or "stopped")
     for svc in services(DemoConfig(paths=paths)):
-        _say(svc.name, svc.handle(paths).status().detail or "stopped")
+        console.say(svc.name, svc.handle(paths).status().detail or "stopped")
     return 0
 
 
@@ -487,12 +496,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="add this to every port the demo uses (Kafka 9092, Connect 8083, gRPC 8500, ...), "
                             "e.g. to run beside another broker")
     run_p.set_defaults(func=_run)
-    sub.add_parser("stop", help="stop every service the demo started").set_defaults(func=lambda a: stop(load_paths()))
-    sub.add_parser("status", help="which demo services run").set_defaults(func=lambda a: status(load_paths()))
+    sub.add_parser("stop", help="stop every service the demo started").set_defaults(
+        func=lambda a: stop(load_paths(), Console(sys.stdout)))
+    sub.add_parser("status", help="which demo services run").set_defaults(
+        func=lambda a: status(load_paths(), Console(sys.stdout)))
 
 
 def _run(args: argparse.Namespace) -> int:
     config = DemoConfig(paths=load_paths(), source=args.file.resolve(), history_fraction=args.history_fraction,
                         rate=args.rate, label_delay_s=args.label_delay, delivery=args.delivery,
                         port_offset=args.port_offset)
-    return run(config)
+    log = timestamped_log(config.logs_dir, "demo")
+    try:
+        with quiet_output(log, verbose=getattr(args, "verbose", False)) as console:
+            return run(config, console)
+    finally:
+        print(f"library output: {config.logs_dir}/", flush=True)

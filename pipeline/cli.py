@@ -11,9 +11,11 @@ from __future__ import annotations
 import argparse
 
 from fraud import spans
+from fraud.console import quiet_output, timestamped_log
 from fraud.errors import FraudError
 from fraud.paths import load_paths
 from pipeline import export, report
+from pipeline.progress import component_lines
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -51,17 +53,23 @@ def _train(args: argparse.Namespace) -> int:
         "enable_cache": args.cache,
         "window_spans": args.window_spans,
     }
-    try:
-        if args.beam:
-            from pipeline import beam_runner
+    log = timestamped_log(paths.logs_dir, "train")
+    with quiet_output(log, verbose=getattr(args, "verbose", False)) as console:
+        try:
+            with component_lines(console):
+                if args.beam:
+                    from pipeline import beam_runner
 
-            beam_runner.run(paths, **options)
-        else:
-            from pipeline import local_runner
+                    beam_runner.run(paths, **options)
+                else:
+                    from pipeline import local_runner
 
-            local_runner.run(paths, **options)
-    except Exception as exc:  # noqa: BLE001 - a failed component: one line saying which and why
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise FraudError(f"pipeline run failed: {type(exc).__name__}: {message}") from None
+                    local_runner.run(paths, **options)
+        except Exception as exc:  # noqa: BLE001 - a failed component: one line saying which and why
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            where = "" if getattr(args, "verbose", False) else f" (log: {log})"
+            raise FraudError(f"pipeline run failed: {type(exc).__name__}: {message}{where}") from None
     print(f"pipeline run finished; `fraudctl report` renders it (models under {paths.serving_model_dir})")
+    if not getattr(args, "verbose", False):
+        print(f"library output: {log}")
     return 0

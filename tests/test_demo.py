@@ -131,7 +131,7 @@ def demo_run(tmp_path_factory):
         done = subprocess.run([*DEMO_CMD, "run", "--port-offset", PORT_OFFSET, "--rate", "400"], env=env,
                               capture_output=True, text=True, timeout=3600)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-        yield env, load_paths({"FRAUD_HOME": str(home)}), done.stdout
+        yield env, load_paths({"FRAUD_HOME": str(home)}), done.stdout + done.stderr
     finally:
         subprocess.run([*DEMO_CMD, "stop"], env=env, capture_output=True, timeout=300)
 
@@ -172,6 +172,23 @@ def test_demo_numbers_match_the_reports_it_points_to(demo_run):
     assert f"monitor alerts  : {len(snapshot['alerts'])} " in out
 
 
+#: Lines libraries print when nothing keeps them off the terminal (TF's C++ start-up, absl, Beam, setuptools,
+#: Python warnings).
+LIBRARY_NOISE = re.compile(r"tensorflow|absl|apache_beam|oneDNN|cpu_feature_guard|cuda|setuptools|bdist_wheel|"
+                           r"Warning:|WARNING:|^[IWE]\d{4} \d\d:\d\d", re.I | re.M)
+
+
+@pytest.mark.integration
+def test_demo_output_is_one_line_per_step_without_library_noise(demo_run):
+    _env, paths, out = demo_run
+    assert not LIBRARY_NOISE.search(out), LIBRARY_NOISE.search(out)
+    for step in ("kafka", "data", "ingest", "preprocess", "train", "serving", "bridge", "replay", "reports"):
+        assert re.search(rf"^{step}\s+(done|running|reused)\s+[\d.]+ s", out, re.M), (step, out)
+    # the pipeline's components, one line each, under the train step
+    for component in ("KafkaExportExampleGen", "Transform", "Pusher"):
+        assert re.search(rf"^\s+{component}\s+(done|cached)\s+[\d.]+ s", out, re.M), (component, out)
+
+
 @pytest.mark.integration
 def test_no_raw_id_anywhere_after_the_demo(demo_run):
     """`fraudctl preprocess privacy-check` finds none of the card pool's raw ids in any downstream topic, the
@@ -206,7 +223,8 @@ def test_a_rerun_reuses_what_exists(demo_run):
     again = subprocess.run([*DEMO_CMD, "run", "--port-offset", PORT_OFFSET, "--rate", "0"], env=env,
                            capture_output=True, text=True, timeout=1800)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    for line in ("kafka      already running", "reusing the pushed model versions [1]", "serving    already running",
-                 "bridge     already running"):
-        assert line in again.stdout, again.stdout
+    for line in (r"^kafka\s+done\s+[\d.]+ s\s+already running", r"^train\s+reused\s+[\d.]+ s\s+reusing the pushed "
+                 r"model versions \[1\]", r"^serving\s+running\s+[\d.]+ s\s+already running",
+                 r"^bridge\s+running\s+[\d.]+ s\s+already running"):
+        assert re.search(line, again.stdout, re.M), again.stdout
     assert demo.pushed_versions(paths) == [1]
