@@ -23,18 +23,16 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from fraud import signature
 from fraud.console import Console, quiet_output
-from fraud.dataset import iter_rows, load_arrays
+from fraud.dataset import load_arrays
 from fraud.features import FEATURE_NAMES
 from fraud.paths import Paths, load_paths
-from fraud.replay import CardPool, transaction_event
-from fraud.topics import TRANSACTIONS
+from pipeline.export import write_csv_span
 from pipeline.progress import component_lines
 
 EVAL_FRACTION = 0.2
@@ -55,23 +53,6 @@ def baseline(csv: Path) -> tuple[float, float]:
                                                                            data.labels[:k])
     scores = model.decision_function(scaler.transform(data.features[k:]))
     return time.perf_counter() - start, average_precision(data.labels[k:], scores)
-
-
-def write_full_span(csv: Path, paths: Paths) -> int:
-    from pipeline.export import write_span
-
-    cards = CardPool()
-    partitions = TRANSACTIONS.partitions
-    offsets = [0] * partitions
-
-    def records():
-        for row in iter_rows(csv):
-            p = row.index % partitions
-            offset = offsets[p]
-            offsets[p] += 1
-            yield p, offset, replace(transaction_event(row, cards), label=row.label)
-
-    return write_span(paths.exports_dir, 1, TRANSACTIONS.name, records())["rows"]
 
 
 def component_times(paths: Paths) -> tuple[list[tuple[str, float, str]], float]:
@@ -150,7 +131,7 @@ def _run(args: argparse.Namespace, csv: Path, home: Path, paths: Paths, console:
     console.echo(f"baseline (numpy + scikit-learn logistic regression, one process): {base_s:.1f}s, AUPRC {base_auprc:.3f}")
 
     t = time.perf_counter()
-    rows = write_full_span(csv, paths)
+    rows = write_csv_span(csv, paths.exports_dir)
     span_s = time.perf_counter() - t
     console.echo(f"span written: {rows} rows in {span_s:.1f}s")
 

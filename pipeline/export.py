@@ -25,7 +25,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -33,9 +33,11 @@ import orjson
 
 from fraud import spans
 from fraud.contract import ContractError, DeadLetter, TransactionEvent
+from fraud.dataset import iter_rows
 from fraud.errors import FraudError
 from fraud.kafka_config import KafkaClientConfig
 from fraud.paths import load_paths
+from fraud.replay import CardPool, transaction_event
 from fraud.topics import TRANSACTIONS
 
 DEFAULT_ROWS_PER_FILE = 100_000
@@ -168,6 +170,24 @@ def write_span(base: Path, span: int, topic: str, records: Iterable[tuple[int, i
     spans.write_json_atomically(directory / spans.MANIFEST, manifest)
     spans.write_marker(directory)
     return manifest
+
+
+def write_csv_span(csv: Path, base: Path, span: int = 1, *, start: int = 0, limit: int | None = None) -> int:
+    """Writes dataset rows (a CSV as `fraudctl data` fetches it, from data row `start`, at most `limit`) as one
+    complete span of labelled TransactionEvents, spread over the topic's partitions as replay would; returns
+    the rows written. For benchmarks, tests and offline loads that train without a broker."""
+    cards = CardPool()
+    partitions = TRANSACTIONS.partitions
+    offsets = [0] * partitions
+
+    def records() -> Iterator[tuple[int, int, TransactionEvent]]:
+        for row in iter_rows(csv, start=start, limit=limit):
+            p = row.index % partitions
+            offset = offsets[p]
+            offsets[p] += 1
+            yield p, offset, replace(transaction_event(row, cards), label=row.label)
+
+    return write_span(base, span, TRANSACTIONS.name, records())["rows"]
 
 
 # ---------------------------------------------------------------------------------------------
