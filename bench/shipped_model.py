@@ -13,6 +13,7 @@ calls return at once. The pipeline's library output goes to a log file beside th
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 from pathlib import Path
 
@@ -40,23 +41,43 @@ def model_key() -> str:
 
 
 def shipped_model_base() -> Path:
-    """The model base path (holding numbered versions) of the pipeline's model trained on the sample."""
+    """The model base path (holding numbered versions) of the pipeline's model trained on the sample.
+
+    Several benchmarks (or checkouts) may ask at once: one trains under a lock, in a directory of its own
+    that becomes the cache entry only when complete; the others wait and use it.
+    """
+    import fcntl
+
+    root = load_paths().cache / "shipped-model"
+    root.mkdir(parents=True, exist_ok=True)
+    key = model_key()
+    home = root / key
+    base = home / "serving" / "models" / DEFAULT_MODEL_NAME
+    with open(root / f"{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not _has_version(base):
+            _train(root, home)
+    return base
+
+
+def _has_version(base: Path) -> bool:
+    return base.is_dir() and any(p.name.isdigit() for p in base.iterdir())
+
+
+def _train(root: Path, home: Path) -> None:
     from pipeline import local_runner
     from pipeline.export import write_csv_span
     from pipeline.progress import component_lines
 
-    home = load_paths().cache / "shipped-model" / model_key()
-    base = home / "serving" / "models" / DEFAULT_MODEL_NAME
-    if base.is_dir() and any(p.name.isdigit() for p in base.iterdir()):
-        return base
-    if home.exists():
-        shutil.rmtree(home)  # an interrupted run: start over
-    paths = Paths(home=home, cache=load_paths().cache)
+    work = root / f"{home.name}.tmp-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    paths = Paths(home=work, cache=load_paths().cache)
     write_csv_span(SAMPLE_CSV, paths.exports_dir)
-    with quiet_output(home / "train.log") as console:
+    with quiet_output(work / "train.log") as console:
         console.say("shipped model", f"training the pipeline on the sample once (cached in {home})")
         with component_lines(console):
             local_runner.run(paths)
-    if not base.is_dir() or not any(p.name.isdigit() for p in base.iterdir()):
-        raise FraudError(f"the pipeline pushed no model from the sample (see {home / 'train.log'})")
-    return base
+    if not _has_version(paths.serving_model_dir / DEFAULT_MODEL_NAME):
+        raise FraudError(f"the pipeline pushed no model from the sample (see {work / 'train.log'})")
+    shutil.rmtree(home, ignore_errors=True)  # an entry without a version: left by an older interrupted run
+    work.rename(home)  # the SavedModels are self-contained; MLMD's paths inside are not used from here
