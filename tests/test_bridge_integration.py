@@ -162,11 +162,13 @@ def test_round_trip_every_transaction_scored_once(kafka_broker, kafka_topic, ser
             time.sleep(0.1)
         status, body = _get(f"http://127.0.0.1:{processor.http.port}/healthz")
         assert status == 200 and json.loads(body)["delivery"] == delivery
-        # the lag gauge appears once a lag interval has passed after a commit
+        # the lag gauge appears once a lag interval has passed after a commit; the produced counter counts a
+        # batch once its delivery is acknowledged, which can come after a reader already saw the records
+        produced = f'fraud_bridge_records_produced_total{{topic="{topics["output"]}"}} 400.0'.encode()
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             _, metrics = _get(f"http://127.0.0.1:{processor.http.port}/metrics")
-            if b"fraud_bridge_consumer_lag{" in metrics:
+            if b"fraud_bridge_consumer_lag{" in metrics and produced in metrics:
                 break
             time.sleep(0.3)
     ids = score_ids(msgs)
