@@ -43,7 +43,7 @@ def baseline(csv: Path) -> tuple[float, float]:
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
-    from pipeline.training import average_precision
+    from fraud.metrics import average_precision
 
     start = time.perf_counter()
     data = load_arrays(csv)
@@ -123,9 +123,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, csv: Path, home: Path, paths: Paths, console: Console) -> int:
+    from fraud.metrics import average_precision, precision_at_k, precision_recall_at, roc_auc
+    from fraud.model_info import read_model_info
     from pipeline import local_runner
     from pipeline.pipeline import MODEL_KINDS
-    from pipeline.training import average_precision, precision_at_k, precision_recall_at, read_model_info, roc_auc
 
     base_s, base_auprc = baseline(csv)
     console.echo(f"baseline (numpy + scikit-learn logistic regression, one process): {base_s:.1f}s, AUPRC {base_auprc:.3f}")

@@ -1,11 +1,13 @@
 """`create_pipeline()`: the TFX training pipeline, built from typed arguments, without side effects.
 
-    KafkaExportExampleGen (latest complete span; train / validation / eval by event time)
+    KafkaExportExampleGen (latest complete span(s); train / validation / eval by event time)
       -> StatisticsGen, ImportSchemaGen (schema/schema.pbtxt) -> ExampleValidator -> DataValidationGate
       -> Transform (pipeline/modules/transform_module.py; analyzes train)
-      -> Trainer "autoencoder" and Trainer "supervised" (train on train, tune on validation)
-      -> one Evaluator per model on eval (value thresholds + change threshold against the latest
-         blessed model of its kind) -> ModelSelector (the better blessed model)
+      -> one Trainer per model kind (pipeline/models/: autoencoder, supervised MLP, gradient-boosted
+         trees, hybrid), each warm-started from the last blessed model of its kind (base_model_<kind>)
+      -> ModelSelector: the candidate best on *validation* (never on eval)
+      -> Evaluator on eval: value thresholds + change threshold against the serving model (the latest
+         blessed selection); ModelScorecard: every candidate's eval figures with their uncertainty
       -> infra validation -> Pusher (integer versions under serving_model_dir/<model name>)
 
 Runners (pipeline/local_runner.py, beam_runner.py, kubeflow_v2_runner.py) only resolve paths, Beam
@@ -24,20 +26,26 @@ import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
 from tfx.dsl.components.base import executor_spec
 from tfx.proto import example_gen_pb2
+from tfx.types import channel_utils
 
 from components import versioned_pusher
 from components.kafka_export_example_gen import KafkaExportExampleGen
-from components.model_selector import AUPRC_METRIC, ModelSelector
+from components.kind_resolver import LatestBlessedModelOfKind
+from components.model_selector import ModelSelector
+from components.scorecard import ModelScorecard
 from components.validation_gate import DataValidationGate
 from fraud import signature
 from fraud.features import AMOUNT_BAND_KEY, HOUR_OF_DAY_KEY, LABEL_KEY
+from fraud.metrics import ANCHOR_FPR
 from fraud.topics import TRANSACTIONS
-from pipeline.training import TRANSFORM_SIGNATURE
+from pipeline.models import KINDS
+from pipeline.models.base import TRANSFORM_SIGNATURE
 
 PIPELINE_NAME = "fraud-detection"
 MODULES_DIR = Path(__file__).resolve().parent / "modules"
 TRAIN_SPLIT, VALIDATION_SPLIT, EVAL_SPLIT = "train", "validation", "eval"
-MODEL_KINDS = ("autoencoder", "supervised")
+MODEL_KINDS: tuple[str, ...] = tuple(KINDS)
+SELECTOR_ID, EVALUATOR_ID = "ModelSelector", "Evaluator"
 
 #: Infra validation before the Pusher: "local" = components/infra_validator (loads the model in the
 #: project's TF Serving-compatible server, queries it with eval examples, ships them as warm-up
@@ -50,7 +58,7 @@ class Gates:
     """What a candidate must reach on the eval split to be blessed (AUPRC of its `score`)."""
 
     min_auprc: float = 0.3
-    #: Largest allowed drop of AUPRC against the latest blessed model of the same kind.
+    #: Largest allowed drop of AUPRC against the serving model (the latest blessed selection).
     max_auprc_drop: float = 0.02
 
 
@@ -73,12 +81,24 @@ class SplitFractions:
 
 @dataclass(frozen=True)
 class TrainingSettings:
-    """Per-model trainer settings, passed to the module files as custom_config."""
+    """Which model kinds to train and their settings (custom_config of each Trainer)."""
 
-    autoencoder: Mapping[str, Any] = field(default_factory=dict)
-    supervised: Mapping[str, Any] = field(default_factory=dict)
+    kinds: tuple[str, ...] = MODEL_KINDS
+    #: kind -> config fields of that kind (pipeline/models/<kind>.py), e.g. {"gbt": {"num_trees": 200}}.
+    configs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     #: TrainArgs.num_steps: upper bound on gradient steps per seed (None = the configs' epochs).
     train_steps: int | None = None
+    #: Warm-start each Trainer from the last blessed model of its kind (TFX base_model).
+    warm_start: bool = True
+
+    def __post_init__(self) -> None:
+        unknown = (set(self.kinds) | set(self.configs)) - set(MODEL_KINDS)
+        if unknown:
+            raise ValueError(f"unknown model kinds {sorted(unknown)} (known: {', '.join(MODEL_KINDS)})")
+        if not self.kinds:
+            raise ValueError("train at least one model kind")
+        for name, config in self.configs.items():
+            KINDS[name].config(config)  # fails early, naming the unknown field
 
 
 def eval_config(gates: Gates) -> tfma.EvalConfig:
@@ -95,6 +115,8 @@ def eval_config(gates: Gates) -> tfma.EvalConfig:
         # Thresholds on the overall slice only: a slice with a handful of rows must not veto a model.
         tfma.MetricConfig(class_name="AUCPrecisionRecall", per_slice_thresholds=[
             tfma.PerSliceMetricThreshold(slicing_specs=[tfma.SlicingSpec()], threshold=auprc_threshold)]),
+        tfma.MetricConfig(class_name="RecallAtFalsePositiveRate", config=json.dumps(
+            {"false_positive_rate": ANCHOR_FPR, "name": "recall_at_1pct_fpr"})),
         tfma.MetricConfig(class_name="Calibration"),
         tfma.MetricConfig(class_name="MeanLabel"),
         tfma.MetricConfig(class_name="MeanPrediction"),
@@ -166,14 +188,15 @@ def create_pipeline(
     training: TrainingSettings = TrainingSettings(),
     gates: Gates = Gates(),
     infra_validation: str = INFRA_LOCAL,
-    package_user_modules: bool = True,
+    package_user_modules: bool = False,
     versioned_push: bool = True,
     enable_cache: bool = False,
 ) -> tfx.dsl.Pipeline:
     """Builds the pipeline (see the module docstring).
 
-    package_user_modules: True passes the module files (TFX builds a wheel of pipeline/modules/);
-      False passes dotted function paths, for images that have this project installed (Kubeflow).
+    package_user_modules: False (default) passes importable paths (`pipeline.modules.<file>.<fn>`): no
+      wheel is built, the project must be importable where components run (this checkout, the image);
+      True passes the module files and TFX builds and installs a wheel of pipeline/modules/ per component.
     versioned_push: True uses the integer-version, rename-into-place pusher (local file systems);
       False the stock Pusher (UNIX-timestamp versions; object stores have no atomic rename).
     window_spans: train on the latest N export spans as one dataset (exports are incremental).
@@ -186,7 +209,7 @@ def create_pipeline(
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
     data_gate = DataValidationGate(anomalies=example_validator.outputs["anomalies"])
 
-    user_code = _user_code(package_user_modules)
+    user_code = _user_code(package_user_modules, training.kinds)
     transform = tfx.components.Transform(
         examples=example_gen.outputs["examples"],
         schema=schema_gen.outputs["schema"],
@@ -197,51 +220,53 @@ def create_pipeline(
     transform.add_upstream_node(data_gate)
 
     nodes: list[Any] = [example_gen, statistics_gen, schema_gen, example_validator, data_gate, transform]
-    config = eval_config(gates)
-    per_model: dict[str, dict[str, Any]] = {}
-    for kind in MODEL_KINDS:
+    # The selections the Evaluator blessed: the serving model and, per kind, the warm-start base.
+    selections = {
+        "model": tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model, producer_component_id=SELECTOR_ID,
+                                 output_key="model"),
+        "model_blessing": tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing,
+                                          producer_component_id=EVALUATOR_ID, output_key="blessing"),
+    }
+    trainers = []
+    for kind in training.kinds:
+        warm: dict[str, Any] = {}
+        if training.warm_start:
+            base_model = tfx.dsl.Resolver(strategy_class=LatestBlessedModelOfKind, config={"kind": kind},
+                                          **selections).with_id(f"base_model_{kind}")
+            nodes.append(base_model)
+            warm["base_model"] = base_model.outputs["model"]
         trainer = tfx.components.Trainer(
             examples=transform.outputs["transformed_examples"],
             transform_graph=transform.outputs["transform_graph"],
             schema=schema_gen.outputs["schema"],
             train_args=tfx.proto.TrainArgs(splits=[TRAIN_SPLIT], num_steps=training.train_steps),
             eval_args=tfx.proto.EvalArgs(splits=[VALIDATION_SPLIT]),
-            custom_config={kind: dict(getattr(training, kind))},
+            custom_config={kind: dict(training.configs.get(kind, {}))},
+            **warm,
             **user_code[kind],
         ).with_id(f"Trainer_{kind}")
-        evaluator_id = f"Evaluator_{kind}"
-        latest_blessed = tfx.dsl.Resolver(
-            strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
-            model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model,
-                                  producer_component_id=trainer.id, output_key="model"),
-            model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing,
-                                           producer_component_id=evaluator_id, output_key="blessing"),
-        ).with_id(f"latest_blessed_{kind}")
-        evaluator = tfx.components.Evaluator(
-            examples=example_gen.outputs["examples"],
-            model=trainer.outputs["model"],
-            baseline_model=latest_blessed.outputs["model"],
-            schema=schema_gen.outputs["schema"],
-            eval_config=config,
-            example_splits=[EVAL_SPLIT],
-        ).with_id(evaluator_id)
-        per_model[kind] = {"trainer": trainer, "evaluator": evaluator}
-        nodes += [trainer, latest_blessed, evaluator]
+        trainers.append(trainer)
+        nodes.append(trainer)
 
-    selector = ModelSelector(
-        autoencoder_model=per_model["autoencoder"]["trainer"].outputs["model"],
-        autoencoder_blessing=per_model["autoencoder"]["evaluator"].outputs["blessing"],
-        autoencoder_evaluation=per_model["autoencoder"]["evaluator"].outputs["evaluation"],
-        supervised_model=per_model["supervised"]["trainer"].outputs["model"],
-        supervised_blessing=per_model["supervised"]["evaluator"].outputs["blessing"],
-        supervised_evaluation=per_model["supervised"]["evaluator"].outputs["evaluation"],
-        metric=AUPRC_METRIC,
-    )
-    nodes.append(selector)
+    candidates = channel_utils.union([t.outputs["model"] for t in trainers])
+    selector = ModelSelector(models=candidates).with_id(SELECTOR_ID)
+    serving_model = tfx.dsl.Resolver(strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+                                     **selections).with_id("serving_model")
+    evaluator = tfx.components.Evaluator(
+        examples=example_gen.outputs["examples"],
+        model=selector.outputs["model"],
+        baseline_model=serving_model.outputs["model"],
+        schema=schema_gen.outputs["schema"],
+        eval_config=eval_config(gates),
+        example_splits=[EVAL_SPLIT],
+        **user_code["evaluator"],
+    ).with_id(EVALUATOR_ID)
+    scorecard = ModelScorecard(examples=example_gen.outputs["examples"], models=candidates, split=EVAL_SPLIT)
+    nodes += [selector, serving_model, evaluator, scorecard]
     infra = _infra_validator(infra_validation, selector.outputs["model"], example_gen.outputs["examples"])
     pusher_args: dict[str, Any] = {
         "model": selector.outputs["model"],
-        "model_blessing": selector.outputs["blessing"],
+        "model_blessing": evaluator.outputs["blessing"],
         "push_destination": tfx.proto.PushDestination(filesystem=tfx.proto.PushDestination.Filesystem(
             base_directory=str(Path(serving_model_dir) / model_name) if "://" not in serving_model_dir
             else f"{serving_model_dir.rstrip('/')}/{model_name}")),
@@ -266,12 +291,15 @@ def create_pipeline(
     )
 
 
-def _user_code(package: bool) -> dict[str, dict[str, str]]:
-    files = {"transform": "transform_module", "autoencoder": "autoencoder_trainer", "supervised": "supervised_trainer"}
+def _user_code(package: bool, kinds: Sequence[str]) -> dict[str, dict[str, str]]:
+    """Module files (TFX builds and installs a wheel of pipeline/modules/ per component) or importable
+    paths (nothing built; the project must be importable where the component runs)."""
+    files = {"transform": "transform_module", "evaluator": "evaluator_module",
+             **{kind: f"{kind}_trainer" for kind in kinds}}
     if package:
         return {k: {"module_file": str(MODULES_DIR / f"{v}.py")} for k, v in files.items()}
     return {
         "transform": {"preprocessing_fn": f"pipeline.modules.{files['transform']}.preprocessing_fn"},
-        "autoencoder": {"run_fn": f"pipeline.modules.{files['autoencoder']}.run_fn"},
-        "supervised": {"run_fn": f"pipeline.modules.{files['supervised']}.run_fn"},
+        "evaluator": {"module_path": f"pipeline.modules.{files['evaluator']}"},
+        **{kind: {"run_fn": f"pipeline.modules.{files[kind]}.run_fn"} for kind in kinds},
     }
