@@ -11,8 +11,6 @@ properties `selected_model` (its kind), `source_model_id`, and `<kind>_validatio
 candidate.
 """
 
-from __future__ import annotations
-
 import math
 import os
 

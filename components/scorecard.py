@@ -9,8 +9,6 @@ next to its validation AUPRC. The report shows the table; nothing downstream dec
 Output: a `FraudScorecard` artifact holding `scorecard.json` ({kind: {...}}).
 """
 
-from __future__ import annotations
-
 import json
 import os
 from typing import Any

@@ -101,6 +101,23 @@ class TrainingSettings:
             KINDS[name].config(config)  # fails early, naming the unknown field
 
 
+@dataclass(frozen=True)
+class TuningSettings:
+    """TFX Tuner (KerasTuner) before the Trainers of `kinds`: a random search judged on validation
+    AUPRC; the Trainer applies the best values. Off unless passed to create_pipeline."""
+
+    kinds: tuple[str, ...] = ("supervised",)
+    max_trials: int = 6
+    epochs: int = 5  # per trial
+
+    def __post_init__(self) -> None:
+        untunable = [k for k in self.kinds if k not in KINDS or not KINDS[k].tunable]
+        if untunable:
+            raise ValueError(f"not tunable: {untunable} (tunable: {[k for k in KINDS if KINDS[k].tunable]})")
+        if self.max_trials < 1 or self.epochs < 1:
+            raise ValueError("max_trials and epochs must be >= 1")
+
+
 def eval_config(gates: Gates) -> tfma.EvalConfig:
     """TFMA config: ranking and calibration metrics on `score`, precision/recall of `decision` (the
     shipped threshold), slices by amount band and hour of day, and the blessing thresholds."""
@@ -186,6 +203,7 @@ def create_pipeline(
     beam_pipeline_args: Sequence[str] = (),
     splits: SplitFractions = SplitFractions(),
     training: TrainingSettings = TrainingSettings(),
+    tuning: TuningSettings | None = None,
     gates: Gates = Gates(),
     infra_validation: str = INFRA_LOCAL,
     package_user_modules: bool = False,
@@ -200,6 +218,8 @@ def create_pipeline(
     versioned_push: True uses the integer-version, rename-into-place pusher (local file systems);
       False the stock Pusher (UNIX-timestamp versions; object stores have no atomic rename).
     window_spans: train on the latest N export spans as one dataset (exports are incremental).
+    tuning: None (default, and the demo's) trains with the configured settings; TuningSettings runs a
+      Tuner before the Trainers of its kinds.
     """
     example_gen = KafkaExportExampleGen(input_base=exports_dir, topic=topic, output_config=splits.output_config(),
                                         window_spans=window_spans)
@@ -229,20 +249,33 @@ def create_pipeline(
     }
     trainers = []
     for kind in training.kinds:
-        warm: dict[str, Any] = {}
+        extra: dict[str, Any] = {}
         if training.warm_start:
             base_model = tfx.dsl.Resolver(strategy_class=LatestBlessedModelOfKind, config={"kind": kind},
                                           **selections).with_id(f"base_model_{kind}")
             nodes.append(base_model)
-            warm["base_model"] = base_model.outputs["model"]
+            extra["base_model"] = base_model.outputs["model"]
+        custom_config = {kind: dict(training.configs.get(kind, {}))}
+        if tuning is not None and kind in tuning.kinds:
+            tuner = tfx.components.Tuner(
+                examples=transform.outputs["transformed_examples"],
+                transform_graph=transform.outputs["transform_graph"],
+                schema=schema_gen.outputs["schema"],
+                train_args=tfx.proto.TrainArgs(splits=[TRAIN_SPLIT]),
+                eval_args=tfx.proto.EvalArgs(splits=[VALIDATION_SPLIT]),
+                custom_config={**custom_config, "tuning": {"max_trials": tuning.max_trials, "epochs": tuning.epochs}},
+                **_tuner_code(package_user_modules, kind),
+            ).with_id(f"Tuner_{kind}")
+            nodes.append(tuner)
+            extra["hyperparameters"] = tuner.outputs["best_hyperparameters"]
         trainer = tfx.components.Trainer(
             examples=transform.outputs["transformed_examples"],
             transform_graph=transform.outputs["transform_graph"],
             schema=schema_gen.outputs["schema"],
             train_args=tfx.proto.TrainArgs(splits=[TRAIN_SPLIT], num_steps=training.train_steps),
             eval_args=tfx.proto.EvalArgs(splits=[VALIDATION_SPLIT]),
-            custom_config={kind: dict(training.configs.get(kind, {}))},
-            **warm,
+            custom_config=custom_config,
+            **extra,
             **user_code[kind],
         ).with_id(f"Trainer_{kind}")
         trainers.append(trainer)
@@ -289,6 +322,12 @@ def create_pipeline(
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=list(beam_pipeline_args),
     )
+
+
+def _tuner_code(package: bool, kind: str) -> dict[str, str]:
+    if package:
+        return {"module_file": str(MODULES_DIR / f"{kind}_tuner.py")}
+    return {"tuner_fn": f"pipeline.modules.{kind}_tuner.tuner_fn"}
 
 
 def _user_code(package: bool, kinds: Sequence[str]) -> dict[str, dict[str, str]]:

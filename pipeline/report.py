@@ -375,6 +375,7 @@ def render(record: RunRecord, model_infos: Mapping[str, Mapping[str, Any]]) -> s
 
     # Models
     out += scorecard_section(record, model_infos)
+    out += tuner_section(record)
     evaluations = []
     for node, keys in sorted(record.outputs.items()):
         if node.startswith("Evaluator") and keys.get("evaluation"):
@@ -448,6 +449,26 @@ def scorecard_section(record: RunRecord, model_infos: Mapping[str, Mapping[str, 
             "<p class='small'>Chosen on validation (never on eval). 95% interval: percentile bootstrap of AUPRC over "
             "eval rows. Recall at 1% FPR: share of frauds caught when at most 1% of normal rows are flagged.</p>",
             _table(["model", "rows", "frauds", *(t for _, t in _SCORECARD_COLUMNS), "training s", "warm start"], rows)]
+
+
+def tuner_section(record: RunRecord) -> list[str]:
+    """Every Tuner's trials (TFX Tuner's tuner_results.json), best first."""
+    import json
+
+    out = []
+    for node, keys in sorted(record.outputs.items()):
+        if not node.startswith("Tuner_") or not keys.get("tuner_results"):
+            continue
+        try:
+            with open(os.path.join(keys["tuner_results"][0].uri, "tuner_results.json"), encoding="utf-8") as f:
+                trials = json.load(f)
+        except (OSError, ValueError):
+            continue
+        columns = sorted({k for t in trials for k in t} - {"trial_id", "score"})
+        out += [f"<h3>{html.escape(node)}: trials (objective: validation AUPRC)</h3>",
+                _table(["trial", "validation AUPRC", *columns],
+                       [[t.get("trial_id"), t.get("score"), *(t.get(c) for c in columns)] for t in trials])]
+    return out
 
 
 def model_infos(record: RunRecord) -> dict[str, dict[str, Any]]:

@@ -193,3 +193,70 @@ def test_a_span_breaking_the_schema_stops_the_run_before_training(first_run: Pat
     page = write_report(first_run.metadata_path, first_run.reports_dir).read_text()
     assert "The run stopped: DataValidationGate failed." in page
     assert "split train: feature V3: " in page
+
+
+def test_pushed_model_answers_predict_on_both_signatures_classify_and_regress(first_run: Paths) -> None:
+    """The pushed model in the project's TF Serving-compatible server, called with the official
+    tensorflow_serving.apis client: Predict on serving_default (tf.Examples) and serving_features
+    (float32 [N, 30] as tensor_content), Classify and Regress all give the same score."""
+    import grpc
+    from tensorflow_serving.apis import classification_pb2, predict_pb2, prediction_service_pb2_grpc, regression_pb2
+
+    from serving.config import ModelConfig, ServerConfig
+    from serving.server import ModelServer
+
+    version_dir = first_run.serving_model_dir / signature.DEFAULT_MODEL_NAME / "1"
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto = saved_model_pb2.SavedModel.FromString((version_dir / "saved_model.pb").read_bytes())
+    methods = {k: v.method_name for k, v in proto.meta_graphs[0].signature_def.items()}
+    assert methods[signature.CLASSIFY_SIGNATURE_NAME] == "tensorflow/serving/classify"
+    assert methods[signature.REGRESS_SIGNATURE_NAME] == "tensorflow/serving/regress"
+    assert methods[signature.FEATURES_SIGNATURE_NAME] == methods[signature.SIGNATURE_NAME] == "tensorflow/serving/predict"
+
+    examples, _ = _raw_examples(16)
+    rows = list(examples)  # serialized tf.Examples
+    features = np.array([[tf.train.Example.FromString(e).features.feature[n].float_list.value[0] for n in FEATURE_NAMES]
+                         for e in rows], dtype=np.float32)
+    config = ServerConfig(models=(ModelConfig(name=signature.DEFAULT_MODEL_NAME,
+                                              base_path=str(first_run.serving_model_dir / signature.DEFAULT_MODEL_NAME)),),
+                          port=0, rest_api_port=None, enable_signature_method_name_check=True)
+    server = ModelServer(config).start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            by_examples = predict_pb2.PredictRequest()
+            by_examples.model_spec.name = signature.DEFAULT_MODEL_NAME
+            by_examples.inputs[signature.INPUT_EXAMPLES].CopyFrom(tf.make_tensor_proto(rows, dtype=tf.string))
+            a = stub.Predict(by_examples, timeout=60)
+            by_features = predict_pb2.PredictRequest()
+            by_features.model_spec.name = signature.DEFAULT_MODEL_NAME
+            by_features.model_spec.signature_name = signature.FEATURES_SIGNATURE_NAME
+            by_features.inputs[signature.INPUT_FEATURES].CopyFrom(tf.make_tensor_proto(features))
+            assert by_features.inputs[signature.INPUT_FEATURES].tensor_content  # sent as tensor_content
+            b = stub.Predict(by_features, timeout=60)
+            score_a = tf.make_ndarray(a.outputs[signature.SCORE])
+            score_b = tf.make_ndarray(b.outputs[signature.SCORE])
+            np.testing.assert_allclose(score_a, score_b, rtol=1e-5, atol=1e-7)
+            assert set(a.outputs) == set(b.outputs)
+
+            classify = classification_pb2.ClassificationRequest()
+            classify.model_spec.name = signature.DEFAULT_MODEL_NAME
+            classify.model_spec.signature_name = signature.CLASSIFY_SIGNATURE_NAME
+            for e in rows:
+                classify.input.example_list.examples.add().ParseFromString(e)
+            c = stub.Classify(classify, timeout=60)
+            assert [[cl.label for cl in r.classes] for r in c.result.classifications] == [["0", "1"]] * len(rows)
+            np.testing.assert_allclose([r.classes[1].score for r in c.result.classifications], score_a, rtol=1e-5,
+                                       atol=1e-7)
+            np.testing.assert_allclose([r.classes[0].score + r.classes[1].score for r in c.result.classifications], 1.0,
+                                       rtol=1e-6)
+
+            regress = regression_pb2.RegressionRequest()
+            regress.model_spec.name = signature.DEFAULT_MODEL_NAME
+            regress.model_spec.signature_name = signature.REGRESS_SIGNATURE_NAME
+            regress.input.example_list.examples.extend(classify.input.example_list.examples)
+            r = stub.Regress(regress, timeout=60)
+            np.testing.assert_allclose([x.value for x in r.result.regressions], score_a, rtol=1e-5, atol=1e-7)
+    finally:
+        server.stop()

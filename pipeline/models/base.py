@@ -390,9 +390,15 @@ class ModelKind(abc.ABC):
 
     name: ClassVar[str]
     config_class: ClassVar[type]
+    #: Has a TFX Tuner entry point (pipeline/modules/<kind>_tuner.py) and `with_hyperparameters`.
+    tunable: ClassVar[bool] = False
 
     def config(self, obj: Mapping[str, Any]) -> Any:
         return config_from_dict(self.config_class, obj)
+
+    def with_hyperparameters(self, config: Any, values: Mapping[str, Any]) -> Any:
+        """The config with a Tuner's best values applied (kinds that are tunable override this)."""
+        raise NotImplementedError(f"{self.name} is not tunable")
 
     @abc.abstractmethod
     def fit(self, train: Dataset, validation: Dataset, config: Any, warm_start: str | None, log: Log) -> Fitted:
@@ -636,6 +642,12 @@ def make_run_fn(kind: ModelKind) -> Callable[[Any], None]:
         from absl import logging
 
         config = kind.config((fn_args.custom_config or {}).get(kind.name, {}))
+        if fn_args.hyperparameters:  # the Tuner's best values
+            import keras_tuner as kt
+
+            values = kt.HyperParameters.from_config(fn_args.hyperparameters).values
+            config = kind.with_hyperparameters(config, values)
+            logging.info(f"{kind.name}: tuned hyperparameters {values}")
         inputs = TrainerInputs(train_files=fn_args.train_files, validation_files=fn_args.eval_files,
                                transform_output_dir=fn_args.transform_output,
                                serving_model_dir=fn_args.serving_model_dir, max_steps=fn_args.train_steps or None,

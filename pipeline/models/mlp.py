@@ -139,6 +139,10 @@ def _meta(config: MlpConfig, d: int) -> dict[str, Any]:
 class Mlp(base.ModelKind):
     name = NAME
     config_class = MlpConfig
+    tunable = True
+
+    def with_hyperparameters(self, config: MlpConfig, values: dict[str, Any]) -> MlpConfig:
+        return with_hyperparameters(config, values)
 
     def fit(self, train: base.Dataset, validation: base.Dataset, config: MlpConfig, warm_start: str | None,
             log: base.Log) -> FittedMlp:
@@ -157,3 +161,80 @@ class Mlp(base.ModelKind):
 
 
 KIND = Mlp()
+
+
+# ---------------------------------------------------------------------------------------------
+# Tuning (TFX Tuner, KerasTuner): a search over the MLP's settings, judged on validation AUPRC
+
+#: Choices of the search (widths as "w1,w2").
+SEARCH_WIDTHS = ("32,16", "64,32", "128,64")
+SEARCH_DROPOUT = (0.0, 0.1, 0.2, 0.3)
+SEARCH_FRAUD_WEIGHT = (1.0, 3.0, 10.0)
+
+
+def search_space() -> Any:
+    import keras_tuner as kt
+
+    hp = kt.HyperParameters()
+    hp.Choice("widths", list(SEARCH_WIDTHS), default="64,32")
+    hp.Choice("dropout", list(SEARCH_DROPOUT), default=0.2)
+    hp.Float("learning_rate", 3e-4, 3e-3, sampling="log", default=1e-3)
+    hp.Choice("fraud_weight", list(SEARCH_FRAUD_WEIGHT), default=1.0)
+    return hp
+
+
+def with_hyperparameters(config: MlpConfig, values: dict[str, Any]) -> MlpConfig:
+    """The config with the tuned values applied (unknown keys ignored)."""
+    from dataclasses import replace
+
+    updates: dict[str, Any] = {}
+    if "widths" in values:
+        updates["widths"] = tuple(int(w) for w in str(values["widths"]).split(","))
+    for key in ("dropout", "learning_rate", "fraud_weight"):
+        if key in values:
+            updates[key] = float(values[key])
+    return replace(config, **updates)
+
+
+def tuner_fn(fn_args: Any) -> Any:
+    """TFX Tuner's entry point: RandomSearch over `search_space`, objective validation AUPRC.
+
+    custom_config["supervised"] holds the base config; custom_config["tuning"] may hold "max_trials"
+    and "epochs" (per trial).
+    """
+    import keras_tuner as kt
+    import tensorflow_transform as tft
+    from tfx import v1 as tfx
+
+    from fraud.features import Kind
+
+    custom = fn_args.custom_config or {}
+    config = base.config_from_dict(MlpConfig, custom.get(NAME, {}))
+    tuning = custom.get("tuning", {})
+    output = tft.TFTransformOutput(fn_args.transform_graph_path)
+    spec = output.transformed_feature_spec()
+    columns = base.input_columns(spec, exclude_kinds=[Kind(k) for k in config.exclude_kinds])
+    train = base.load_dataset(fn_args.train_files, spec, columns)
+    validation = base.load_dataset(fn_args.eval_files, spec, columns)
+    mean, std = base.standardizer(train.x)
+    keras = base.keras()
+
+    def build_model(hp: Any) -> Any:
+        model = build(train.x.shape[1], with_hyperparameters(config, hp.values))
+        model.compile(model.optimizer, model.loss, weighted_metrics=[],
+                      metrics=[keras.metrics.AUC(curve="PR", from_logits=True, name="auprc")])
+        return model
+
+    class WeightedSearch(kt.RandomSearch):
+        def run_trial(self, trial: Any, *args: Any, **kwargs: Any) -> Any:
+            weight = float(trial.hyperparameters.get("fraud_weight"))
+            kwargs["sample_weight"] = np.where(train.y == 1, weight, 1.0).astype(np.float32)
+            return super().run_trial(trial, *args, **kwargs)
+
+    tuner = WeightedSearch(build_model, max_trials=int(tuning.get("max_trials", 6)), hyperparameters=search_space(),
+                           objective=kt.Objective("val_auprc", "max"), directory=fn_args.working_dir,
+                           project_name="fraud_supervised", seed=0)
+    return tfx.components.TunerFnResult(tuner=tuner, fit_kwargs={
+        "x": ((train.x - mean) / std).astype(np.float32), "y": train.y.astype(np.float32),
+        "validation_data": (((validation.x - mean) / std).astype(np.float32), validation.y.astype(np.float32)),
+        "epochs": int(tuning.get("epochs", config.epochs)), "batch_size": config.batch_size, "verbose": 0})
