@@ -161,3 +161,28 @@ def test_bootstrap_interval_brackets_auprc_and_narrows_with_more_frauds() -> Non
     assert card.frauds == 20 and card.rows == 4000
     assert metrics.Scorecard.from_dict(card.to_dict()) == card
 
+
+
+def test_signature_methods_are_rewritten_and_the_model_still_loads(tmp_path) -> None:
+    import tensorflow as tf
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    from fraud.model_info import load_custom_ops, saved_model_ops
+
+    class Tiny(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
+        def regress(self, inputs):
+            return {"outputs": tf.strings.to_number(inputs)}
+
+    module = Tiny()
+    export = tmp_path / "m"
+    tf.saved_model.save(module, str(export), signatures={"regression": module.regress.get_concrete_function()})
+    training.set_signature_methods(str(export), {"regression": training.REGRESS_METHOD})
+    proto = saved_model_pb2.SavedModel.FromString((export / "saved_model.pb").read_bytes())
+    assert proto.meta_graphs[0].signature_def["regression"].method_name == "tensorflow/serving/regress"
+    loaded = tf.saved_model.load(str(export))
+    assert loaded.signatures["regression"](inputs=tf.constant([b"1.5"]))["outputs"].numpy().tolist() == [1.5]
+    with pytest.raises(ValueError, match="no signature 'classification'"):
+        training.set_signature_methods(str(export), {"classification": training.CLASSIFY_METHOD})
+    # No decision-forest ops in it: nothing to import.
+    assert "StringToNumber" in saved_model_ops(str(export)) and load_custom_ops(str(export)) == []
