@@ -7,8 +7,8 @@ for the Evaluator's verdict (blessing against the serving model) and the report'
 figure reported for the chosen model is not the figure it was chosen by.
 
 Output: a copy of the chosen model artifact (Format-Serving and its warm-start data), with custom
-properties `selected_model` (its kind), `source_model_id`, and `<kind>_validation_auprc` for every
-candidate.
+properties `selected_model` (its kind), `source_model_id` (the Trainer's model it copies), and
+`<kind>_validation_auprc` for every candidate.
 """
 
 import math
@@ -19,11 +19,13 @@ from tfx.dsl.io import fileio
 from tfx.types import standard_artifacts
 from tfx.utils import io_utils, path_utils
 
-from components.kind_resolver import SELECTED_PROPERTY
 from fraud.model_info import read_model_info
 
 #: The model-info field candidates are ranked by.
 VALIDATION_METRIC = "validation_auprc"
+#: Custom properties of the output Model: the kind chosen, and the id of the Trainer's model it copies.
+SELECTED_PROPERTY = "selected_model"
+SOURCE_PROPERTY = "source_model_id"
 
 
 def choose(candidates: dict[str, float | None]) -> str:
@@ -68,7 +70,7 @@ def ModelSelector(
     chosen = by_kind[name]
     _copy_tree(chosen.uri, model.uri)
     model.set_string_custom_property(SELECTED_PROPERTY, name)
-    model.set_int_custom_property("source_model_id", chosen.id)
+    model.set_int_custom_property(SOURCE_PROPERTY, chosen.id)
     for kind, value in values.items():
         if value is not None and math.isfinite(value):
             model.set_float_custom_property(f"{kind}_{metric}", value)

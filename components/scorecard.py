@@ -6,7 +6,7 @@ signature (raw tf.Examples in, as clients send them) and records, per model: AUP
 bootstrap interval, ROC-AUC, recall at 1% false-positive rate, precision at 100 (fraud.metrics),
 next to its validation AUPRC. The report shows the table; nothing downstream decides on it.
 
-Output: a `FraudScorecard` artifact holding `scorecard.json` ({kind: {...}}).
+Output: a `fraud.ModelScorecard` artifact holding `scorecard.json` ({kind: {...}}).
 """
 
 import json
@@ -30,7 +30,7 @@ _BATCH = 8192
 class FraudScorecard(artifact.Artifact):
     """Per-model figures on the eval split (scorecard.json)."""
 
-    TYPE_NAME = "FraudScorecard"
+    TYPE_NAME = "fraud.ModelScorecard"  # <namespace>.<Title>: the form Kubeflow V2 accepts
 
 
 def read_split(examples: Any, split: str) -> tuple[list[bytes], np.ndarray]:

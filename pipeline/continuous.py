@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fraud import spans
 from fraud.errors import FraudError
 from fraud.paths import Paths
-from fraud import spans
 from pipeline.export import ExportSource, export_span
 
 

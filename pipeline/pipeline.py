@@ -30,7 +30,7 @@ from tfx.types import channel_utils
 
 from components import versioned_pusher
 from components.kafka_export_example_gen import KafkaExportExampleGen
-from components.kind_resolver import LatestBlessedModelOfKind
+from components.kind_blessing import KindBlessing
 from components.model_selector import ModelSelector
 from components.scorecard import ModelScorecard
 from components.validation_gate import DataValidationGate
@@ -240,19 +240,16 @@ def create_pipeline(
     transform.add_upstream_node(data_gate)
 
     nodes: list[Any] = [example_gen, statistics_gen, schema_gen, example_validator, data_gate, transform]
-    # The selections the Evaluator blessed: the serving model and, per kind, the warm-start base.
-    selections = {
-        "model": tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model, producer_component_id=SELECTOR_ID,
-                                 output_key="model"),
-        "model_blessing": tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing,
-                                          producer_component_id=EVALUATOR_ID, output_key="blessing"),
-    }
     trainers = []
     for kind in training.kinds:
         extra: dict[str, Any] = {}
         if training.warm_start:
-            base_model = tfx.dsl.Resolver(strategy_class=LatestBlessedModelOfKind, config={"kind": kind},
-                                          **selections).with_id(f"base_model_{kind}")
+            # TFX's base-model resolver: the latest model of this Trainer that KindBlessing_<kind> blessed.
+            base_model = tfx.dsl.Resolver(
+                strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+                model=_channel(tfx.types.standard_artifacts.Model, f"Trainer_{kind}", "model"),
+                model_blessing=_channel(tfx.types.standard_artifacts.ModelBlessing, f"KindBlessing_{kind}", "blessing"),
+            ).with_id(f"base_model_{kind}")
             nodes.append(base_model)
             extra["base_model"] = base_model.outputs["model"]
         custom_config = {kind: dict(training.configs.get(kind, {}))}
@@ -283,8 +280,12 @@ def create_pipeline(
 
     candidates = channel_utils.union([t.outputs["model"] for t in trainers])
     selector = ModelSelector(models=candidates).with_id(SELECTOR_ID)
-    serving_model = tfx.dsl.Resolver(strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
-                                     **selections).with_id("serving_model")
+    # The serving model: the latest selection the Evaluator blessed.
+    serving_model = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        model=_channel(tfx.types.standard_artifacts.Model, SELECTOR_ID, "model"),
+        model_blessing=_channel(tfx.types.standard_artifacts.ModelBlessing, EVALUATOR_ID, "blessing"),
+    ).with_id("serving_model")
     evaluator = tfx.components.Evaluator(
         examples=example_gen.outputs["examples"],
         model=selector.outputs["model"],
@@ -296,6 +297,10 @@ def create_pipeline(
     ).with_id(EVALUATOR_ID)
     scorecard = ModelScorecard(examples=example_gen.outputs["examples"], models=candidates, split=EVAL_SPLIT)
     nodes += [selector, serving_model, evaluator, scorecard]
+    if training.warm_start:
+        nodes += [KindBlessing(model=trainer.outputs["model"], selection=selector.outputs["model"],
+                               verdict=evaluator.outputs["blessing"]).with_id(f"KindBlessing_{kind}")
+                  for kind, trainer in zip(training.kinds, trainers, strict=True)]
     infra = _infra_validator(infra_validation, selector.outputs["model"], example_gen.outputs["examples"])
     pusher_args: dict[str, Any] = {
         "model": selector.outputs["model"],
@@ -322,6 +327,10 @@ def create_pipeline(
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=list(beam_pipeline_args),
     )
+
+
+def _channel(artifact_type: Any, producer: str, key: str) -> Any:
+    return tfx.dsl.Channel(type=artifact_type, producer_component_id=producer, output_key=key)
 
 
 def _tuner_code(package: bool, kind: str) -> dict[str, str]:

@@ -448,7 +448,7 @@ def scorecard_section(record: RunRecord, model_infos: Mapping[str, Mapping[str, 
     return ["<h2>Every candidate on the eval split</h2>",
             "<p class='small'>Chosen on validation (never on eval). 95% interval: percentile bootstrap of AUPRC over "
             "eval rows. Recall at 1% FPR: share of frauds caught when at most 1% of normal rows are flagged.</p>",
-            _table(["model", "rows", "frauds", *(t for _, t in _SCORECARD_COLUMNS), "training s", "warm start"], rows)]
+            report_kit.table(["model", "rows", "frauds", *(t for _, t in _SCORECARD_COLUMNS), "training s", "warm start"], rows)]
 
 
 def tuner_section(record: RunRecord) -> list[str]:
@@ -466,7 +466,7 @@ def tuner_section(record: RunRecord) -> list[str]:
             continue
         columns = sorted({k for t in trials for k in t} - {"trial_id", "score"})
         out += [f"<h3>{html.escape(node)}: trials (objective: validation AUPRC)</h3>",
-                _table(["trial", "validation AUPRC", *columns],
+                report_kit.table(["trial", "validation AUPRC", *columns],
                        [[t.get("trial_id"), t.get("score"), *(t.get(c) for c in columns)] for t in trials])]
     return out
 
