@@ -467,15 +467,17 @@ def build_serving_module(*, kind: str, fitted: Fitted, columns: Sequence[Column]
             return self._outputs({name: tf.reshape(col, [-1, 1]) for name, col in zip(FEATURE_NAMES, columns_in,
                                                                                       strict=True)})
 
+        # Classify and Regress call `serve` (traced once, called as a function) rather than tracing the
+        # Transform graph and the model again.
         @tf.function(input_signature=[inputs_spec])
         def classify(self, inputs: tf.Tensor) -> dict[str, tf.Tensor]:
-            score = self._outputs(self._parse(inputs))[signature.SCORE]
+            score = self.serve(inputs)[signature.SCORE]
             classes = tf.tile(tf.constant([list(CLASS_LABELS)]), [tf.shape(score)[0], 1])
             return {CLASSIFY_CLASSES: classes, CLASSIFY_SCORES: tf.stack([1.0 - score, score], axis=1)}
 
         @tf.function(input_signature=[inputs_spec])
         def regress(self, inputs: tf.Tensor) -> dict[str, tf.Tensor]:
-            return {REGRESS_OUTPUTS: self._outputs(self._parse(inputs))[signature.SCORE]}
+            return {REGRESS_OUTPUTS: self.serve(inputs)[signature.SCORE]}
 
         @tf.function(input_signature=[examples_spec])
         def transform_features(self, examples: tf.Tensor) -> dict[str, tf.Tensor]:
