@@ -13,12 +13,16 @@ properties `selected_model` (its kind), `source_model_id` (the Trainer's model i
 
 import math
 import os
+from collections.abc import Mapping
+from typing import Any
 
-from tfx import v1 as tfx
+from tfx import types
+from tfx.dsl.components.base import base_executor
 from tfx.dsl.io import fileio
 from tfx.types import standard_artifacts
 from tfx.utils import io_utils, path_utils
 
+from components.candidates import build, candidates
 from fraud.model_info import read_model_info
 
 #: The model-info field candidates are ranked by.
@@ -50,14 +54,9 @@ def _copy_tree(source: str, dest: str) -> None:
             fileio.copy(src, os.path.join(dest, name), overwrite=True)
 
 
-@tfx.dsl.components.component
-def ModelSelector(
-    models: tfx.dsl.components.InputArtifact[list[standard_artifacts.Model]],
-    model: tfx.dsl.components.OutputArtifact[standard_artifacts.Model],
-    metric: tfx.dsl.components.Parameter[str] = VALIDATION_METRIC,
-) -> None:
-    """Picks the candidate best on validation (see the module docstring)."""
-    by_kind: dict[str, standard_artifacts.Model] = {}
+def select(models: list[Any], model: Any, metric: str = VALIDATION_METRIC) -> str:
+    """Copies the best candidate into `model` (see the module docstring); returns its kind."""
+    by_kind: dict[str, Any] = {}
     values: dict[str, float | None] = {}
     for candidate in models:
         info = read_model_info(path_utils.serving_model_path(candidate.uri,
@@ -74,3 +73,17 @@ def ModelSelector(
     for kind, value in values.items():
         if value is not None and math.isfinite(value):
             model.set_float_custom_property(f"{kind}_{metric}", value)
+    return name
+
+
+class Executor(base_executor.BaseExecutor):
+    def Do(self, input_dict: dict[str, list[Any]], output_dict: dict[str, list[Any]],
+           exec_properties: dict[str, Any]) -> None:
+        (model,) = output_dict["model"]
+        select(candidates(input_dict), model, exec_properties.get("metric") or VALIDATION_METRIC)
+
+
+def ModelSelector(models: Mapping[str, types.BaseChannel], metric: str = VALIDATION_METRIC) -> Any:
+    """The selector over `models` ({kind: Trainer model channel}); output `model`."""
+    return build("ModelSelector", Executor, models, inputs={},
+                 outputs={"model": standard_artifacts.Model}, parameters={"metric": (str, metric)})

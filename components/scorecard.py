@@ -11,13 +11,16 @@ Output: a `fraud.ModelScorecard` artifact holding `scorecard.json` ({kind: {...}
 
 import json
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from tfx import v1 as tfx
+from tfx import types
+from tfx.dsl.components.base import base_executor
 from tfx.types import artifact, standard_artifacts
 from tfx.utils import io_utils, path_utils
 
+from components.candidates import build, candidates
 from fraud import signature
 from fraud.features import LABEL_KEY
 from fraud.metrics import BOOTSTRAP_SAMPLES, scorecard
@@ -63,23 +66,30 @@ def read_scorecard(uri: str) -> dict[str, Any]:
     return json.loads(io_utils.read_string_file(os.path.join(uri, SCORECARD_FILE)))
 
 
-@tfx.dsl.components.component
-def ModelScorecard(
-    examples: tfx.dsl.components.InputArtifact[standard_artifacts.Examples],
-    models: tfx.dsl.components.InputArtifact[list[standard_artifacts.Model]],
-    scorecard_out: tfx.dsl.components.OutputArtifact[FraudScorecard],
-    split: tfx.dsl.components.Parameter[str] = "eval",
-    bootstrap_samples: tfx.dsl.components.Parameter[int] = BOOTSTRAP_SAMPLES,
-) -> None:
-    """Scores every candidate on `split` (see the module docstring)."""
-    records, labels = read_split(examples, split)
-    result: dict[str, Any] = {}
-    for model in models:
-        model_dir = path_utils.serving_model_path(model.uri, path_utils.is_old_model_artifact(model))
-        info = read_model_info(model_dir)
-        card = scorecard(labels, score_examples(model_dir, records), samples=bootstrap_samples).to_dict()
-        card["validation_auprc"] = info.get("validation_auprc")
-        card["model_id"] = model.id
-        result[str(info["model"])] = card
-    io_utils.write_string_file(os.path.join(scorecard_out.uri, SCORECARD_FILE),
-                               json.dumps({"split": split, "models": result}, indent=1, sort_keys=True))
+class Executor(base_executor.BaseExecutor):
+    def Do(self, input_dict: dict[str, list[Any]], output_dict: dict[str, list[Any]],
+           exec_properties: dict[str, Any]) -> None:
+        (examples,) = input_dict["examples"]
+        (out,) = output_dict["scorecard"]
+        split = exec_properties.get("split") or "eval"
+        samples = int(exec_properties.get("bootstrap_samples") or BOOTSTRAP_SAMPLES)
+        records, labels = read_split(examples, split)
+        result: dict[str, Any] = {}
+        for model in candidates(input_dict):
+            model_dir = path_utils.serving_model_path(model.uri, path_utils.is_old_model_artifact(model))
+            info = read_model_info(model_dir)
+            card = scorecard(labels, score_examples(model_dir, records), samples=samples).to_dict()
+            card["validation_auprc"] = info.get("validation_auprc")
+            card["model_id"] = model.id
+            result[str(info["model"])] = card
+        io_utils.write_string_file(os.path.join(out.uri, SCORECARD_FILE),
+                                   json.dumps({"split": split, "models": result}, indent=1, sort_keys=True))
+
+
+def ModelScorecard(examples: types.BaseChannel, models: Mapping[str, types.BaseChannel], split: str = "eval",
+                   bootstrap_samples: int = BOOTSTRAP_SAMPLES) -> Any:
+    """Scores every model of `models` ({kind: Trainer model channel}) on `split` of `examples`."""
+    return build("ModelScorecard", Executor, models,
+                 inputs={"examples": (standard_artifacts.Examples, examples)},
+                 outputs={"scorecard": FraudScorecard},
+                 parameters={"split": (str, split), "bootstrap_samples": (int, bootstrap_samples)})

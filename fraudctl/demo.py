@@ -433,7 +433,7 @@ def model_lines(paths: Paths) -> list[str]:
 
     record = latest_run(paths.metadata_path)
     lines = []
-    cards = record.outputs.get("ModelScorecard", {}).get("scorecard_out", [])
+    cards = record.outputs.get("ModelScorecard", {}).get("scorecard", [])
     if cards:
         for kind, c in sorted(read_scorecard(cards[0].uri)["models"].items()):
             nan = float("nan")

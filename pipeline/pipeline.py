@@ -26,7 +26,6 @@ import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
 from tfx.dsl.components.base import executor_spec
 from tfx.proto import example_gen_pb2
-from tfx.types import channel_utils
 
 from components import versioned_pusher
 from components.kafka_export_example_gen import KafkaExportExampleGen
@@ -278,7 +277,7 @@ def create_pipeline(
         trainers.append(trainer)
         nodes.append(trainer)
 
-    candidates = channel_utils.union([t.outputs["model"] for t in trainers])
+    candidates = {kind: t.outputs["model"] for kind, t in zip(training.kinds, trainers, strict=True)}
     selector = ModelSelector(models=candidates).with_id(SELECTOR_ID)
     # The serving model: the latest selection the Evaluator blessed.
     serving_model = tfx.dsl.Resolver(

@@ -429,7 +429,7 @@ def scorecard_section(record: RunRecord, model_infos: Mapping[str, Mapping[str, 
     """Every candidate on the eval split (ModelScorecard) and how each was trained."""
     from components.scorecard import read_scorecard
 
-    artifacts = record.outputs.get("ModelScorecard", {}).get("scorecard_out", [])
+    artifacts = record.outputs.get("ModelScorecard", {}).get("scorecard", [])
     if not artifacts:
         return []
     try:

@@ -164,7 +164,7 @@ def test_demo_numbers_match_the_reports_it_points_to(demo_run):
 
     printed = dict(re.findall(r"^\s+(\w+)\s+eval AUPRC (\d\.\d{3})", out, re.M))
     record = latest_run(paths.metadata_path)
-    card = read_scorecard(record.outputs["ModelScorecard"]["scorecard_out"][0].uri)["models"]
+    card = read_scorecard(record.outputs["ModelScorecard"]["scorecard"][0].uri)["models"]
     assert set(printed) == set(card) and printed
     for model, figures in card.items():
         assert printed[model] == f"{figures['auprc']:.3f}"
