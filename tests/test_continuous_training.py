@@ -83,5 +83,5 @@ def test_two_cycles_warm_start_and_a_worse_model_is_not_pushed(kafka_client_conf
     # The second run's Trainer really started from the pushed model's weights.
     trainer_models = sorted((paths.pipeline_root / "Trainer_supervised" / "model").iterdir(), key=lambda p: int(p.name))
     info = read_model_info(str(trainer_models[-1] / "Format-Serving"))
-    assert info["warm_started_from"] and "ModelSelector" in info["warm_started_from"]
+    assert info["warm_started_from"] and "Trainer_supervised" in info["warm_started_from"]
     assert any("cycle 2" in line and "nothing pushed" in line for line in lines), lines
