@@ -113,7 +113,7 @@ def test_first_run_executes_everything_and_pushes_version_1(first_run: Paths) ->
     pushed = mlmd.artifacts("PushedModel")[0]
     assert pushed.custom_properties["pushed"].int_value == 1
     assert pushed.custom_properties["pushed_version"].string_value == "1"
-    (verdict,) = mlmd.artifacts("ModelBlessing")
+    (verdict,) = [b for b in mlmd.artifacts("ModelBlessing") if "/Evaluator/" in b.uri]
     assert verdict.custom_properties["blessed"].int_value == 1
     (selection,) = [m for m in mlmd.artifacts("Model") if "/ModelSelector/" in m.uri]
     selected = selection.custom_properties["selected_model"].string_value
@@ -172,7 +172,8 @@ def test_a_deliberately_worse_model_is_not_blessed(first_run: Paths) -> None:
     mlmd = _Mlmd(first_run)
     run = mlmd.runs()[runs_before]
     assert run["Transform"] == "CACHED" and run["Trainer_supervised"] == "COMPLETE"
-    assert mlmd.artifacts("ModelBlessing")[-1].custom_properties["blessed"].int_value == 0
+    verdicts = [b for b in mlmd.artifacts("ModelBlessing") if "/Evaluator/" in b.uri]
+    assert verdicts[-1].custom_properties["blessed"].int_value == 0
     assert _versions(first_run) == ["1"]
     assert mlmd.artifacts("PushedModel")[-1].custom_properties["pushed"].int_value == 0
 
