@@ -34,7 +34,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from components.scorecard import read_scorecard
 from fraud import spans, topics
 from fraud.console import Console, quiet_output, timestamped_log
 from fraud.dataset import count_rows
@@ -430,6 +429,7 @@ def summarize(config: DemoConfig) -> str:
 def model_lines(paths: Paths) -> list[str]:
     """Every candidate's eval figures, the one chosen on validation, the Evaluator's verdict and what was
     pushed in the latest pipeline run (as `fraudctl report` shows)."""
+    from components.scorecard import read_scorecard  # imports TFX: only when there is a run to summarize
 
     record = latest_run(paths.metadata_path)
     lines = []
