@@ -29,6 +29,7 @@ setup(
     package_data={
         "fraud": ["embedded/pom.xml", "embedded/*.yaml", "sample/*"],
         "schema": ["*.pbtxt"],
+        "pipeline": ["beam_requirements.txt"],
         "monitoring": ["*.json"],
         "preprocessing": ["*.yaml"],
     },

@@ -5,8 +5,8 @@ Transform outputs and score the eval split, in one process (seconds to minutes i
     .venv/bin/python bench/bench_model_quality.py --home /tmp/bench autoencoder '{"seeds": 2}'
     .venv/bin/python bench/bench_model_quality.py --home /tmp/bench supervised '{"widths": [128, 64]}'
 
-The same code as the Trainer (`pipeline.training.run_training`); the configuration is a JSON object
-of AutoencoderConfig / SupervisedConfig fields. Baseline in the same run: the model the pipeline
+The same code as the Trainer (`pipeline.models.base.run_training`); the configuration is a JSON object
+of the kind's config fields (pipeline/models/<kind>.py). Baseline in the same run: the model the pipeline
 trained with the default configuration, scored on the same rows (ratio of AUPRCs printed).
 """
 
@@ -41,31 +41,27 @@ def eval_examples(root: Path) -> tuple[list[bytes], np.ndarray]:
 def score(model_dir: Path, examples: list[bytes]) -> np.ndarray:
     import tensorflow as tf
 
+    from fraud.model_info import load_custom_ops
+
+    load_custom_ops(str(model_dir))
     serve = tf.saved_model.load(str(model_dir)).signatures[signature.SIGNATURE_NAME]
     return np.concatenate([serve(**{signature.INPUT_EXAMPLES: tf.constant(examples[i:i + 8192])})[signature.SCORE]
                            .numpy() for i in range(0, len(examples), 8192)])
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.training import (
-        AutoencoderConfig,
-        SupervisedConfig,
-        TrainerInputs,
-        average_precision,
-        precision_at_k,
-        precision_recall_at,
-        roc_auc,
-        run_training,
-    )
+    from fraud.metrics import average_precision, precision_at_k, precision_recall_at, roc_auc
+    from pipeline.models import KINDS
+    from pipeline.models.base import TrainerInputs, run_training
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--home", type=Path, required=True, help="FRAUD_HOME of a kept bench/bench_pipeline.py run")
-    parser.add_argument("kind", choices=("autoencoder", "supervised"))
+    parser.add_argument("kind", choices=tuple(KINDS))
     parser.add_argument("config", nargs="?", default="{}", help="JSON object of config fields")
     args = parser.parse_args(argv)
     root = args.home / "tfx"
-    config_cls = AutoencoderConfig if args.kind == "autoencoder" else SupervisedConfig
-    config = config_cls.from_dict(json.loads(args.config))
+    kind = KINDS[args.kind]
+    config = kind.config(json.loads(args.config))
     transformed = _latest(root / "Transform" / "transformed_examples")
     out = Path(tempfile.mkdtemp(prefix="model-quality-"))
     inputs = TrainerInputs(train_files=[str(transformed / "Split-train" / "*")],
@@ -73,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
                            transform_output_dir=str(_latest(root / "Transform" / "transform_graph")),
                            serving_model_dir=str(out))
     start = time.perf_counter()
-    info = run_training(args.kind, inputs, config, log=lambda m: print(f"  {m}"))
+    info = run_training(kind, inputs, config, log=lambda m: print(f"  {m}"))
     seconds = time.perf_counter() - start
     examples, labels = eval_examples(root)
     s = score(out, examples)

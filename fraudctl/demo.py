@@ -45,7 +45,7 @@ from fraud.kafka_config import KafkaClientConfig, ensure_topics
 from fraud.paths import SAMPLE_CSV, Paths, load_paths
 from kafka_bridge.config import DEFAULT_GROUP as BRIDGE_GROUP
 from monitoring.report import load_snapshot
-from pipeline.report import artifact_property, latest_run, read_evaluation
+from pipeline.report import artifact_property, latest_run
 from preprocessing.job import DEFAULT_GROUP as PREPROCESS_GROUP
 from warehouse.config import SinkConfig
 from warehouse.store import live_summary
@@ -427,21 +427,27 @@ def summarize(config: DemoConfig) -> str:
 
 
 def model_lines(paths: Paths) -> list[str]:
-    """What the latest pipeline run's Evaluators measured and what it pushed (as `fraudctl report` shows)."""
+    """Every candidate's eval figures, the one chosen on validation, the Evaluator's verdict and what was
+    pushed in the latest pipeline run (as `fraudctl report` shows)."""
+    from components.scorecard import read_scorecard  # imports TFX: only when there is a run to summarize
 
     record = latest_run(paths.metadata_path)
     lines = []
-    for node, keys in sorted(record.outputs.items()):
-        if node.startswith("Evaluator_") and keys.get("evaluation"):
-            ev = read_evaluation(node.removeprefix("Evaluator_"), keys["evaluation"][0].uri, None)
-            o, d = ev.overall, ev.decision
-            lines.append(f"  {ev.model:<12} eval AUPRC {o.get('auc_precision_recall', float('nan')):.3f}, "
-                         f"ROC-AUC {o.get('auc', float('nan')):.3f}, at its threshold precision "
-                         f"{d.get('precision', float('nan')):.3f} recall {d.get('recall', float('nan')):.3f} "
-                         f"({int(o.get('example_count', 0))} eval rows)")
-    selected = record.outputs.get("ModelSelector", {}).get("blessing", [])
+    cards = record.outputs.get("ModelScorecard", {}).get("scorecard", [])
+    if cards:
+        for kind, c in sorted(read_scorecard(cards[0].uri)["models"].items()):
+            nan = float("nan")
+            lines.append(f"  {kind:<12} eval AUPRC {c.get('auprc') or nan:.3f} "
+                         f"[{c.get('auprc_low') or nan:.3f}, {c.get('auprc_high') or nan:.3f}], ROC-AUC "
+                         f"{c.get('roc_auc') or nan:.3f}, recall@1%FPR {c.get('recall_at_1pct_fpr') or nan:.3f}; "
+                         f"validation AUPRC {c.get('validation_auprc') or nan:.3f} ({c.get('rows')} eval rows)")
+    selected = record.outputs.get("ModelSelector", {}).get("model", [])
+    verdict = record.outputs.get("Evaluator", {}).get("blessing", [])
     pushed = record.outputs.get("Pusher", {}).get("pushed_model", [])
-    choice = f"selected {artifact_property(selected[0], 'selected_model')}" if selected else "no selection"
+    choice = (f"selected {artifact_property(selected[0], 'selected_model')} on validation" if selected
+              else "no selection")
+    if verdict:
+        choice += ", blessed" if artifact_property(verdict[0], "blessed") else ", not blessed"
     if pushed and artifact_property(pushed[0], "pushed"):
         choice += f", pushed as version {artifact_property(pushed[0], 'pushed_version')}"
     return [f"models          : {choice} (run {record.run_id})", *lines]

@@ -2,7 +2,8 @@
 
 Everything comes from the run's own records: MLMD (which components ran, what they produced), TFDV
 (statistics and anomalies of each split), TFMA (metrics, slices, plots of each evaluated model), the
-ModelSelector's decision and the Pusher's version. Plots (PR curve, score histogram by class,
+ModelSelector's decision (on validation), every candidate's eval figures with their uncertainty
+(ModelScorecard), the Evaluator's verdict against the serving model and the Pusher's version. Plots (PR curve, score histogram by class,
 calibration) are drawn with matplotlib and embedded as PNG, so the page is one self-contained file.
 """
 
@@ -320,7 +321,8 @@ def render(record: RunRecord, model_infos: Mapping[str, Mapping[str, Any]]) -> s
             f"report written {time.strftime('%Y-%m-%d %H:%M:%S')}</p>"]
 
     # Outcome
-    selector = record.outputs.get("ModelSelector", {}).get("blessing", [])
+    selector = record.outputs.get("ModelSelector", {}).get("model", [])
+    verdict = record.outputs.get("Evaluator", {}).get("blessing", [])
     pushed = record.outputs.get("Pusher", {}).get("pushed_model", [])
     outcome = []
     if any(s == "FAILED" for s in record.states.values()):
@@ -330,9 +332,11 @@ def render(record: RunRecord, model_infos: Mapping[str, Mapping[str, Any]]) -> s
             if record.errors.get(n):
                 outcome.append(f"<pre>{html.escape(record.errors[n][:3000])}</pre>")
     if selector:
-        b = selector[0]
-        outcome.append(f"<p>Model selected: <b>{html.escape(str(artifact_property(b, 'selected_model')))}</b>, "
-                       f"{'<span class=ok>blessed</span>' if artifact_property(b, 'blessed') else '<span class=bad>not blessed</span>'}.</p>")
+        m = selector[0]
+        blessed = bool(verdict) and bool(artifact_property(verdict[0], "blessed"))
+        outcome.append(f"<p>Model selected on validation: <b>{html.escape(str(artifact_property(m, 'selected_model')))}"
+                       f"</b>, {'<span class=ok>blessed</span>' if blessed else '<span class=bad>not blessed</span>'} "
+                       f"by the Evaluator against the serving model.</p>")
     if pushed:
         p = pushed[0]
         if artifact_property(p, "pushed"):
@@ -370,16 +374,19 @@ def render(record: RunRecord, model_infos: Mapping[str, Mapping[str, Any]]) -> s
         out += ["<h3>Feature statistics by split (TFDV)</h3>", report_kit.table(headers, rows)]
 
     # Models
+    out += scorecard_section(record, model_infos)
+    out += tuner_section(record)
     evaluations = []
     for node, keys in sorted(record.outputs.items()):
-        if node.startswith("Evaluator_") and keys.get("evaluation"):
-            model = node[len("Evaluator_"):]
+        if node.startswith("Evaluator") and keys.get("evaluation"):
+            model = node[len("Evaluator_"):] if node.startswith("Evaluator_") else \
+                str(artifact_property(selector[0], "selected_model")) if selector else "candidate"
             blessing = keys.get("blessing", [None])[0]
             evaluations.append(read_evaluation(model, keys["evaluation"][0].uri,
                                                bool(artifact_property(blessing, "blessed")) if blessing is not None else None))
     if evaluations:
         thresholds = {m: float(i["threshold"]) for m, i in model_infos.items() if "threshold" in i}
-        out.append("<h2>Models on the eval split (TFMA)</h2>")
+        out.append("<h2>The selected model on the eval split (TFMA, against the serving model)</h2>")
         rows = []
         for ev in evaluations:
             info = model_infos.get(ev.model, {})
@@ -413,8 +420,59 @@ def render(record: RunRecord, model_infos: Mapping[str, Mapping[str, Any]]) -> s
     return report_kit.page(f"Fraud pipeline run {record.run_id}", out)
 
 
+_SCORECARD_COLUMNS = (("validation_auprc", "validation AUPRC"), ("auprc", "eval AUPRC"), ("auprc_low", "95% low"),
+                      ("auprc_high", "95% high"), ("roc_auc", "ROC AUC"), ("recall_at_1pct_fpr", "recall @ 1% FPR"),
+                      ("precision_at_100", "precision @ 100"))
+
+
+def scorecard_section(record: RunRecord, model_infos: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Every candidate on the eval split (ModelScorecard) and how each was trained."""
+    from components.scorecard import read_scorecard
+
+    artifacts = record.outputs.get("ModelScorecard", {}).get("scorecard", [])
+    if not artifacts:
+        return []
+    try:
+        card = read_scorecard(artifacts[0].uri)
+    except Exception:  # noqa: BLE001 - a missing file still renders the rest
+        return []
+    selected = record.outputs.get("ModelSelector", {}).get("model", [])
+    chosen = str(artifact_property(selected[0], "selected_model")) if selected else ""
+    rows = []
+    for kind, figures in sorted(card["models"].items(), key=lambda kv: -(kv[1].get("auprc") or 0.0)):
+        info = model_infos.get(kind, {})
+        training = info.get("training", {})
+        rows.append([kind + (" (selected)" if kind == chosen else ""), figures.get("rows"), figures.get("frauds"),
+                     *(math.nan if figures.get(k) is None else figures[k] for k, _ in _SCORECARD_COLUMNS),
+                     training.get("seconds", math.nan), info.get("warm_started_from") or "no"])
+    return ["<h2>Every candidate on the eval split</h2>",
+            "<p class='small'>Chosen on validation (never on eval). 95% interval: percentile bootstrap of AUPRC over "
+            "eval rows. Recall at 1% FPR: share of frauds caught when at most 1% of normal rows are flagged.</p>",
+            report_kit.table(["model", "rows", "frauds", *(t for _, t in _SCORECARD_COLUMNS), "training s", "warm start"], rows)]
+
+
+def tuner_section(record: RunRecord) -> list[str]:
+    """Every Tuner's trials (TFX Tuner's tuner_results.json), best first."""
+    import json
+
+    out = []
+    for node, keys in sorted(record.outputs.items()):
+        if not node.startswith("Tuner_") or not keys.get("tuner_results"):
+            continue
+        try:
+            with open(os.path.join(keys["tuner_results"][0].uri, "tuner_results.json"), encoding="utf-8") as f:
+                trials = json.load(f)
+        except (OSError, ValueError):
+            continue
+        columns = sorted({k for t in trials for k in t} - {"trial_id", "score"})
+        out += [f"<h3>{html.escape(node)}: trials (objective: validation AUPRC)</h3>",
+                report_kit.table(["trial", "validation AUPRC", *columns],
+                       [[t.get("trial_id"), t.get("score"), *(t.get(c) for c in columns)] for t in trials])]
+    return out
+
+
 def model_infos(record: RunRecord) -> dict[str, dict[str, Any]]:
-    from pipeline.training import read_model_info
+    from fraud.model_info import read_model_info
 
     infos = {}
     for node, keys in record.outputs.items():

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fraud import dtypes
+from fraud.model_info import load_custom_ops_for, meta_graph_ops
 from serving import wire
 from serving.errors import Code, ServingError
 from serving.requests import DEFAULT_SIGNATURE, ExamplesCall, PredictCall
@@ -166,6 +167,8 @@ class Servable:
         import tensorflow as tf
 
         try:
+            # Custom ops the graph needs (TF-DF's SimpleML* for tree models) before TF parses it.
+            load_custom_ops_for(meta_graph_ops(meta_graph), path)
             loaded = tf.saved_model.load(path, tags=list(tags))
         except Exception as exc:  # any loader failure is reported in the version's status
             raise _tf_error(exc) from exc

@@ -158,16 +158,16 @@ def test_demo_numbers_match_the_reports_it_points_to(demo_run):
     finally:
         con.close()
     assert f"transactions scored by model versions 1, {alerts} alerts" in out
-    # The model lines are the TFMA metrics the pipeline report renders (same MLMD run, same Evaluator output).
-    from pipeline.report import latest_run, read_evaluation
+    # The model lines are the scorecard the pipeline report renders (same MLMD run, same ModelScorecard output).
+    from components.scorecard import read_scorecard
+    from pipeline.report import latest_run
 
     printed = dict(re.findall(r"^\s+(\w+)\s+eval AUPRC (\d\.\d{3})", out, re.M))
     record = latest_run(paths.metadata_path)
-    evaluators = {n.removeprefix("Evaluator_"): k for n, k in record.outputs.items() if n.startswith("Evaluator_")}
-    assert set(printed) == set(evaluators) and printed
-    for model, keys in evaluators.items():
-        ev = read_evaluation(model, keys["evaluation"][0].uri, None)
-        assert printed[model] == f"{ev.overall['auc_precision_recall']:.3f}"
+    card = read_scorecard(record.outputs["ModelScorecard"]["scorecard"][0].uri)["models"]
+    assert set(printed) == set(card) and printed
+    for model, figures in card.items():
+        assert printed[model] == f"{figures['auprc']:.3f}"
     snapshot = json.loads(paths.monitor_snapshot.read_text())
     assert f"monitor alerts  : {len(snapshot['alerts'])} " in out
 

@@ -12,7 +12,6 @@ import pytest
 import tensorflow_data_validation as tfdv
 
 from components import versioned_pusher
-from components.model_selector import choose
 from components.validation_gate import ANOMALIES_FILE, summarize_anomalies
 from fraud.features import FEATURE_NAMES, LABEL_KEY
 from schema import SCHEMA_FILE
@@ -71,13 +70,6 @@ def test_schema_lists_exactly_the_feature_module() -> None:
     label = tfdv.get_feature(schema, LABEL_KEY)
     assert list(label.not_in_environment) == ["SERVING"]
     assert tfdv.get_feature(schema, "Amount").float_domain.min == 0.0
-
-
-def test_selector_prefers_the_better_blessed_model() -> None:
-    assert choose({"autoencoder": (True, 0.6), "supervised": (True, 0.8)}) == ("supervised", True)
-    assert choose({"autoencoder": (True, 0.6), "supervised": (False, 0.8)}) == ("autoencoder", True)
-    assert choose({"autoencoder": (False, 0.6), "supervised": (False, 0.8)}) == ("supervised", False)
-    assert choose({"autoencoder": (True, None), "supervised": (True, 0.1)}) == ("supervised", True)
 
 
 def test_pusher_writes_the_next_integer_version_atomically(tmp_path: Path) -> None:

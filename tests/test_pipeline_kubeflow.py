@@ -8,7 +8,7 @@ import json
 import pytest
 
 from pipeline.kubeflow_v2_runner import compile_pipeline
-from pipeline.pipeline import Gates
+from pipeline.pipeline import MODEL_KINDS, Gates
 
 IMAGE = "registry.example.com/fraud-tfx:1.2.3"
 
@@ -29,9 +29,11 @@ def _param(ir: dict, task: str, name: str):
 def test_every_component_is_a_task_on_the_project_image(ir: dict) -> None:
     tasks = set(ir["root"]["dag"]["tasks"])
     assert {"KafkaExportExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "DataValidationGate",
-            "Transform", "Trainer_autoencoder", "Trainer_supervised", "Evaluator_autoencoder", "Evaluator_supervised",
-            "ModelSelector", "KubernetesInfraValidator", "Pusher"} <= tasks
-    assert any(t.startswith("latest_blessed_autoencoder") for t in tasks)
+            "Transform", *(f"Trainer_{k}" for k in MODEL_KINDS), *(f"KindBlessing_{k}" for k in MODEL_KINDS),
+            "ModelSelector", "ModelScorecard", "Evaluator", "KubernetesInfraValidator", "Pusher"} <= tasks
+    # The stock base-model resolver per kind (warm start) and for the serving model compile on Kubeflow.
+    assert all(any(t.startswith(f"base_model_{k}") for t in tasks) for k in MODEL_KINDS)
+    assert any(t.startswith("serving_model") for t in tasks)
     executors = ir["deploymentSpec"]["executors"]
     images = {e["container"]["image"] for e in executors.values() if "container" in e}
     assert images == {IMAGE}
@@ -55,7 +57,9 @@ def test_parameters(ir: dict) -> None:
     assert _param(ir, "Transform", "preprocessing_fn") == "pipeline.modules.transform_module.preprocessing_fn"
     assert _param(ir, "Trainer_autoencoder", "run_fn") == "pipeline.modules.autoencoder_trainer.run_fn"
     assert json.loads(_param(ir, "Trainer_supervised", "eval_args"))["splits"] == ["validation"]
-    eval_config = json.loads(_param(ir, "Evaluator_supervised", "eval_config"))
+    assert _param(ir, "Trainer_gbt", "run_fn") == "pipeline.modules.gbt_trainer.run_fn"
+    assert _param(ir, "Evaluator", "module_path") == "pipeline.modules.evaluator_module"
+    eval_config = json.loads(_param(ir, "Evaluator", "eval_config"))
     thresholds = [t for m in eval_config["metrics_specs"][0]["metrics"] for t in m.get("per_slice_thresholds", [])]
     assert thresholds[0]["threshold"]["value_threshold"]["lower_bound"] == 0.42
     assert thresholds[0]["threshold"]["change_threshold"]["absolute"] == -0.01
@@ -68,7 +72,9 @@ def test_dependencies(ir: dict) -> None:
     assert "DataValidationGate" in tasks["Transform"]["dependentTasks"]
     pusher_inputs = tasks["Pusher"]["inputs"]["artifacts"]
     assert pusher_inputs["model"]["taskOutputArtifact"]["producerTask"] == "ModelSelector"
+    assert pusher_inputs["model_blessing"]["taskOutputArtifact"]["producerTask"] == "Evaluator"
     assert pusher_inputs["infra_blessing"]["taskOutputArtifact"]["producerTask"] == "KubernetesInfraValidator"
-    evaluator = tasks["Evaluator_autoencoder"]["inputs"]["artifacts"]
-    assert evaluator["model"]["taskOutputArtifact"]["producerTask"] == "Trainer_autoencoder"
+    evaluator = tasks["Evaluator"]["inputs"]["artifacts"]
+    assert evaluator["model"]["taskOutputArtifact"]["producerTask"] == "ModelSelector"
     assert "baseline_model" in evaluator
+    assert "base_model" in tasks["Trainer_supervised"]["inputs"]["artifacts"]

@@ -44,6 +44,7 @@ def test_beam_dag_runner_runs_the_pipeline(tmp_path) -> None:
                 for r in iter_rows(SAMPLE_CSV)))
     beam_runner.run(paths, args=beam_args(workers=2), splits=SplitFractions(0.5, 0.2, 0.3),
                     gates=Gates(min_auprc=0.1), infra_validation="none",
-                    training=TrainingSettings(autoencoder={"seeds": 1, "epochs": 5},
-                                              supervised={"seeds": 1, "epochs": 5}))
+                    training=TrainingSettings(kinds=("autoencoder", "supervised"),
+                                              configs={"autoencoder": {"seeds": 1, "epochs": 5},
+                                                       "supervised": {"seeds": 1, "epochs": 5}}))
     assert (paths.serving_model_dir / signature.DEFAULT_MODEL_NAME / "1" / "saved_model.pb").exists()

@@ -1,22 +1,12 @@
-"""Trainer module file of the autoencoder (unsupervised; trained on non-fraud rows only).
+"""Trainer module of the Autoencoder (unsupervised; trained on non-fraud rows only): pipeline/models/autoencoder.py.
 
-`custom_config` may hold "autoencoder": {...} (pipeline.training.AutoencoderConfig fields, e.g.
-"epochs", "seeds", "target": {"kind": "precision", "value": 0.5}). TrainArgs.num_steps bounds the
-gradient steps per seed. Train on the `train` split, choose epochs, calibration and the threshold on
-the Trainer's eval split (the pipeline passes `validation`).
+`custom_config` may hold "autoencoder": {...} (the kind's config fields); TrainArgs.num_steps bounds the
+gradient steps per seed; `base_model` (the last blessed model of this kind) is warm-started from.
+Trains on the `train` split; early stopping, calibration and the threshold use the Trainer's eval
+split (the pipeline passes `validation`).
 """
 
-from absl import logging
-from tfx import v1 as tfx
+from pipeline.models import autoencoder
+from pipeline.models.base import make_run_fn
 
-from pipeline.training import AutoencoderConfig, TrainerInputs, run_training
-
-CONFIG_KEY = "autoencoder"
-
-
-def run_fn(fn_args: tfx.components.FnArgs) -> None:
-    config = AutoencoderConfig.from_dict((fn_args.custom_config or {}).get(CONFIG_KEY, {}))
-    inputs = TrainerInputs(train_files=fn_args.train_files, validation_files=fn_args.eval_files,
-                           transform_output_dir=fn_args.transform_output,
-                           serving_model_dir=fn_args.serving_model_dir, max_steps=fn_args.train_steps or None)
-    run_training("autoencoder", inputs, config, log=logging.info)
+run_fn = make_run_fn(autoencoder.KIND)

@@ -1,21 +1,12 @@
-"""Trainer module file of the supervised model (an MLP on the same transformed features).
+"""Trainer module of the Supervised MLP: pipeline/models/mlp.py.
 
-`custom_config` may hold "supervised": {...} (pipeline.training.SupervisedConfig fields). TrainArgs
-.num_steps bounds the gradient steps per seed. Train on `train`; early stopping, calibration and the
-threshold use the Trainer's eval split (the pipeline passes `validation`).
+`custom_config` may hold "supervised": {...} (the kind's config fields); TrainArgs.num_steps bounds the
+gradient steps per seed; `base_model` (the last blessed model of this kind) is warm-started from.
+Trains on the `train` split; early stopping, calibration and the threshold use the Trainer's eval
+split (the pipeline passes `validation`).
 """
 
-from absl import logging
-from tfx import v1 as tfx
+from pipeline.models import mlp
+from pipeline.models.base import make_run_fn
 
-from pipeline.training import SupervisedConfig, TrainerInputs, run_training
-
-CONFIG_KEY = "supervised"
-
-
-def run_fn(fn_args: tfx.components.FnArgs) -> None:
-    config = SupervisedConfig.from_dict((fn_args.custom_config or {}).get(CONFIG_KEY, {}))
-    inputs = TrainerInputs(train_files=fn_args.train_files, validation_files=fn_args.eval_files,
-                           transform_output_dir=fn_args.transform_output,
-                           serving_model_dir=fn_args.serving_model_dir, max_steps=fn_args.train_steps or None)
-    run_training("supervised", inputs, config, log=logging.info)
+run_fn = make_run_fn(mlp.KIND)

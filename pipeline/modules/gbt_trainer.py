@@ -1,0 +1,12 @@
+"""Trainer module of the Gradient-boosted trees (TensorFlow Decision Forests): pipeline/models/gbt.py.
+
+`custom_config` may hold "gbt": {...} (the kind's config fields); TrainArgs.num_steps bounds the
+gradient steps per seed; `base_model` (the last blessed model of this kind) is warm-started from.
+Trains on the `train` split; early stopping, calibration and the threshold use the Trainer's eval
+split (the pipeline passes `validation`).
+"""
+
+from pipeline.models import gbt
+from pipeline.models.base import make_run_fn
+
+run_fn = make_run_fn(gbt.KIND)

@@ -1,0 +1,12 @@
+"""Trainer module of the Hybrid (autoencoder features into a supervised MLP): pipeline/models/hybrid.py.
+
+`custom_config` may hold "hybrid": {...} (the kind's config fields); TrainArgs.num_steps bounds the
+gradient steps per seed; `base_model` (the last blessed model of this kind) is warm-started from.
+Trains on the `train` split; early stopping, calibration and the threshold use the Trainer's eval
+split (the pipeline passes `validation`).
+"""
+
+from pipeline.models import hybrid
+from pipeline.models.base import make_run_fn
+
+run_fn = make_run_fn(hybrid.KIND)
