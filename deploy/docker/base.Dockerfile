@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # The base of every project image (services, pipeline, Kafka): a Debian bookworm with CPython 3.11, the
 # build machine's extra CA certificates, the user `fraud` (uid 10001) and FRAUD_HOME. scripts/images.sh
 # builds it as fraud-tfx-base:<tag> on top of ROOT_IMAGE:
