@@ -53,8 +53,10 @@ RUN /opt/fraud/bin/pip install --quiet --no-deps /tmp/wheels/*.whl \
  && /opt/fraud/bin/fraudctl --help > /dev/null \
  && /opt/fraud/bin/fraudctl preprocess check-rules > /dev/null
 # `python` first on PATH is the venv's: Kubeflow's `python -m ...` command finds TFX and the project.
+# Matplotlib's cache goes to /tmp: the user's home (FRAUD_HOME) may be mounted read-only (the model server).
 ENV PATH=/opt/fraud/bin:$PATH \
-    TF_CPP_MIN_LOG_LEVEL=2
+    TF_CPP_MIN_LOG_LEVEL=2 \
+    MPLCONFIGDIR=/tmp/matplotlib
 USER 10001:10001
 WORKDIR /var/lib/fraud
 # The monitor's /healthz, /readyz, /metrics; the model server's gRPC and REST ports.

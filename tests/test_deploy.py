@@ -496,6 +496,7 @@ def test_compose_service_command_env_and_ports_are_the_codes(name: str, tmp_path
         assert checker.check_own_service(env) is None and calls == [f"http://127.0.0.1:{parsed.http_port}/readyz"]
     elif name == "model-server":
         assert set(ports) == {parsed.config.port, parsed.config.rest_api_port}
+        assert parsed.config.host == parsed.config.rest_api_host == "0.0.0.0", "not reachable from other containers"
     elif name not in ("topics", "export", "train"):
         raise AssertionError(f"{name} runs without a health endpoint")
 
@@ -549,7 +550,7 @@ def test_compose_tf_serving_override_runs_the_same_model_server_flags(tmp_path: 
     override = yaml.safe_load((h.DEPLOY / "compose" / "tf-serving.yml").read_text())["services"]["model-server"]
     assert override["image"] == f"tensorflow/serving:{importlib.metadata.version('tensorflow-serving-api')}"
     assert override["entrypoint"] == ["tensorflow_model_server"]
-    ours = [a for a in SERVICES["model-server"]["command"] if a.startswith("--")]
+    ours = [a for a in SERVICES["model-server"]["command"] if a.startswith("--") and not a.startswith("--host=")]
     assert override["command"] == ours
     assert override["healthcheck"]["test"][0] == "CMD"  # the image has bash, no python
 
