@@ -28,6 +28,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -233,12 +234,13 @@ def test_compose_stack_ingests_trains_scores_and_stores_exactly_once(stack: Stac
     transactions = _read_topic(stack.bootstrap, TRANSACTIONS.name, expected)
     scores = _read_topic(stack.bootstrap, SCORES.name, expected, timeout_s=600)
     stack.timed(f"scores read back from Kafka ({len(scores)})", t)
-    tx_ids = [e["transaction_id"] for e in transactions]
-    score_ids = [s["transaction_id"] for s in scores]
-    assert len(tx_ids) == len(set(tx_ids)) == expected
-    duplicated = len(score_ids) - len(set(score_ids))
-    assert duplicated == 0, f"{duplicated} transactions scored more than once"
-    assert set(score_ids) == set(tx_ids), f"lost {len(set(tx_ids) - set(score_ids))}"
+    # Multisets, not sets: the sample has identical rows, and a CSV line's transaction id is derived from its
+    # content, so a few ids come twice in the input (26 in these 5,400 rows); each record is scored once.
+    tx_ids = Counter(e["transaction_id"] for e in transactions)
+    score_ids = Counter(s["transaction_id"] for s in scores)
+    assert sum(tx_ids.values()) == expected
+    lost, duplicated = tx_ids - score_ids, score_ids - tx_ids
+    assert not lost and not duplicated, f"lost {sum(lost.values())}, duplicated {sum(duplicated.values())}"
     assert {str(s["model_version"]) for s in scores} == {str(version)}
     assert all(0.0 <= s["score"] <= 1.0 for s in scores)
 
@@ -277,9 +279,9 @@ def test_compose_stack_ingests_trains_scores_and_stores_exactly_once(stack: Stac
     finally:
         con.close()
     stack.timed("warehouse rows read back", t)
-    assert rows == distinct == expected and stored == set(tx_ids)
+    assert rows == distinct == len(tx_ids) and stored == set(tx_ids)  # one row per transaction id
     assert labels == LIVE_ROWS
-    print(f"compose stack: {expected} transactions in, {len(scores)} scores, {rows} warehouse rows, "
+    print(f"compose stack: {expected} transactions in ({len(tx_ids)} ids), {len(scores)} scores, {rows} warehouse rows, "
           f"{labels} labels, 0 lost, 0 duplicated; model version {version}", flush=True)
 
 
