@@ -221,7 +221,7 @@ def test_compose_stack_ingests_trains_scores_and_stores_exactly_once(stack: Stac
 
     # 5. Live traffic from the host.
     t = time.monotonic()
-    replay = subprocess.run([sys.executable, "-m", "fraud.cli", "replay", "--bootstrap", stack.bootstrap,
+    replay = subprocess.run([sys.executable, "-m", "fraudctl.cli", "replay", "--bootstrap", stack.bootstrap,
                              "--start-row", str(HISTORY_ROWS), "--limit", str(LIVE_ROWS), "--flush-labels",
                              "--no-progress"], capture_output=True, text=True, timeout=600,
                             env={k: v for k, v in os.environ.items() if not k.startswith("FRAUD_")})

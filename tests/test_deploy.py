@@ -651,6 +651,20 @@ def test_compose_connect_reads_the_ingest_file_into_the_ingest_topic(tmp_path: P
     assert connector["name"] in " ".join(h.healthcheck_argv(connect))
 
 
+def _assert_downstream_reads_committed() -> None:
+    """The sink and the monitor read through fraud.stream.reader.PartitionReader, which reads committed
+    records only (an aborted score must never reach the warehouse)."""
+    import inspect
+
+    import monitoring.monitor
+    import warehouse.sink
+    from fraud.stream import reader
+
+    for module in (warehouse.sink, monitoring.monitor):
+        assert module.PartitionReader is reader.PartitionReader, module.__name__
+    assert '"isolation.level": "read_committed"' in inspect.getsource(reader.PartitionReader.__init__)
+
+
 def test_compose_delivers_exactly_once(tmp_path: Path) -> None:
     """What the README promises: preprocessing and the bridge write in Kafka transactions, each with a
     transactional id that is stable across container restarts and distinct between the two; the readers
@@ -668,9 +682,7 @@ def test_compose_delivers_exactly_once(tmp_path: Path) -> None:
         assert again == ids[name]
         assert "deploy" not in SERVICES[name] or SERVICES[name]["deploy"].get("replicas", 1) == 1
     assert len(set(ids.values())) == 2, ids
-    from monitoring import kafka_io
-
-    assert 'isolation.level": "read_committed"' in Path(kafka_io.__file__).read_text()
+    _assert_downstream_reads_committed()
 
 
 def test_compose_file_is_valid_for_docker_compose(tmp_path: Path) -> None:
@@ -972,9 +984,7 @@ def test_k8s_bridge_and_preprocessing_run_exactly_once_as_statefulsets(build: tu
             tx_ids.add(stream.transactional_id)
         assert len(tx_ids) == max(replicas, 2)
     # The readers downstream see committed records only (the sink and the monitor read read_committed).
-    from monitoring import kafka_io
-
-    assert 'isolation.level": "read_committed"' in Path(kafka_io.__file__).read_text()
+    _assert_downstream_reads_committed()
 
 
 #: Kubernetes versions the manifests are validated against: the oldest still common on managed clusters,

@@ -226,7 +226,7 @@ def test_model_server_runs_from_compose_settings_and_passes_its_healthcheck(tmp_
            **{k: v.replace(h.CONTAINER_HOME, str(home)) for k, v in h.compose_env(service).items()}}
     log = tmp_path / "model-server.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "fraud.cli", *argv[1:]], env=env, stdout=out,
+        proc = subprocess.Popen([sys.executable, "-m", "fraudctl.cli", *argv[1:]], env=env, stdout=out,
                                 stderr=subprocess.STDOUT)
     check = [sys.executable, str(h.HEALTHCHECK_SCRIPT),
              *[a.replace(":8501/", f":{rest_port}/") for a in h.healthcheck_argv(service)[1:]]]
