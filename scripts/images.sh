@@ -54,7 +54,7 @@ build() {  # build NAME DOCKERFILE [docker build options...]
   local name="$1" dockerfile="$2" image="fraud-tfx-$1:$tag" start
   shift 2
   start=$(date +%s)
-  if ! docker build --file "$dockerfile" --tag "$image" "$@" . > "$logs/$name.log" 2>&1; then
+  if ! docker build --force-rm --file "$dockerfile" --tag "$image" "$@" . > "$logs/$name.log" 2>&1; then
     tail -25 "$logs/$name.log" >&2
     echo "images: building $image failed (log $logs/$name.log)" >&2
     exit 1
