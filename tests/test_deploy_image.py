@@ -63,9 +63,16 @@ def test_python_images_hold_exactly_their_lock(images: dict[str, str], name: str
     assert have == wanted, {"extra": sorted(set(have) - set(wanted)), "missing": sorted(set(wanted) - set(have))}
     assert any(_norm(f) == "fraud-tfx==0.1.0" for f in frozen)
     check = _docker("run", "--rm", "--entrypoint", "python", images[name], "-m", "pip", "check", check=False)
-    problems = [ln for ln in check.stdout.splitlines()
-                if ln.strip() and not ln.startswith("apache-beam 2.74.0 has requirement envoy-data-plane")]
-    assert not problems, problems  # the envoy line: see tests/test_environment.py
+    problems = []
+    for line in check.stdout.splitlines():
+        if not line.strip() or line.startswith("apache-beam 2.74.0 has requirement envoy-data-plane"):
+            continue  # known and accepted: see tests/test_environment.py
+        missing = re.fullmatch(r"fraud-tfx 0\.1\.0 requires ([\w.-]+), which is not installed\.", line)
+        if name == "services" and missing and _norm(missing.group(1) + "==").split("==")[0] not in \
+                {_norm(p).split("==")[0] for p in lock.read_text().splitlines() if "==" in p}:
+            continue  # setup.py lists the whole stack; the services image leaves TensorFlow & co. out on purpose
+        problems.append(line)
+    assert not problems, problems
 
 
 @pytest.mark.parametrize("name", ["kafka", "services", "pipeline"])
