@@ -52,6 +52,8 @@ RUN /opt/fraud/bin/pip install --quiet --no-deps /tmp/wheels/*.whl \
  && /opt/fraud/bin/python -c "import tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor, pipeline.pipeline, monitoring.monitor, serving.server" \
  && /opt/fraud/bin/fraudctl --help > /dev/null \
  && /opt/fraud/bin/fraudctl preprocess check-rules > /dev/null
+# The health check (deploy/docker/healthcheck.py) in a late layer: editing it rebuilds seconds.
+COPY deploy/docker/healthcheck.py /usr/local/bin/fraud-healthcheck
 # `python` first on PATH is the venv's: Kubeflow's `python -m ...` command finds TFX and the project.
 # Matplotlib's cache goes to /tmp: the user's home (FRAUD_HOME) may be mounted read-only (the model server).
 ENV PATH=/opt/fraud/bin:$PATH \

@@ -1,5 +1,6 @@
 # The base of every project image (services, pipeline, Kafka): a Debian bookworm with CPython 3.11, the
-# build machine's extra CA certificates, the user `fraud` (uid 10001) and FRAUD_HOME. scripts/images.sh
+# build machine's extra CA certificates, the user `fraud` (uid 10001) and FRAUD_HOME. Only what rarely
+# changes: every image is rebuilt from scratch when this one changes. scripts/images.sh
 # builds it as fraud-tfx-base:<tag> on top of ROOT_IMAGE:
 #   - python:3.11-slim-bookworm when a public registry is reachable (the default below);
 #   - fraud-tfx-rootfs:bookworm-<hash> when none is: Debian from its package archive (deploy/docker/rootfs.sh).
@@ -19,7 +20,6 @@ RUN update-ca-certificates > /dev/null \
  && useradd --system --uid 10001 --gid fraud --home-dir /var/lib/fraud --no-create-home --shell /usr/sbin/nologin fraud \
  && mkdir -p /var/lib/fraud /var/cache/fraud \
  && chown fraud:fraud /var/lib/fraud /var/cache/fraud
-COPY deploy/docker/healthcheck.py /usr/local/bin/fraud-healthcheck
 ENV LANG=C.UTF-8 \
     PIP_CERT=/etc/ssl/certs/ca-certificates.crt \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \

@@ -7,7 +7,7 @@
 
 Exit status 0 when healthy, 1 when not, with one line on stderr saying why. Standard library only: it runs
 with whatever python3 the image has (the services' venv, the pipeline's venv, the Kafka image's system
-Python), and starts in about 50 ms, where a Kafka CLI tool starts a JVM for every probe.
+Python), and costs about 0.2 s of CPU per probe here, where a Kafka CLI tool would start a JVM each time.
 """
 
 from __future__ import annotations

@@ -30,6 +30,8 @@ RUN /opt/fraud/bin/pip install --quiet --no-deps /tmp/wheels/*.whl \
  && /opt/fraud/bin/fraudctl --help > /dev/null \
  && /opt/fraud/bin/fraudctl bridge run --help > /dev/null \
  && /opt/fraud/bin/fraudctl preprocess check-rules > /dev/null
+# The health check (deploy/docker/healthcheck.py) in a late layer: editing it rebuilds seconds.
+COPY deploy/docker/healthcheck.py /usr/local/bin/fraud-healthcheck
 ENV PATH=/opt/fraud/bin:$PATH
 USER 10001:10001
 WORKDIR /var/lib/fraud
