@@ -4,7 +4,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo demo-stop test test-slow lint lock images kfp-compile
+.PHONY: setup demo demo-stop test test-slow lint lock images compose-up compose-down kfp-compile
 
 setup:
 	@scripts/setup-env.sh
@@ -27,16 +27,23 @@ lint: setup
 lock:
 	@scripts/lock.sh
 
-# Container images and the Kubeflow V2 pipeline (deploy/README.md). REGISTRY is where the cluster pulls
-# from (the prod overlay's images); KFP_ROOT is the object-store root the pipeline runs under.
+# Container images, the compose stack and the Kubeflow V2 pipeline (deploy/README.md). `make images` builds
+# fraud-tfx-{base,kafka,services,pipeline}:$(IMAGE_TAG) with the local Docker engine (installed and started
+# by scripts/install-docker.sh when missing) and also tags them $(REGISTRY)<name>:$(IMAGE_TAG), the names
+# the prod overlay pulls; KFP_ROOT is the object-store root the pipeline runs under.
 REGISTRY ?= europe-docker.pkg.dev/fraud-tfx-prod/fraud/
 IMAGE_TAG ?= 0.1.0
 KFP_ROOT ?= gs://fraud-tfx-prod/fraud
 KFP_OUTPUT ?= var/kfp/fraud_pipeline.json
 
 images:
-	docker build -t $(REGISTRY)fraud-tfx-pipeline:$(IMAGE_TAG) .
-	docker build -f deploy/docker/services.Dockerfile -t $(REGISTRY)fraud-tfx-services:$(IMAGE_TAG) .
+	@IMAGE_TAG=$(IMAGE_TAG) REGISTRY=$(REGISTRY) scripts/images.sh
+
+compose-up:
+	@FRAUD_IMAGE_TAG=$(IMAGE_TAG) scripts/compose.sh up
+
+compose-down:
+	@scripts/compose.sh down
 
 kfp-compile: setup
 	@$(PY) -m pipeline.kubeflow_v2_runner --image $(REGISTRY)fraud-tfx-pipeline:$(IMAGE_TAG) --root $(KFP_ROOT) --output $(KFP_OUTPUT)

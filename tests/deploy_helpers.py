@@ -28,9 +28,18 @@ COMPOSE_FILE = DEPLOY / "docker-compose.yml"
 K8S = DEPLOY / "k8s"
 PIPELINE_DOCKERFILE = ROOT / "Dockerfile"
 SERVICES_DOCKERFILE = DEPLOY / "docker" / "services.Dockerfile"
+BASE_DOCKERFILE = DEPLOY / "docker" / "base.Dockerfile"
+KAFKA_DOCKERFILE = DEPLOY / "docker" / "kafka.Dockerfile"
+#: image name -> Dockerfile, as scripts/images.sh builds them (fraud-tfx-<name>:TAG).
+DOCKERFILES = {"base": BASE_DOCKERFILE, "kafka": KAFKA_DOCKERFILE, "services": SERVICES_DOCKERFILE,
+               "pipeline": PIPELINE_DOCKERFILE}
 SERVICES_LOCK = DEPLOY / "requirements-services.lock"
 PIPELINE_LOCK = DEPLOY / "requirements-pipeline.lock"
+BUILD_LOCK = DEPLOY / "requirements-build.lock"
+HEALTHCHECK_SCRIPT = DEPLOY / "docker" / "healthcheck.py"
 OVERLAYS = ("local", "prod")
+#: Kinds whose pod template runs the project's containers.
+WORKLOAD_KINDS = ("Deployment", "StatefulSet", "Job")
 
 #: Where FRAUD_HOME is inside every project container (images, compose, manifests).
 CONTAINER_HOME = "/var/lib/fraud"
@@ -169,11 +178,42 @@ def load_compose() -> dict[str, Any]:
     return yaml.safe_load(COMPOSE_FILE.read_text())
 
 
+_VAR = re.compile(r"\$\{(\w+)(?::?-([^{}]*))?\}")
+
+
+def interpolate(value: str, env: Mapping[str, str] | None = None) -> str:
+    """Compose's variable substitution: ${VAR}, ${VAR:-default} (nested defaults too), `$$` a literal `$`.
+
+    `env` is the environment compose runs in (default: empty, i.e. every default applies).
+    """
+    env = env or {}
+    text = value.replace("$$", "\0")
+    while True:
+        new = _VAR.sub(lambda m: env.get(m.group(1)) or (m.group(2) or ""), text)
+        if new == text:
+            return new.replace("\0", "$")
+        text = new
+
+
 def compose_value(value: Any) -> str:
-    """An environment value as the container sees it (YAML ints become strings; `$$` is a literal `$`)."""
+    """An environment value as the container sees it (YAML ints become strings; variables substituted)."""
     if isinstance(value, bool):
         return "true" if value else "false"
-    return str(value).replace("$$", "$")
+    return interpolate(str(value))
+
+
+def compose_image(service: Mapping[str, Any]) -> str:
+    """The image a compose service runs, with the file's defaults (FRAUD_IMAGE_TAG etc. unset)."""
+    return interpolate(service["image"])
+
+
+def published_ports(service: Mapping[str, Any]) -> dict[int, tuple[str, int]]:
+    """container port -> (host address, host port) of a service's `ports` (defaults substituted)."""
+    out = {}
+    for spec in service.get("ports", []):
+        host, host_port, port = interpolate(spec).rsplit(":", 2)
+        out[int(port)] = (host, int(host_port))
+    return out
 
 
 def compose_env(service: Mapping[str, Any]) -> dict[str, str]:
@@ -187,23 +227,36 @@ def compose_argv(service: Mapping[str, Any]) -> list[str]:
     """entrypoint + command as the container runs them (entrypoint from the image when not overridden)."""
     entrypoint = service.get("entrypoint")
     if entrypoint is None:
-        entrypoint = image_entrypoint(service["image"])
-    return list(entrypoint) + list(service.get("command") or [])
+        entrypoint = image_entrypoint(compose_image(service))
+    return [compose_value(a) for a in [*entrypoint, *(service.get("command") or [])]]
+
+
+def image_dockerfile(image: str) -> Path:
+    """The Dockerfile of one of the project's images (fraud-tfx-<name>[:tag], any registry prefix)."""
+    m = re.search(r"(?:^|/)fraud-tfx-(\w+)(?::|$)", image)
+    if m is None or m.group(1) not in DOCKERFILES:
+        raise KeyError(image)
+    return DOCKERFILES[m.group(1)]
 
 
 def image_entrypoint(image: str) -> list[str]:
     """ENTRYPOINT of the project's images, read from their Dockerfiles."""
-    if "fraud-tfx-services" in image:
-        path = SERVICES_DOCKERFILE
-    elif "fraud-tfx-pipeline" in image:
-        path = PIPELINE_DOCKERFILE
-    else:
-        raise KeyError(image)
-    entry = [exec_form(i.args) for i in read_dockerfile(path) if i.keyword == "ENTRYPOINT"]
-    return entry[-1] if entry else ["/opt/apache/beam/boot"]  # the TFX base image's entrypoint
+    entry = [exec_form(i.args) for i in read_dockerfile(image_dockerfile(image)) if i.keyword == "ENTRYPOINT"]
+    assert entry, f"{image} has no ENTRYPOINT"
+    return entry[-1]
+
+
+def image_healthcheck(image: str) -> list[str]:
+    """The HEALTHCHECK command (exec form) of one of the project's images."""
+    checks = [i.args for i in read_dockerfile(image_dockerfile(image)) if i.keyword == "HEALTHCHECK"]
+    assert checks, f"{image} has no HEALTHCHECK"
+    return exec_form(checks[-1].split(" CMD ", 1)[1])
 
 
 def healthcheck_argv(service: Mapping[str, Any]) -> list[str]:
+    """The compose healthcheck's command, or the image's HEALTHCHECK when the service sets none."""
+    if "healthcheck" not in service:
+        return image_healthcheck(compose_image(service))
     test = service["healthcheck"]["test"]
     if test[0] == "CMD-SHELL":
         return ["sh", "-c", compose_value(test[1])]
@@ -240,7 +293,7 @@ def base_documents() -> list[dict[str, Any]]:
         docs += load_yaml_docs(K8S / "base" / res)
     images = {i["name"]: f"{i.get('newName', i['name'])}:{i['newTag']}" for i in kust.get("images", [])}
     for d in docs:  # kustomize's `images` transformer
-        if d["kind"] in ("Deployment", "Job"):
+        if d["kind"] in WORKLOAD_KINDS:
             for c in d["spec"]["template"]["spec"]["containers"]:
                 c["image"] = images.get(c["image"], c["image"])
     for gen in kust.get("configMapGenerator", []):
@@ -294,7 +347,7 @@ DOCUMENTED_SECRET_KEYS = {"fraud-kafka-credentials": {"FRAUD_KAFKA_SASL_PASSWORD
 
 def workloads(docs: list[dict[str, Any]]) -> Iterator[Workload]:
     for d in docs:
-        if d["kind"] not in ("Deployment", "Job"):
+        if d["kind"] not in WORKLOAD_KINDS:
             continue
         pod = d["spec"]["template"]["spec"]
         labels = d["spec"]["template"]["metadata"].get("labels", {})
@@ -409,7 +462,7 @@ class RecordingEnv(dict):
 class Parsed:
     """What a container's command line and environment mean to the project's code."""
 
-    service: str  # bridge | preprocess | sink | monitor | topics | export | train
+    service: str  # bridge | preprocess | sink | monitor | topics | export | train | serve
     config: Any
     read: set[str]
     http_host: str | None = None
@@ -458,6 +511,11 @@ def parse_container(argv: list[str], env: Mapping[str, str]) -> Parsed:
         c = MonitorConfig.from_args(args, rec, paths)
         ins = (c.scores_topic, c.labels_topic, c.transactions_topic)
         return Parsed("monitor", c, rec.read, c.http_host, c.http_port, (*ins, c.alerts_topic, c.dlq_topic), ins)
+    if command[:1] == ("serve",):
+        from serving.config import config_from_args
+
+        c = config_from_args(args)
+        return Parsed("serve", c, rec.read)
     if command[:1] == ("train",):
         return Parsed("train", paths, rec.read)
     if command[:1] in (("topics",), ("export",)):

@@ -1,11 +1,15 @@
-"""The containers' commands, run here: each project service of deploy/docker-compose.yml is started with the
-compose file's own command line and environment (only what cannot exist on this machine is replaced: the
-Kafka address, the model server address, the HTTP port, FRAUD_HOME and the secret file) against a real
-Kafka broker, and the compose healthcheck command itself must pass; /healthz and /metrics must answer;
-SIGTERM must stop it cleanly. The services image's processes run under an import guard that hides every
-package outside deploy/requirements-services.lock. The TF Serving healthcheck / readiness command runs
-against a TF Serving-compatible server (the project's, or a real tensorflow/serving named by
-FRAUD_SERVING_* as in tests/conftest.py).
+"""The containers' commands, run here without Docker: each project service of deploy/docker-compose.yml is
+started with the compose file's own command line and environment (only what cannot exist on this machine is
+replaced: the Kafka address, the model server address, the HTTP port, FRAUD_HOME and the secret file)
+against a real Kafka broker, and the images' health check (deploy/docker/healthcheck.py, what the compose
+healthchecks run) must pass; /healthz and /metrics must answer; SIGTERM must stop it cleanly. The services
+image's processes run under an import guard that hides every package outside deploy/requirements-services.lock.
+The model server runs from its compose command on a model with the project's signature. The Kafka image's
+entrypoint renders the compose broker's environment, and that configuration starts a real broker. The
+tensorflow/serving override's readiness command runs against a TF Serving-compatible server (the
+project's, or a real tensorflow/serving named by FRAUD_SERVING_* as in tests/conftest.py).
+
+tests/test_compose_stack.py (slow) runs the same stack in Docker.
 """
 
 from __future__ import annotations
@@ -68,15 +72,11 @@ def _local_env(name: str, home: Path, bootstrap: str, port: int | None, **extra:
     return {**base, **local}
 
 
-def _healthcheck(name: str, port: int) -> list[str]:
+def _healthcheck(name: str) -> list[str]:
+    """The service's healthcheck command, run with this Python (the script is the image's fraud-healthcheck)."""
     argv = h.healthcheck_argv(SERVICES[name])
-    assert argv[0] == "python"
-    return [sys.executable, *[a.replace(f":{_compose_port(name)}/", f":{port}/") for a in argv[1:]]]
-
-
-def _compose_port(name: str) -> int:
-    env = h.compose_env(SERVICES[name])
-    return int(next(v for k, v in env.items() if k.endswith("_HTTP_PORT")))
+    assert argv[0] == "fraud-healthcheck"
+    return [sys.executable, str(h.HEALTHCHECK_SCRIPT), *argv[1:]]
 
 
 def _start(name: str, env: dict[str, str], guarded: bool, log: Path) -> subprocess.Popen:
@@ -150,11 +150,11 @@ def test_service_runs_from_compose_settings_and_passes_its_healthcheck(
     log = tmp_path / f"{name}.log"
     proc = _start(name, env, guarded, log)
     try:
-        check = _healthcheck(name, port)
+        check = _healthcheck(name)
         deadline = time.monotonic() + 120
         while True:
             assert proc.poll() is None, f"{name} exited ({proc.returncode}):\n{log.read_text()[-3000:]}"
-            done = subprocess.run(check, capture_output=True, timeout=30)
+            done = subprocess.run(check, capture_output=True, timeout=30, env=env)
             if done.returncode == 0:
                 break
             assert time.monotonic() < deadline, f"{name} never passed its healthcheck:\n{log.read_text()[-3000:]}"
@@ -172,16 +172,93 @@ def test_service_runs_from_compose_settings_and_passes_its_healthcheck(
 
 
 def test_service_healthcheck_fails_when_nothing_listens() -> None:
-    """The compose healthcheck can fail: nothing on the port -> non-zero."""
-    port = _free_port()
-    done = subprocess.run(_healthcheck("bridge", port), capture_output=True, timeout=30)
-    assert done.returncode != 0
+    """The healthcheck can fail: nothing on the service's port -> non-zero, with the reason."""
+    env = {"PATH": os.environ["PATH"], "FRAUD_BRIDGE_HTTP_PORT": str(_free_port())}
+    done = subprocess.run(_healthcheck("bridge"), capture_output=True, text=True, timeout=30, env=env)
+    assert done.returncode == 1 and "unhealthy:" in done.stderr and "/readyz" in done.stderr
+    # A container that runs no HTTP service (the topics one-shot, `fraudctl --help`) is healthy.
+    done = subprocess.run(_healthcheck("bridge"), capture_output=True, timeout=30, env={"PATH": os.environ["PATH"]})
+    assert done.returncode == 0
+
+
+def test_kafka_healthcheck_asks_the_broker(deploy_kafka: EmbeddedKafka) -> None:
+    """The Kafka image's health check (an ApiVersions request) passes on a broker, fails where none is, and
+    fails on something that is not Kafka."""
+    argv = [sys.executable, str(h.HEALTHCHECK_SCRIPT), "kafka"]
+    ok = subprocess.run([*argv, deploy_kafka.bootstrap], capture_output=True, text=True, timeout=30)
+    assert ok.returncode == 0, ok.stderr
+    closed = subprocess.run([*argv, f"127.0.0.1:{_free_port()}"], capture_output=True, text=True, timeout=30)
+    assert closed.returncode == 1 and "refused" in closed.stderr
+    import http.server
+    import threading
+
+    httpd = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    threading.Thread(target=httpd.handle_request, daemon=True).start()
+    try:
+        other = subprocess.run([*argv, f"127.0.0.1:{httpd.server_port}"], capture_output=True, text=True, timeout=30)
+    finally:
+        httpd.server_close()
+    assert other.returncode == 1, other.stderr
+
+
+def test_model_server_runs_from_compose_settings_and_passes_its_healthcheck(tmp_path: Path) -> None:
+    """The compose model server (`fraudctl serve` with TF Serving's flags, from the pipeline image) on a model
+    with the project's signature under the Pusher's layout: AVAILABLE by its healthcheck, Prometheus
+    metrics on its REST port, and a new version pushed later is picked up."""
+    from bridge_helpers import save_model
+
+    service = SERVICES["model-server"]
+    home = tmp_path / "home"
+    base = home / "serving" / "models" / "fraud"
+    save_model(base, version=1)
+    grpc_port, rest_port = _free_port(), _free_port()
+    argv = []
+    for arg in h.compose_argv(service):
+        flag, _, value = arg.partition("=")
+        value = value.replace(h.CONTAINER_HOME, str(home))
+        if flag == "--monitoring_config_file":
+            value = str(h.DEPLOY / "compose" / "model-server" / Path(value).name)
+        value = {"--port": str(grpc_port), "--rest_api_port": str(rest_port),
+                 "--file_system_poll_wait_seconds": "1"}.get(flag, value)
+        argv.append(f"{flag}={value}" if value else arg)
+    assert argv[:2] == ["fraudctl", "serve"]
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("FRAUD_")},
+           **{k: v.replace(h.CONTAINER_HOME, str(home)) for k, v in h.compose_env(service).items()}}
+    log = tmp_path / "model-server.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "fraudctl.cli", *argv[1:]], env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
+    check = [sys.executable, str(h.HEALTHCHECK_SCRIPT),
+             *[a.replace(":8501/", f":{rest_port}/") for a in h.healthcheck_argv(service)[1:]]]
+    try:
+        def wait_for(version: int) -> None:
+            deadline = time.monotonic() + 120
+            while True:
+                assert proc.poll() is None, log.read_text()[-3000:]
+                done = subprocess.run(check, capture_output=True, text=True, timeout=30)
+                body = _get(f"http://127.0.0.1:{rest_port}/v1/models/fraud")[1] if done.returncode == 0 else b""
+                if f'"version":"{version}"' in body.decode().replace(" ", ""):
+                    return
+                assert time.monotonic() < deadline, f"version {version} never AVAILABLE: {done.stderr}\n{body[:500]}"
+                time.sleep(0.5)
+
+        wait_for(1)
+        status, body = _get(f"http://127.0.0.1:{rest_port}/monitoring/prometheus/metrics")
+        assert status == 200 and b":tensorflow:serving:" in body, body[:500]
+        save_model(base, version=2)  # what the Pusher does; the server polls the base path
+        wait_for(2)
+    finally:
+        code = _stop(proc)
+    assert code == 0, log.read_text()[-3000:]
 
 
 def test_tf_serving_readiness_command_waits_for_an_available_version(model_server) -> None:
-    """The bash /dev/tcp check of compose's healthcheck and the Kubernetes readiness probe, run against a
-    TF Serving-compatible REST API: passes for a model with an AVAILABLE version, fails otherwise."""
-    argv = h.healthcheck_argv(SERVICES["tf-serving"])
+    """The bash /dev/tcp check of the tensorflow/serving compose override and the Kubernetes readiness probe,
+    run against a TF Serving-compatible REST API: passes for a model with an AVAILABLE version, fails otherwise."""
+    import yaml
+
+    override = yaml.safe_load((h.DEPLOY / "compose" / "tf-serving.yml").read_text())["services"]["model-server"]
+    argv = h.healthcheck_argv(override)
     port = model_server.rest.rsplit(":", 1)[1]
     argv = [a.replace("/dev/tcp/127.0.0.1/8501", f"/dev/tcp/127.0.0.1/{port}") for a in argv]
     assert any(f"/{port}" in a for a in argv)
@@ -208,6 +285,30 @@ def _image_properties(env: dict[str, str]) -> dict[str, str]:
     return props
 
 
+def _rendered_by_image_entrypoint(env: dict[str, str], tmp_path: Path) -> dict[str, str]:
+    """server.properties as deploy/docker/kafka/run writes it from `env`, with KAFKA_HOME in `tmp_path`."""
+    home = tmp_path / "kafka-home"
+    (home / "bin").mkdir(parents=True)
+    calls = tmp_path / "calls"
+    for tool in ("kafka-storage.sh", "kafka-server-start.sh"):
+        stub = home / "bin" / tool
+        stub.write_text(f'#!/bin/sh\necho "{tool} $*" >> {calls}\n')
+        stub.chmod(0o755)
+    full = {"PATH": os.environ["PATH"], "KAFKA_HOME": str(home), **env,
+            "KAFKA_LOG_DIRS": str(tmp_path / "stub-data")}
+    done = subprocess.run(["bash", str(h.DEPLOY / "docker" / "kafka" / "run")], env=full, capture_output=True,
+                          text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    props_file = home / "config" / "run" / "server.properties"
+    lines = calls.read_text().splitlines()
+    assert lines == [f"kafka-storage.sh format --cluster-id {env['CLUSTER_ID']} --config {props_file} --ignore-formatted",
+                     f"kafka-server-start.sh {props_file}"]
+    rendered = dict(line.split("=", 1) for line in props_file.read_text().splitlines() if not line.startswith("#"))
+    assert rendered.pop("log.dirs") == str(tmp_path / "stub-data")
+    rendered["log.dirs"] = env["KAFKA_LOG_DIRS"]
+    return rendered
+
+
 def test_compose_kafka_settings_make_a_working_broker(tmp_path: Path) -> None:
     """The compose broker's environment, rendered as the image renders it, formats (with its CLUSTER_ID) and
     starts a real Kafka 4.1.1 broker+controller here; the compose `topics` one-shot then creates every topic
@@ -225,6 +326,9 @@ def test_compose_kafka_settings_make_a_working_broker(tmp_path: Path) -> None:
         return re.sub(r":(909[234])\b", lambda m: f":{ports[m.group(1)]}", value)
 
     props = {k: local(v) for k, v in _image_properties(env).items()}
+    # The Kafka image's entrypoint renders exactly these (its storage and start scripts replaced by stubs
+    # that record their arguments: only the rendering is checked here, the broker starts below).
+    assert _rendered_by_image_entrypoint(env, tmp_path) == _image_properties(env)
     assert props["log.dirs"] == "/var/lib/kafka/data"  # the image's VOLUME
     props["log.dirs"] = str(tmp_path / "data")
     properties = tmp_path / "server.properties"

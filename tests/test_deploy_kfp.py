@@ -2,8 +2,8 @@
 
 The Kubeflow V2 IR is compiled with the Makefile's own image and root; then every executor class, driver
 module and module-file function the IR names must be importable from what ./Dockerfile installs (TFX
-from the base image, the project's packages it COPYs), on the image `make images` builds and the prod
-overlay deploys. tests/test_pipeline_kubeflow.py checks the pipeline's content; this checks the deployment.
+from deploy/requirements-pipeline.lock, the project's packages from its wheel), on the image `make images`
+builds and the prod overlay deploys. tests/test_pipeline_kubeflow.py checks the pipeline's content; this checks the deployment.
 """
 
 from __future__ import annotations
@@ -45,13 +45,16 @@ def compiled(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, str], 
 
 
 def _copied_packages() -> set[str]:
-    return {s for c in h.copies(h.read_dockerfile(h.PIPELINE_DOCKERFILE)) for s in c.sources if "/" not in s}
+    """Top-level packages of the project the image installs: its wheel, built from the whole build context
+    (tests/test_deploy.py checks that every package of setup.py is in that context)."""
+    return set(h.setup_packages())
 
 
 def _importable_from_image(dotted: str) -> Any:
     """The object at `dotted` (module.attr), whose top-level package the pipeline image has."""
     top = dotted.split(".")[0]
     assert top == "tfx" or top in _copied_packages(), f"{dotted}: package {top} is not in the pipeline image"
+    assert "tfx" in h.lock_names(h.PIPELINE_LOCK)
     module, _, attr = dotted.rpartition(".")
     return getattr(importlib.import_module(module), attr)
 

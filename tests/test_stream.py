@@ -439,6 +439,26 @@ def test_unexpected_process_error_stops_the_job_without_commit():
     assert client.committed_offsets == {} and client.closed and proc.health()[2]["state"] == "failed"
 
 
+def test_idle_job_is_ready_again_once_a_retried_init_transactions_succeeds():
+    """Seen in the compose stack: a fresh broker answers the first InitProducerId with NOT_COORDINATOR; the
+    retry succeeds, and /readyz must say ready although no record has come yet."""
+    client = FakeClient({(IN, 0): []}, True)
+    client.fail["init"] = 1
+    proc = StreamProcessor(make_config(Delivery.EXACTLY_ONCE), upper_or_dead, client=client, metrics=m.RecordingMetrics())
+    seen = []
+
+    def hook(c: FakeClient) -> None:
+        seen.append(proc.health()[1:])
+        if c.polls >= 3:
+            proc.request_stop()
+
+    client.on_poll = hook
+    proc.run()
+    assert client.inits == 1
+    ready, details = seen[-1]
+    assert ready and details["retry_attempt"] == 0, seen
+
+
 def test_rewind_failure_is_retried_before_any_poll():
     client = FakeClient(logs_of(6, partitions=1), False)
     client.fail["wait"] = 1

@@ -1,31 +1,37 @@
-"""Pinned subsets of requirements.lock for the container images, and a base-aware installer.
+"""Pinned subsets of requirements.lock for the container images, and the wheels of their source-only pins.
 
 The project's lock pins the whole TFX stack (281 packages). The images need less:
 
 - the services image (bridge, preprocessing, sink, topic init) needs only the streaming path: its lock,
   deploy/requirements-services.lock, is the closure of a few root packages, taken from the `# via`
   annotations of requirements.lock (so every pin is exactly the project's pin);
-- the pipeline image starts from the official TFX image, which already has TensorFlow, TFX, Beam and
-  friends: deploy/requirements-pipeline.lock is the closure of what the project adds, and
-  `install-missing` installs only the pins whose distribution the base does not have (it never upgrades
-  or downgrades a package of the base).
+- the pipeline image needs the TFX stack without the test and lint tools: deploy/requirements-pipeline.lock;
+- the images' wheel stage needs the build tools: deploy/requirements-build.lock.
 
 A subset lock names its roots in its header line `# roots: a, b, c`; regenerate it with
 
     python deploy/docker/pins.py subset deploy/requirements-services.lock          (rewrite in place)
     python deploy/docker/pins.py subset --check deploy/requirements-services.lock  (exit 1 if stale)
-    python deploy/docker/pins.py install-missing deploy/requirements-pipeline.lock [--dry-run]
 
-Only the standard library is used: this runs inside a bare `python:3.11-slim` build stage too.
+A few pins of the TFX stack are published as source only (dill 0.3.1.1, pyfarmhash, kfp, ...). The images
+install every pin from a wheel (`--only-binary=:all:`, nothing compiled in the final image); a build stage
+with a compiler first makes wheels of exactly those pins:
+
+    python deploy/docker/pins.py build-sdists deploy/requirements-pipeline.lock --wheel-dir /wheels
+
+(pip resolves the pins without installing anything, `--report` says which would come from a source
+distribution, and `pip wheel --no-deps --no-build-isolation` builds those with the build tools already
+installed). Only the standard library is used: this runs inside a bare image's build stage too.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
+import json
 import re
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,15 +127,27 @@ def read_pins(path: Path) -> list[Pin]:
     return pins
 
 
-def missing_pins(path: Path) -> list[Pin]:
-    """Pins of `path` whose distribution is not installed in this interpreter (any version counts)."""
+def source_only_pins(path: Path, *, pip: list[str] | None = None) -> list[Pin]:
+    """Pins of `path` that pip would install from a source distribution (no wheel for this interpreter).
+
+    Asks pip itself (`install --dry-run --report`, which fetches metadata, not packages), so the answer is
+    the one the install would meet: this Python, this platform, this index.
+    """
+    pip = pip or [sys.executable, "-m", "pip"]
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "report.json"
+        cmd = [*pip, "install", "--quiet", "--dry-run", "--ignore-installed", "--no-deps", "--ignore-requires-python",
+               "--prefer-binary", "--report", str(report), "-r", str(path)]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"pip could not resolve {path}: {done.stderr.strip()[-2000:]}")
+        installs = json.loads(report.read_text())["install"]
+    pins = {p.name: p for p in read_pins(path)}
     out = []
-    for pin in read_pins(path):
-        try:
-            importlib.metadata.version(pin.name)
-        except importlib.metadata.PackageNotFoundError:
-            out.append(pin)
-    return out
+    for item in installs:
+        if not item["download_info"]["url"].endswith(".whl"):
+            out.append(pins[canonical(item["metadata"]["name"])])
+    return sorted(out, key=lambda p: p.name)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -139,9 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("file", type=Path)
     s.add_argument("--check", action="store_true", help="only check that the file is up to date")
     s.add_argument("--lock", type=Path, default=LOCK)
-    m = sub.add_parser("install-missing", help="pip install --no-deps the pins this interpreter lacks")
-    m.add_argument("file", type=Path)
-    m.add_argument("--dry-run", action="store_true", help="print them, install nothing")
+    b = sub.add_parser("build-sdists", help="build wheels of the pins that have no wheel for this interpreter")
+    b.add_argument("file", type=Path)
+    b.add_argument("--wheel-dir", type=Path, required=True)
+    b.add_argument("--dry-run", action="store_true", help="print them, build nothing")
     args = parser.parse_args(argv)
 
     if args.cmd == "subset":
@@ -155,12 +174,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.file}: {sum(1 for ln in text.splitlines() if '==' in ln)} pins")
         return 0
 
-    todo = missing_pins(args.file)
+    todo = source_only_pins(args.file)
     for pin in todo:
         print(pin.line)
+    args.wheel_dir.mkdir(parents=True, exist_ok=True)
     if todo and not args.dry_run:
-        cmd = [sys.executable, "-m", "pip", "install", "--no-cache-dir", "--no-deps", "--ignore-requires-python",
-               "--prefer-binary", *[p.line for p in todo]]
+        cmd = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+               "--ignore-requires-python", "--wheel-dir", str(args.wheel_dir), *[p.line for p in todo]]
         return subprocess.call(cmd)
     return 0
 

@@ -176,6 +176,7 @@ class StreamProcessor:
                 client.init_transactions(self.config.operation_timeout_s)
                 self._producer_ready = True
                 log_event(log, logging.INFO, "transactions_initialized", transactional_id=self.config.transactional_id)
+                self._recovered()
             except ProducerNeedsReset as exc:
                 self._reset_producer(exc)
                 return
@@ -194,6 +195,7 @@ class StreamProcessor:
             except RetriableError as exc:
                 self._retry_later("rewind", exc)
                 return
+            self._recovered()
         batch = self._collect(client)
         self._report_lag(client)
         if batch:
@@ -239,9 +241,7 @@ class StreamProcessor:
             self._fail(batch, "deliver", exc)
             return
         t2 = self._clock()
-        if self._attempt:
-            log_event(log, logging.INFO, "recovered", attempts=self._attempt)
-        self._attempt = 0
+        self._recovered()
         met = self.metrics
         met.observe(m.BATCH_SIZE, len(batch))
         met.observe(m.PROCESS_SECONDS, t1 - t0)
@@ -350,6 +350,13 @@ class StreamProcessor:
         if reset:
             self._reset_producer(exc)
         self._retry_later(stage, exc, records=len(batch))
+
+    def _recovered(self) -> None:
+        """A step that was being retried succeeded: ready again (/readyz), even with no record to process
+        (e.g. init_transactions refused once by a broker whose transaction coordinator was still loading)."""
+        if self._attempt:
+            log_event(log, logging.INFO, "recovered", attempts=self._attempt)
+        self._attempt = 0
 
     def _retry_later(self, stage: str, exc: Exception, **fields: Any) -> None:
         c = self.config

@@ -1,0 +1,3 @@
+#!/usr/bin/env bash
+# org.apache.kafka.tools.TopicCommand: --list, --describe, --create, ...
+exec /opt/kafka/bin/kafka-run-class.sh org.apache.kafka.tools.TopicCommand "$@"
