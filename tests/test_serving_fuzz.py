@@ -245,7 +245,7 @@ def tensor_of(proto: tensor_pb2.TensorProto, dtype: int) -> np.ndarray | None:
     if n >= 1 << 63:
         return None
     try:
-        return tf.io.parse_tensor(proto.SerializeToString(), tf.dtypes.as_dtype(dtype)).numpy()
+        return np.asarray(tf.io.parse_tensor(proto.SerializeToString(), tf.dtypes.as_dtype(dtype)).numpy())
     except (tf.errors.OpError, TypeError, ValueError):
         return None
 
@@ -265,6 +265,7 @@ def expect_predict(w: World, req: predict_pb2.PredictRequest) -> str:
         return PRECONDITION
     if set(req.inputs) != set(sig.inputs):
         return INVALID
+    values = {}
     for alias, proto in req.inputs.items():
         dtype, declared = sig.inputs[alias]
         if proto.dtype != dtype:
@@ -272,12 +273,26 @@ def expect_predict(w: World, req: predict_pb2.PredictRequest) -> str:
         value = tensor_of(proto, dtype)
         if value is None or not compatible(value.shape, declared):
             return INVALID
+        values[alias] = value
     seen: set[str] = set()
     for alias in req.output_filter:
         if alias not in sig.outputs or alias in seen:
             return INVALID
         seen.add(alias)
-    return OK
+    return INVALID if graph_refuses(req.model_spec.name, req.model_spec.signature_name or "serving_default",
+                                    values) else OK
+
+
+def graph_refuses(model: str, signature: str, values: dict[str, np.ndarray]) -> bool:
+    """Whether the model's own graph fails on these inputs (TF's InvalidArgumentError, in TF Serving as
+    here): the test models' only such cases are a batch mismatch in tensors/serving_default (total =
+    sum(x, 1) + k broadcasts) and serialized examples ParseExample refuses."""
+    if model == T and signature == "serving_default":
+        n, m = values["x"].shape[0], values["k"].shape[0]
+        return n != m and 1 not in (n, m)
+    if model == E and signature == "serving_default":
+        return len(values["examples"]) > 0 and parse_examples(list(values["examples"])) is None
+    return False
 
 
 _SPEC = {name: tf.io.FixedLenFeature([], tf.float32, default_value=0.0) for name in FEATURE_NAMES}
@@ -389,7 +404,22 @@ finite = st.floats(allow_nan=True, allow_infinity=True, width=32)
 def tensors(draw, dtype: int, declared: tuple[int, ...] | None):
     """A TensorProto near what the signature wants: right or wrong dtype, shape, encoding and count."""
     mutation = draw(st.sampled_from(["ok", "ok", "ok", "dtype", "odd_dtype", "shape", "content_length",
-                                     "negative_dim", "few_values", "many_values", "no_values", "huge_shape"]))
+                                     "negative_dim", "few_values", "many_values", "no_values", "huge_shape", "bulk"]))
+    if mutation == "bulk" and dtype == types_pb2.DT_STRING:
+        # strings past 8 KiB in all take the server's bulk decoder (tf.io.parse_tensor): big ones, some
+        # as tensor_content (TensorFlow's string list encoding), some with a wrong count
+        sizes = draw(st.lists(st.integers(1, 40_000), min_size=1, max_size=3))
+        values = [bytes([65 + i]) * size + draw(st.binary(max_size=4)) for i, size in enumerate(sizes)]
+        proto = tensor_pb2.TensorProto(dtype=dtype)
+        proto.tensor_shape.dim.add().size = len(values) + draw(st.sampled_from([0, 0, 0, 1, -1]))
+        if draw(st.booleans()):
+            from serving.wire import encode_varint
+
+            lengths = b"".join(encode_varint(len(v)) for v in values)
+            proto.tensor_content = lengths + b"".join(values) + draw(st.sampled_from([b"", b"", b"x"]))
+        else:
+            proto.string_val.extend(values)
+        return proto
     batch = draw(st.integers(0, 6))
     shape = [batch if d < 0 else d for d in (declared or (-1,))]
     if mutation == "shape":
@@ -886,6 +916,18 @@ def predict_docs(draw, w: World):
     return doc
 
 
+@st.composite
+def valid_docs(draw) -> dict:
+    """A valid :predict body for half_plus_two or echo, row or columnar."""
+    if draw(st.booleans()):
+        values = draw(st.lists(finite.map(float), min_size=1, max_size=4))
+        signature = "half_plus_two"
+    else:
+        values = draw(st.lists(st.text(max_size=6), min_size=1, max_size=4))
+        signature = "echo"
+    return {"signature_name": signature, draw(st.sampled_from(["instances", "inputs"])): values}
+
+
 def _path(model: str, version: str | None, label: str | None, verb: str, encoded: bool = False) -> str:
     """The REST path; `encoded`: the model name is already percent-encoded as it should appear."""
     from urllib.parse import quote
@@ -910,11 +952,16 @@ def test_rest_predict_answers_as_tf_serving(tried, data):
         model = data.draw(rest_models, label="model")
         version = data.draw(rest_versions, label="version")
         label = data.draw(st.one_of(st.none(), st.just("stable"), texts.filter(bool)), label="label") if version is None else None
-        doc = data.draw(predict_docs(w), label="doc")
+        form = data.draw(st.sampled_from(["doc"] * 5 + ["truncated", "trailing", "junk", "lone_surrogate",
+                                                          "raw_utf8", "oversize", "whitespace", "base64", "base64"]),
+                         label="form")
+        # "doc": any document near a valid one; the other forms start from a valid one and change its bytes,
+        # mostly on the plain path (the paths' variety is the "doc" form's)
+        doc = data.draw(predict_docs(w) if form == "doc" else valid_docs(), label="doc")
+        if form != "doc" and data.draw(st.integers(0, 4), label="plain path?"):
+            model, version, label = T, None, None
         body = json.dumps(doc, allow_nan=True).encode()
         expected = expect_rest_predict(w, model, version, label, doc)
-        form = data.draw(st.sampled_from(["plain"] * 6 + ["truncated", "trailing", "junk", "lone_surrogate",
-                                                            "raw_utf8", "oversize", "whitespace"]), label="form")
         if form == "truncated":
             body = body[:data.draw(st.integers(0, len(body) - 1), label="cut")]
             expected = 400  # an object cut anywhere is never complete
@@ -944,13 +991,22 @@ def test_rest_predict_answers_as_tf_serving(tried, data):
             expected = 413
         elif form == "whitespace":
             body = b" \n\t" + body + b"\r\n"
+        elif form == "base64":
+            text = data.draw(st.one_of(st.binary(max_size=7).map(lambda b: base64.b64encode(b).decode()),
+                                       st.binary(min_size=1, max_size=7).map(lambda b: base64.b64encode(b).decode()
+                                                                             .rstrip("=")),
+                                       st.text(alphabet="AQWYgabcjz09+/=. \n\t", min_size=1, max_size=9)),
+                             label="b64")
+            doc = {"signature_name": "echo", "instances": [{"b64": text}]}
+            body = json.dumps(doc).encode()
+            expected = expect_rest_predict(w, model, version, label, doc)
         status, answer = call_rest(w, "POST", _path(model, version, label, "predict"), body)
         if isinstance(expected, set):
             assert status in expected, (status, expected, answer, body)
         else:
             assert status == expected, (status, expected, answer, body, doc)
         assert status < 500 or status == 501
-        if status == 200 and form in ("plain", "trailing", "whitespace"):
+        if status == 200 and form in ("doc", "trailing", "whitespace"):
             key = "predictions" if "instances" in doc else "outputs"
             assert key in answer, answer
     healthy(w)
