@@ -99,7 +99,7 @@ def test_a_formatted_cluster_keeps_its_ports_and_a_broker_dir_is_not_a_cluster(t
 
 
 def test_cli_cluster_status_and_flags(tmp_path, capsys):
-    from fraud.cli import main
+    from fraudctl.cli import main
 
     config = ClusterConfig(state_dir=tmp_path, jars_dir=tmp_path, ports=(20001, 20003, 20005),
                            controller_ports=(20002, 20004, 20006))
@@ -472,8 +472,8 @@ def test_every_node_bounced_three_times_under_load_loses_nothing(cluster):
 def test_fraudctl_kafka_start_brokers_3(tmp_path, capsys):
     """`fraudctl kafka start --brokers 3` / status / stop on fixed ports, then status says stopped.
     Slow: three more JVMs with full JIT, 25-55 s on two shared cores."""
-    from fraud.cli import main
     from fraud.embedded.process import free_port
+    from fraudctl.cli import main
 
     state = tmp_path / "cluster"
     # six ports in two runs of three, as the CLI lays them out (port + 2i, controller + 2i)
