@@ -308,7 +308,9 @@ def parse_examples(serialized: list[bytes]) -> np.ndarray | None:
 
 
 def scores_of(features: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-(features.astype(np.float64) @ testing.WEIGHTS.astype(np.float64) + float(testing.BIAS))))
+    logits = features.astype(np.float64) @ testing.WEIGHTS.astype(np.float64) + float(testing.BIAS)
+    with np.errstate(over="ignore"):  # inf features: the sigmoid saturates, as in the graph
+        return 1.0 / (1.0 + np.exp(-logits))
 
 
 def signature_error(sig: Sig | None, method: str) -> str | None:
@@ -413,7 +415,7 @@ def tensors(draw, dtype: int, declared: tuple[int, ...] | None):
         proto = tensor_pb2.TensorProto(dtype=dtype)
         proto.tensor_shape.dim.add().size = len(values) + draw(st.sampled_from([0, 0, 0, 1, -1]))
         if draw(st.booleans()):
-            from serving.wire import encode_varint
+            from fraud.wire import encode_varint
 
             lengths = b"".join(encode_varint(len(v)) for v in values)
             proto.tensor_content = lengths + b"".join(values) + draw(st.sampled_from([b"", b"", b"x"]))
@@ -539,7 +541,7 @@ def examples(draw) -> bytes:
 
 def ld(number: int, payload: bytes) -> bytes:
     """A length-delimited protobuf field (examples are embedded as raw bytes: they may not be Examples)."""
-    from serving.wire import encode_varint
+    from fraud.wire import encode_varint
 
     return encode_varint(number << 3 | 2) + encode_varint(len(payload)) + payload
 
