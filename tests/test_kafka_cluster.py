@@ -389,7 +389,9 @@ def test_a_transactional_producer_keeps_committing_across_a_coordinator_bounce(c
         moved = cluster.cluster.leaders("__transaction_state")[partition]
         cluster.cluster.wait_fully_replicated([topic, "__transaction_state"])
         after_bounce = len(committed)
-        time.sleep(1.5)
+        deadline = time.monotonic() + 60
+        while len(committed) <= after_bounce + 2 and time.monotonic() < deadline and thread.is_alive():
+            time.sleep(0.2)
     finally:
         stop.set()
         thread.join(120)
