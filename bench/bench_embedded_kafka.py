@@ -1,11 +1,13 @@
-"""What the embedded Kafka costs: jar fetch, jar cache size, broker cold start, warm restart, stop.
+"""What the embedded Kafka costs: jar fetch, jar cache size, broker cold start, warm restart, stop; and
+with --brokers N, what an N-node cluster costs: formation, a node's failover and restart, bounces.
 
 Times are printed in seconds and as ratios against a baseline measured in the same run: one short
 Kafka tool on the same classpath (`StorageTool random-uuid`: a JVM start plus loading Kafka's classes),
 the floor any Kafka process pays here. Two settings are measured: the `fraudctl kafka start` defaults
-(512m heap, full JIT) and the test fixture's (384m heap, C1 only).
+(512m heap, full JIT) and the test fixture's (384m heap, C1 only). The cluster runs with the test
+fixture's settings (fraud.embedded.testing.temporary_cluster: also a 3 s broker session timeout).
 
-    .venv/bin/python bench/bench_embedded_kafka.py [--repeats 3] [--fetch]
+    .venv/bin/python bench/bench_embedded_kafka.py [--repeats 3] [--fetch] [--brokers 3]
 
 --fetch also times a first-time fetch from Maven Central (an empty Maven repository in a temp dir;
 downloads about 55 MB).
@@ -67,10 +69,50 @@ def _broker_times(jars_dir: Path, name: str, settings: dict, repeats: int) -> di
             "clean stop": statistics.median(stop)}
 
 
+def _cluster_times(brokers: int, repeats: int) -> dict[str, float]:
+    """Medians over `repeats` clusters of `brokers` nodes (test fixture settings)."""
+    from fraud.embedded.testing import temporary_cluster, unique_topic_name
+    from fraud.kafka_config import ensure_topics
+    from fraud.topics import TopicSpec
+
+    rows: dict[str, list[float]] = {}
+
+    def note(what: str, secs: float) -> None:
+        rows.setdefault(what, []).append(secs)
+
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory(prefix="bench-kafka-cluster-") as tmp:
+            t = time.perf_counter()
+            with temporary_cluster(Path(tmp), n=brokers) as kafka:
+                note("cold start (format + all nodes ready)", time.perf_counter() - t)
+                topic = unique_topic_name("bench")
+                ensure_topics(kafka.client_config("bench"), [TopicSpec(topic, 3)])
+                victim = kafka.cluster.leaders(topic)[0]
+                t = time.perf_counter()
+                kafka.kill(victim)
+                while victim in kafka.cluster.leaders(topic).values():
+                    time.sleep(0.05)
+                note("SIGKILL -> leaders moved", time.perf_counter() - t)
+                t = time.perf_counter()
+                kafka.start_node(victim)
+                note("killed node restart -> serving", time.perf_counter() - t)
+                note("... -> back in every ISR", kafka.cluster.wait_fully_replicated())
+                note("hard bounce (kill + restart)", kafka.hard_bounce(victim))
+                kafka.cluster.wait_fully_replicated()
+                note("clean bounce (controlled)", kafka.clean_bounce(victim))
+                kafka.cluster.wait_fully_replicated()
+                t = time.perf_counter()
+                kafka.stop()
+                note("clean stop of all nodes", time.perf_counter() - t)
+                note("warm restart of all nodes", kafka.start())
+    return {what: statistics.median(v) for what, v in rows.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--fetch", action="store_true", help="also time a first-time fetch from Maven Central")
+    parser.add_argument("--brokers", type=int, default=1, help="also time a cluster of this many nodes (> 1)")
     args = parser.parse_args(argv)
 
     jars_dir = load_paths().jars_dir
@@ -91,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, settings in SETTINGS.items():
         for what, secs in _broker_times(jars_dir, name, settings, args.repeats).items():
             print(f"{name:>17} {what:<13} {secs:6.2f} s  = {secs / base:5.1f} x baseline")
+    if args.brokers > 1:
+        for what, secs in _cluster_times(args.brokers, args.repeats).items():
+            print(f"{args.brokers}-node cluster {what:<38} {secs:6.2f} s  = {secs / base:5.1f} x baseline")
     return 0
 
 

@@ -9,9 +9,13 @@ Environment (flags win): FRAUD_KAFKA_BOOTSTRAP (default 127.0.0.1:9092), FRAUD_K
 FRAUD_KAFKA_SASL_MECHANISM, FRAUD_KAFKA_SASL_USERNAME, FRAUD_KAFKA_SASL_PASSWORD (environment only: a
 password on the command line is visible to every user), FRAUD_KAFKA_SSL_CAFILE, FRAUD_KAFKA_SSL_CERTFILE,
 FRAUD_KAFKA_SSL_KEYFILE, FRAUD_KAFKA_SSL_KEY_PASSWORD (environment only), FRAUD_KAFKA_SSL_CHECK_HOSTNAME
-(1/0), FRAUD_KAFKA_CLIENT_ID.
+(1/0), FRAUD_KAFKA_CLIENT_ID, FRAUD_KAFKA_REPLICATION_FACTOR and FRAUD_KAFKA_MIN_INSYNC_REPLICAS.
 
-`ensure_topics(config, specs)` creates the topics of fraud.topics (what `fraudctl topics` runs).
+`ensure_topics(config, specs)` creates the topics of fraud.topics (what `fraudctl topics` runs), with the
+config's replication factor and min.insync.replicas. Unset (the default), both are the cluster's own
+defaults (`default.replication.factor`, `min.insync.replicas`), so the topics fit whatever cluster the
+project talks to: 1 / 1 on the single embedded broker, 3 / 2 on the embedded 3-node cluster
+(`fraudctl kafka start --brokers 3`) and on a production cluster configured that way.
 """
 
 from __future__ import annotations
@@ -65,6 +69,10 @@ class KafkaClientConfig:
     ssl_key_password: str | None = field(default=None, repr=False)
     ssl_check_hostname: bool = True
     client_id: str = DEFAULT_CLIENT_ID
+    #: Replication factor of the topics the project creates (None: the cluster's default.replication.factor).
+    replication_factor: int | None = None
+    #: min.insync.replicas of the topics the project creates (None: the cluster's min.insync.replicas).
+    min_insync_replicas: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.bootstrap_servers, str):
@@ -100,6 +108,14 @@ class KafkaClientConfig:
             raise FraudError("SSL cert file and key file go together (client authentication needs both)")
         if not self.client_id:
             raise FraudError("client id must not be empty")
+        for what, value in (("replication factor", self.replication_factor),
+                            ("min.insync.replicas", self.min_insync_replicas)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise FraudError(f"{what} must be a whole number >= 1, got {value!r}")
+        if (self.replication_factor is not None and self.min_insync_replicas is not None
+                and self.min_insync_replicas > self.replication_factor):
+            raise FraudError(f"min.insync.replicas ({self.min_insync_replicas}) must not exceed the replication "
+                             f"factor ({self.replication_factor}): no write with acks=all could succeed")
 
     # -- parsing ---------------------------------------------------------------------------------
 
@@ -115,6 +131,10 @@ class KafkaClientConfig:
         group.add_argument("--ssl-certfile", type=Path, metavar="PEM")
         group.add_argument("--ssl-keyfile", type=Path, metavar="PEM")
         group.add_argument("--client-id")
+        group.add_argument("--replication-factor", type=int, metavar="N",
+                           help="replication factor of created topics (default: the cluster's default)")
+        group.add_argument("--min-insync-replicas", type=int, metavar="N",
+                           help="min.insync.replicas of created topics (default: the cluster's default)")
 
     @classmethod
     def from_env_and_args(
@@ -149,6 +169,15 @@ class KafkaClientConfig:
             value = pick(attr, env_name)
             return Path(value).expanduser() if value is not None else None
 
+        def count(attr: str, env_name: str, flag: str) -> int | None:
+            value = pick(attr, env_name)
+            if value is None or isinstance(value, int):
+                return value
+            try:
+                return int(str(value).strip())
+            except ValueError:
+                raise FraudError(f"{_ENV}{env_name}={value!r}: expected a whole number (or use {flag})") from None
+
         return cls(
             bootstrap_servers=parse_bootstrap(bootstrap, where),
             security_protocol=str(protocol).upper(),
@@ -161,6 +190,8 @@ class KafkaClientConfig:
             ssl_key_password=env.get(_ENV + "SSL_KEY_PASSWORD") or None,
             ssl_check_hostname=check_raw not in _FALSE,
             client_id=pick("client_id", "CLIENT_ID") or client_id or DEFAULT_CLIENT_ID,
+            replication_factor=count("replication_factor", "REPLICATION_FACTOR", "--replication-factor"),
+            min_insync_replicas=count("min_insync_replicas", "MIN_INSYNC_REPLICAS", "--min-insync-replicas"),
         )
 
     def with_client_id(self, client_id: str) -> KafkaClientConfig:
@@ -288,11 +319,19 @@ def ensure_topics(
     An existing topic with the declared partition count and config is fine. One with fewer partitions is
     an error unless `increase_partitions` (adding partitions changes which partition a key lands in, so it
     is never done silently); one with more partitions, or a different declared config, is an error.
-    `replication_factor` None means the broker's default.
+    Replication: `replication_factor` (None: `config.replication_factor`, whose None is the cluster's
+    default) and `config.min_insync_replicas` (added to each topic's config when set). An existing topic
+    with another replica count than an explicitly configured factor is an error (Kafka changes it only
+    by reassigning partitions).
     """
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError, TopicAlreadyExistsError
 
+    if replication_factor is None:
+        replication_factor = config.replication_factor
+    if config.min_insync_replicas is not None:
+        isr = {"min.insync.replicas": str(config.min_insync_replicas)}
+        specs = [dataclasses.replace(spec, config={**spec.config, **isr}) for spec in specs]
     specs = list(specs)
     names = [spec.name for spec in specs]
     if len(set(names)) != len(names):
@@ -323,14 +362,24 @@ def ensure_topics(
                     results[topic["name"]] = TopicResult(topic["name"], request[topic["name"]]["num_partitions"], "created")
                 elif code != TopicAlreadyExistsError.errno:  # a concurrent creator is fine: checked below
                     msg = topic.get("error_message") or f"error code {code}"
-                    raise FraudError(f"cannot create topic {topic['name']} on {config.bootstrap}: {msg}")
+                    rf = request[topic["name"]]["replication_factor"]
+                    rf_text = f" (replication factor {rf})" if rf != -1 else ""
+                    raise FraudError(f"cannot create topic {topic['name']}{rf_text} on {config.bootstrap}: {msg}")
             _wait_visible(admin, [spec.name for spec in missing], timeout_s)
             existing = _describe(admin, names)
         grow: dict[str, int] = {}
         for spec in specs:
             if spec.name in results:
                 continue
-            have = len(existing[spec.name]["partitions"])
+            partitions = existing[spec.name]["partitions"]
+            have = len(partitions)
+            replicas = {len(p.get("replica_nodes", ())) for p in partitions}
+            if replication_factor is not None and replication_factor > 0 and replicas != {replication_factor}:
+                raise FraudError(
+                    f"topic {spec.name} exists with {'/'.join(map(str, sorted(replicas)))} replicas per partition, "
+                    f"but the replication factor is configured as {replication_factor} "
+                    f"(reassign its partitions, or delete the topic)"
+                )
             if have == spec.partitions:
                 results[spec.name] = TopicResult(spec.name, have, "exists")
             elif have < spec.partitions and increase_partitions:

@@ -19,7 +19,7 @@ every codec here against the generated classes.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -29,6 +29,10 @@ from fraud.features import FEATURE_NAMES
 
 class WireError(ValueError):
     """Bytes that are not a valid encoding of the expected message."""
+
+
+class TensorError(WireError):
+    """A well-formed TensorProto that Tensor::FromProto refuses (dtype, shape, content size)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -75,16 +79,59 @@ def encode_varint(value: int) -> bytes:
     return bytes(out)
 
 
+_MAX_FIELD = (1 << 29) - 1
+
+
+def _skip_group(buf: bytes, pos: int, end: int, field: int) -> int:
+    """Skip the body of group `field` (deprecated wire types 3/4), returning the position after its end tag.
+
+    Protobuf parsers keep an unknown group as an unknown field; only an unmatched end is an error.
+    """
+    while pos < end:
+        key, pos = read_varint(buf, pos)
+        inner, wire_type = key >> 3, key & 7
+        if inner == 0 or inner > _MAX_FIELD:
+            raise WireError(f"invalid field number {inner}")
+        if wire_type == 4:
+            if inner != field:
+                raise WireError(f"group {field} closed by the end of group {inner}")
+            return pos
+        pos = _skip_value(buf, pos, end, inner, wire_type)
+    raise WireError(f"group {field} runs past the end of its message")
+
+
+def _skip_value(buf: bytes, pos: int, end: int, field: int, wire_type: int) -> int:
+    if wire_type == 0:
+        return read_varint(buf, pos)[1]
+    if wire_type == 2:
+        length, pos = read_varint(buf, pos)
+        pos += length
+    elif wire_type == 5:
+        pos += 4
+    elif wire_type == 1:
+        pos += 8
+    elif wire_type == 3:
+        return _skip_group(buf, pos, end, field)
+    elif wire_type == 4:
+        raise WireError(f"end of group {field} without its start")
+    else:
+        raise WireError(f"unsupported wire type {wire_type}")
+    if pos > end:
+        raise WireError("field runs past the end of its message")
+    return pos
+
+
 def iter_fields(buf: bytes, pos: int, end: int) -> Iterator[tuple[int, int, int, int]]:
     """Yield (field number, wire type, a, b) for each field in buf[pos:end].
 
     Varints: a = the value; length-delimited: the payload is buf[a:b]; fixed32/fixed64: buf[a:b].
+    Groups (wire type 3) are skipped as protobuf parsers skip unknown ones.
     """
     while pos < end:
         key, pos = read_varint(buf, pos)
         field, wire_type = key >> 3, key & 7
-        if field == 0:
-            raise WireError("field number 0")
+        if field == 0 or field > _MAX_FIELD:
+            raise WireError(f"invalid field number {field}")
         if wire_type == 0:
             value, pos = read_varint(buf, pos)
             yield field, 0, value, 0
@@ -105,9 +152,18 @@ def iter_fields(buf: bytes, pos: int, end: int) -> Iterator[tuple[int, int, int,
                 raise WireError("truncated fixed64")
             yield field, 1, start, pos
         else:
-            raise WireError(f"unsupported wire type {wire_type}")
+            pos = _skip_value(buf, pos, end, field, wire_type)
     if pos != end:
         raise WireError("message runs past its end")
+
+
+def joined(buf: bytes, ranges: list[tuple[int, int]]) -> tuple[bytes, int, int]:
+    """(buffer, start, end) of one message sent as several occurrences of a singular field: protobuf
+    merges them, which is what parsing their concatenation gives."""
+    if len(ranges) == 1:
+        return buf, ranges[0][0], ranges[0][1]
+    data = b"".join(bytes(buf[a:b]) for a, b in ranges)
+    return data, 0, len(data)
 
 
 _LEN_TAGS = [encode_varint((field << 3) | 2) for field in range(32)]
@@ -195,28 +251,34 @@ _VALUE_FIELD: dict[int, tuple[int, str]] = {
 
 
 def _decode_shape(buf: bytes, pos: int, end: int) -> tuple[list[int], bool]:
+    # unknown_rank is read but, as in TensorShape::IsValid for a concrete tensor, does not matter
     dims: list[int] = []
     unknown_rank = False
     for field, wire_type, a, b in iter_fields(buf, pos, end):
         if field == 2 and wire_type == 2:
             size = 0
-            for f2, wt2, a2, _ in iter_fields(buf, a, b):
+            for f2, wt2, a2, b2 in iter_fields(buf, a, b):
                 if f2 == 1 and wt2 == 0:
                     size = a2 - (1 << 64) if a2 >= (1 << 63) else a2
+                elif f2 == 2 and wt2 == 2:
+                    text(buf, a2, b2, "tensor_shape.dim.name")  # a proto3 string: parsers check UTF-8
             dims.append(size)
         elif field == 3 and wire_type == 0:
             unknown_rank = bool(a)
     return dims, unknown_rank
 
 
-def decode_tensor(buf: bytes, pos: int, end: int) -> np.ndarray:
+def decode_tensor(buf: bytes, pos: int, end: int,
+                  nested: Callable[[int, bytes], None] | None = None) -> np.ndarray:
     """Decode the TensorProto in buf[pos:end] into a numpy array (object array of bytes for strings).
 
-    Raises WireError when the proto does not describe a valid tensor (TF Serving: "tensor parsing error").
+    Raises TensorError for a message Tensor::FromProto refuses (TF Serving: "tensor parsing error"),
+    WireError for bytes that are not a TensorProto at all. `nested(field, payload)` is called with the
+    payloads of resource_handle_val (14) and variant_val (15), messages this codec does not read, for a
+    caller that must know they parse (the server; see serving.wire).
     """
     dtype = 0
-    dims: list[int] = []
-    unknown_rank = False
+    shape_parts: list[tuple[int, int]] = []
     content: tuple[int, int] | None = None
     strings: list[bytes] = []
     segments: dict[int, list[tuple[int, int, int]]] = {}
@@ -239,13 +301,15 @@ def decode_tensor(buf: bytes, pos: int, end: int) -> np.ndarray:
             pos = nxt
             continue
         field, wire_type = key >> 3, key & 7
+        if field == 0 or field > _MAX_FIELD:
+            raise WireError(f"invalid field number {field}")
         if wire_type == 2:
             length, pos = read_varint(buf, pos)
             start, pos = pos, pos + length
             if pos > end:
                 raise WireError("field runs past the end of the tensor")
             if field == 2:
-                dims, unknown_rank = _decode_shape(buf, start, pos)
+                shape_parts.append((start, pos))
             elif field == 4:
                 content = (start, pos)
             else:
@@ -263,35 +327,56 @@ def decode_tensor(buf: bytes, pos: int, end: int) -> np.ndarray:
             segments.setdefault(field, []).append((1, pos, pos + 8))
             pos += 8
         else:
-            raise WireError(f"unsupported wire type {wire_type}")
+            pos = _skip_value(buf, pos, end, field, wire_type)
     if pos != end:
         raise WireError("tensor runs past its end")
+    if nested is not None:  # resource_handle_val, variant_val: messages a parser reads (and may refuse)
+        for number in (14, 15):
+            for _, a, b in segments.get(number, ()):
+                nested(number, bytes(buf[a:b]))
+    dims: list[int] = []
+    unknown_rank = False
+    if shape_parts:
+        dims, unknown_rank = _decode_shape(*joined(buf, shape_parts))
     return _build_array(buf, dtype, dims, unknown_rank, content, strings, segments)
+
+
+MAX_DIMS = 254
 
 
 def _build_array(buf: bytes, dtype: int, dims: list[int], unknown_rank: bool, content: tuple[int, int] | None,
                  strings: list[bytes], segments: dict[int, list[tuple[int, int, int]]]) -> np.ndarray:
+    """The tensor Tensor::FromProto makes of these fields, or WireError where FromProto fails: a shape
+    with a negative dimension, more than 254 of them or more than 2^63 elements; a dtype it does not
+    know; tensor_content of another length than the shape needs; fewer values than the shape (the last
+    one repeats), more (ignored). An empty tensor (a zero dimension) ignores whatever values it holds.
+    `unknown_rank` does not matter: a concrete tensor's shape is its dimensions."""
     if not dtypes.is_supported(dtype):
-        raise WireError(f"unsupported dtype {dtypes.name(dtype)}")
-    if unknown_rank:
-        raise WireError("tensor shape has unknown rank")
-    if any(d < 0 for d in dims):
-        raise WireError(f"invalid tensor shape {dims}")
+        raise TensorError(f"unsupported dtype {dtypes.name(dtype)}")
+    if any(d < 0 for d in dims) or len(dims) > MAX_DIMS:
+        raise TensorError(f"invalid tensor shape {dims[:8]}{'...' if len(dims) > 8 else ''}")
     np_dtype = dtypes.to_numpy(dtype)
     n = 1
     for d in dims:
         n *= d
+    if n >= 1 << 63:
+        raise TensorError(f"tensor shape {dims} has more than 2^63 elements")
     shape = tuple(dims)
+    if n == 0:
+        try:
+            return np.zeros(shape, dtype=np_dtype)
+        except ValueError:  # e.g. [0, 2^62, 2]: an empty tensor whose other dimensions numpy cannot index
+            raise TensorError(f"empty tensor of shape {dims} has dimensions too large to represent") from None
     field, encoding = _VALUE_FIELD[dtype]
     if dtype == dtypes.DT_STRING:
         if content is not None and content[1] > content[0]:
-            raise WireError("tensor_content is not supported for string tensors")  # clients use string_val
+            return _decode_string_list(bytes(buf[content[0]:content[1]]), n).reshape(shape)
         values: np.ndarray | list[bytes] = strings
         count = len(strings)
     elif content is not None and content[1] > content[0]:
         data = buf[content[0]:content[1]]
         if len(data) != n * np_dtype.itemsize:
-            raise WireError(f"tensor_content holds {len(data)} bytes, shape {list(dims)} needs {n * np_dtype.itemsize}")
+            raise TensorError(f"tensor_content holds {len(data)} bytes, shape {list(dims)} needs {n * np_dtype.itemsize}")
         return np.frombuffer(data, dtype=np_dtype.newbyteorder("<")).astype(np_dtype, copy=False).reshape(shape)
     else:
         values = _decode_values(buf, dtype, encoding, segments.get(field, ()))
@@ -306,6 +391,28 @@ def _build_array(buf: bytes, dtype: int, dims: list[int], unknown_rank: bool, co
     else:  # ... and ignores values beyond the shape
         arr = _as_array(values[:n], np_dtype)
     return arr.reshape(shape)
+
+
+def _decode_string_list(data: bytes, n: int) -> np.ndarray:
+    """String tensor_content as TensorFlow writes it (port::EncodeStringList): `n` varint32 lengths, then
+    the strings back to back; exactly that many bytes, or WireError (DecodeStringList fails)."""
+    sizes = []
+    pos = 0
+    for _ in range(n):
+        try:
+            size, pos = read_varint(data, pos)
+        except WireError as exc:
+            raise TensorError(f"string tensor_content: {exc}") from None
+        if size > 0xFFFFFFFF:
+            raise TensorError("string length in tensor_content does not fit 32 bits")
+        sizes.append(size)
+    if sum(sizes) != len(data) - pos:
+        raise TensorError(f"string tensor_content: lengths add up to {sum(sizes)} bytes, {len(data) - pos} follow")
+    out = np.empty(n, dtype=object)
+    for i, size in enumerate(sizes):
+        out[i] = data[pos:pos + size]
+        pos += size
+    return out
 
 
 def _as_array(values: np.ndarray | list[bytes], np_dtype: np.dtype) -> np.ndarray:
@@ -325,8 +432,7 @@ def _decode_values(buf: bytes, dtype: int, encoding: str, segs: Sequence[tuple[i
             raise WireError("packed floating-point field has a partial element")
         flat = np.frombuffer(data, dtype="<" + encoding)
         if dtype in (dtypes.DT_COMPLEX64, dtypes.DT_COMPLEX128):
-            if flat.size % 2:
-                raise WireError("complex values come in (real, imaginary) pairs")
+            flat = flat[: flat.size - flat.size % 2]  # (real, imaginary) pairs; an unpaired last value is ignored
             return flat.astype(np_dtype.type(0).real.dtype).view(np_dtype)
         return flat.astype(np_dtype, copy=False)
     parts: list[np.ndarray] = []
@@ -409,7 +515,7 @@ def decode_model_spec(buf: bytes, pos: int, end: int) -> tuple[str, int | None, 
         if field == 1:
             name = text(buf, a, b, "model_spec.name")
         elif field == 2:  # google.protobuf.Int64Value; last of version/version_label wins (oneof)
-            value = 0
+            value = version if version is not None else 0  # a repeated occurrence merges into the set one
             for f2, wt2, a2, _ in iter_fields(buf, a, b):
                 if f2 == 1 and wt2 == 0:
                     value = a2 - (1 << 64) if a2 >= (1 << 63) else a2

@@ -2,7 +2,10 @@
 
 State directories default to `load_paths().kafka_dir` and `.connect_dir` (FRAUD_HOME); the jars live in
 `load_paths().jars_dir` (FRAUD_CACHE) and are fetched from Maven Central on the first start.
-`status` exits 0 when running, 3 when stopped (as init scripts do), 1 on a stale pid file.
+`kafka start --brokers N` (N > 1) starts an N-node KRaft cluster (fraud.embedded.cluster) in the state
+directory instead of a single broker; `stop` and `status` see which of the two a directory holds.
+`status` exits 0 when running, 3 when stopped (as init scripts do), 1 on a stale pid file or a cluster
+with some nodes down.
 """
 
 from __future__ import annotations
@@ -32,6 +35,16 @@ def _positive_port(value: str) -> int:
     return port
 
 
+def _broker_count(value: str) -> int:
+    try:
+        count = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of brokers: {value!r}") from None
+    if not 1 <= count <= 9:
+        raise argparse.ArgumentTypeError(f"brokers must be in 1..9, got {count}")
+    return count
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     kafka = subparsers.add_parser("kafka", help="the embedded Apache Kafka broker (single node, KRaft)")
     kafka_sub = kafka.add_subparsers(dest="kafka_command", metavar="ACTION", required=True)
@@ -41,9 +54,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         p = kafka_sub.add_parser(action, help=text)
         p.add_argument("--state-dir", type=Path, help="data, logs and pid file (default: FRAUD_HOME/kafka)")
         if action == "start":
-            p.add_argument("--port", type=_positive_port, default=9092, help="client port on 127.0.0.1 (default 9092)")
+            p.add_argument("--brokers", type=_broker_count, default=1,
+                           help="nodes (default 1); N > 1 starts a KRaft cluster of N broker+controller nodes, "
+                                "replication factor min(3, N), min.insync.replicas 2 from 3 nodes")
+            p.add_argument("--port", type=_positive_port, default=9092,
+                           help="client port on 127.0.0.1 (default 9092; node i of a cluster: port + 2(i-1))")
             p.add_argument("--controller-port", type=_positive_port, default=9093,
-                           help="KRaft controller port on 127.0.0.1 (default 9093)")
+                           help="KRaft controller port on 127.0.0.1 (default 9093; node i of a cluster: port + 2(i-1))")
             p.add_argument("--heap", default="512m", help="JVM heap (default 512m)")
             p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait until it serves clients")
         p.set_defaults(func=_kafka)
@@ -69,7 +86,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     topics = subparsers.add_parser("topics", help="create the project's Kafka topics (idempotent)")
 
     KafkaClientConfig.add_arguments(topics)
-    topics.add_argument("--replication-factor", type=int, help="default: the broker's default")
     topics.add_argument("--increase-partitions", action="store_true",
                         help="add partitions to existing topics that have fewer than declared")
     topics.set_defaults(func=_topics)
@@ -93,7 +109,69 @@ def _announce_fetch(jars_dir: Path) -> None:
         print(f"fetching the Kafka jars from Maven Central into {jars_dir} (once) ...", file=sys.stderr, flush=True)
 
 
+def _cluster(args: argparse.Namespace, state_dir: Path):
+    from fraud.embedded.cluster import ClusterConfig, ClusterLayout, KafkaCluster, default_ports
+
+    paths = _paths()
+    if args.kafka_command == "start":
+        settings = dict(state_dir=state_dir, jars_dir=paths.jars_dir, brokers=args.brokers, heap=args.heap,
+                        ports=default_ports(args.port, args.brokers),
+                        controller_ports=default_ports(args.controller_port, args.brokers),
+                        start_timeout_s=args.timeout)
+    else:
+        layout = ClusterLayout.read(state_dir / "cluster.json")
+        assert layout is not None
+        settings = dict(state_dir=state_dir, jars_dir=paths.jars_dir, brokers=len(layout.ports))
+    return KafkaCluster(ClusterConfig(**settings))
+
+
+def _kafka_cluster(args: argparse.Namespace, state_dir: Path) -> int:
+    cluster = _cluster(args, state_dir)
+    where = f"state dir {state_dir}"
+    n = len(cluster.nodes)
+    if args.kafka_command == "start":
+        running = cluster.running_nodes()
+        if len(running) == n:
+            print(f"Kafka cluster already running, {n} nodes, bootstrap {cluster.bootstrap} ({where})")
+            return 0
+        _announce_fetch(cluster.config.jars_dir)
+        took = cluster.start()
+        cfg = cluster.config
+        print(f"Kafka cluster started in {took:.1f} s: {n} nodes, bootstrap {cluster.bootstrap}, replication factor "
+              f"{cfg.replication_factor}, min.insync.replicas {cfg.min_insync_replicas} ({where})")
+        return 0
+    if args.kafka_command == "stop":
+        print(f"Kafka cluster: {cluster.stop()} ({where})")
+        return 0
+    statuses = cluster.status()
+    stale = [st for st in statuses.values() if st.state == "stale"]
+    if stale:
+        raise FraudError(f"stale pid file: {stale[0].detail}")
+    up = [nid for nid, st in statuses.items() if st.running]
+    if not up:
+        print(f"Kafka cluster not running ({where})")
+        return EXIT_NOT_RUNNING
+    for nid, node in cluster.nodes.items():
+        st = statuses[nid]
+        state = f"running, pid {st.pid}" if st.running else "NOT running"
+        print(f"  node {nid}: {state}, bootstrap {node.bootstrap}")
+    if len(up) < n:
+        print(f"Kafka cluster degraded: {len(up)} of {n} nodes running ({where})")
+        return 1
+    print(f"Kafka cluster running, {n} nodes, bootstrap {cluster.bootstrap} ({where})")
+    return 0
+
+
 def _kafka(args: argparse.Namespace) -> int:
+    from fraud.embedded.cluster import is_cluster_dir
+
+    state_dir = (args.state_dir or _paths().kafka_dir).expanduser().resolve()
+    brokers = getattr(args, "brokers", 1)
+    if is_cluster_dir(state_dir) or brokers > 1:
+        if args.kafka_command == "start" and brokers == 1:
+            raise FraudError(f"{state_dir} holds a Kafka cluster; start it with --brokers N "
+                             f"or give the single broker another --state-dir")
+        return _kafka_cluster(args, state_dir)
     broker = _broker(args)
     where = f"state dir {broker.state_dir}"
     if args.kafka_command == "start":
@@ -162,9 +240,7 @@ def _connect_bootstrap(flag: str | None) -> str:
 
 def _topics(args: argparse.Namespace) -> int:
     config = KafkaClientConfig.from_env_and_args(args, client_id="fraudctl-topics")
-    results = ensure_topics(
-        config, ALL_TOPICS, replication_factor=args.replication_factor, increase_partitions=args.increase_partitions
-    )
+    results = ensure_topics(config, ALL_TOPICS, increase_partitions=args.increase_partitions)
     width = max(len(r.name) for r in results)
     for r in results:
         unit = "partition " if r.partitions == 1 else "partitions"

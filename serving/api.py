@@ -14,7 +14,7 @@ from typing import Any
 from serving.errors import Code, ServingError
 from serving.manager import Handle, ModelManager, VersionStatus
 from serving.metrics import ServingMetrics
-from serving.requests import ExamplesCall, ModelSpec, PredictCall
+from serving.requests import ExamplesCall, ModelSpec, MultiInferenceCall, PredictCall
 from serving.servable import ClassifyResult, PredictResult, RegressResult
 
 
@@ -91,6 +91,12 @@ class ServingApi:
         result = self._timed(record, lambda: handle.servable.regress(call, deadline=deadline))
         record.signature = result.signature_name
         return result
+
+    def multi_inference(self, handle: Handle, call: MultiInferenceCall, record: RequestRecord,
+                        deadline: float | None = None) -> list[ClassifyResult | RegressResult]:
+        record.signature = ",".join(t.model_spec.signature_name or "serving_default" for t in call.tasks)
+        record.examples = len(call.examples)
+        return self._timed(record, lambda: handle.servable.multi_inference(call, deadline=deadline))
 
     def status(self, spec: ModelSpec) -> list[VersionStatus]:
         """GetModelStatus; like TF Serving it ignores a version label and reports every version."""

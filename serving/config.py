@@ -53,6 +53,10 @@ class ServerConfig:
     rest_api_timeout_in_ms: int = 30000
     rest_api_enable_cors_support: bool = False
     rest_api_num_threads: int = 0  # graph-call workers for REST (0: 8)
+    #: Largest REST request body accepted; larger ones answer 413 unread (0: no limit, TF Serving's behaviour).
+    rest_api_max_body_bytes: int = 64 * 1024 * 1024
+    #: Serve ModelService/HandleReloadConfigRequest (replaces the model list); off: UNIMPLEMENTED.
+    enable_reload_config_request: bool = False
     model_config_file: str | None = None
     model_config_file_poll_wait_seconds: int = 0
     file_system_poll_wait_seconds: int = 1
@@ -251,6 +255,11 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     a("--rest_api_timeout_in_ms", type=int, default=30000, help="deadline of REST calls (default 30000)")
     a("--rest_api_num_threads", type=int, default=0, help="REST graph-call workers (default 8); connections get a thread each")
     a("--rest_api_enable_cors_support", default=False, **flag, help="add CORS headers to REST responses")
+    a("--rest_api_max_body_bytes", type=int, default=64 * 1024 * 1024,
+      help="largest REST request body; larger ones answer 413 (default 64 MiB; 0: no limit, as TF Serving)")
+    a("--enable_reload_config_request", default=False, **flag,
+      help="serve ModelService/HandleReloadConfigRequest, which replaces the served model list for anyone who "
+           "reaches the gRPC port (default off: UNIMPLEMENTED; TF Serving always serves it)")
     a("--model_name", default="default", help="model name when no --model_config_file is given")
     a("--model_base_path", default=None, help="TF Serving base path (integer version directories)")
     a("--model_config_file", default=None, help="ModelServerConfig in text format (several models, labels)")
@@ -314,6 +323,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         raise ConfigError("--file_system_poll_wait_seconds must be >= 0")
     if args.grpc_max_threads < 1:
         raise ConfigError("--grpc_max_threads must be >= 1")
+    if args.rest_api_max_body_bytes < 0:
+        raise ConfigError(f"--rest_api_max_body_bytes={args.rest_api_max_body_bytes}: must be >= 0 (0: no limit)")
     tags = tuple(t.strip() for t in args.saved_model_tags.split(",") if t.strip())
     return ServerConfig(
         models=models,
@@ -324,6 +335,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         rest_api_timeout_in_ms=args.rest_api_timeout_in_ms,
         rest_api_enable_cors_support=args.rest_api_enable_cors_support,
         rest_api_num_threads=max(0, args.rest_api_num_threads),
+        rest_api_max_body_bytes=args.rest_api_max_body_bytes,
+        enable_reload_config_request=args.enable_reload_config_request,
         model_config_file=os.path.abspath(args.model_config_file) if args.model_config_file else None,
         model_config_file_poll_wait_seconds=args.model_config_file_poll_wait_seconds,
         file_system_poll_wait_seconds=args.file_system_poll_wait_seconds,

@@ -1,9 +1,21 @@
 """The gRPC front end: tensorflow.serving.PredictionService and ModelService, as TF Serving serves them.
 
-Predict, Classify and Regress take and return raw bytes (see serving.wire for why); GetModelMetadata,
-GetModelStatus and HandleReloadConfigRequest use the generated protos from tensorflow-serving-api.
-Errors become gRPC status codes with TF Serving's messages (truncated at 1024 characters like
-grpc_status_util.cc). The client's deadline bounds queueing and is checked before the graph runs.
+Predict, Classify, Regress and MultiInference take and return raw bytes (see serving.wire for why);
+GetModelMetadata, GetModelStatus and HandleReloadConfigRequest parse the generated protos from
+tensorflow-serving-api inside the handler. Errors become gRPC status codes with TF Serving's messages
+(truncated at 1024 characters like grpc_status_util.cc). The client's deadline bounds queueing and is
+checked before the graph runs.
+
+Two deliberate differences from TF Serving:
+- Bytes that are not a valid request message answer INVALID_ARGUMENT ("Failed to parse request: ...").
+  TF Serving never sees them: gRPC C++'s deserializer answers INTERNAL with an empty message (grpc's
+  GenericDeserialize), as grpcio's generated handlers answer INTERNAL "Exception deserializing
+  request!". A client's malformed bytes are the client's fault, and every method here says so alike.
+- HandleReloadConfigRequest replaces the whole model list for anyone who can reach the port; TF Serving
+  always serves it. Here it answers UNIMPLEMENTED unless the operator turns it on
+  (`--enable_reload_config_request`): the code gRPC and TF Serving use for an operation "not
+  supported/enabled in this service" (google.rpc.Code), rather than PERMISSION_DENIED, which is about
+  who the caller is, and this server does not authenticate callers.
 """
 
 from __future__ import annotations
@@ -21,7 +33,7 @@ from serving import wire
 from serving.api import ServingApi
 from serving.config import parse_model_server_config
 from serving.errors import Code, ServingError
-from serving.requests import ModelSpec
+from serving.requests import InferenceTask, ModelSpec, MultiInferenceCall
 
 log = logging.getLogger("serving.grpc")
 
@@ -69,7 +81,11 @@ class PredictionServicer:
         record = self._api.begin("Predict", "GRPC")
         error: ServingError | None = None
         try:
-            call = wire.decode_predict_request(data, self._bulk)
+            try:
+                call = wire.decode_predict_request(data, self._bulk)
+            except ServingError as exc:
+                self._check_model_first(data, exc, record)
+                raise
             with self._api.acquire(call.model_spec, record) as handle:
                 result = self._api.predict(handle, call, record, _deadline(context))
             spec = codec.encode_model_spec(call.model_spec.name, handle.version, result.signature_name)
@@ -83,11 +99,46 @@ class PredictionServicer:
             self._api.end(record, error)
         return self._abort(context, error)
 
+    def _check_model_first(self, data: bytes, error: ServingError, record: Any) -> None:
+        """A tensor that does not parse is reported as TF Serving orders its checks: the model version
+        (NOT_FOUND, a bad label) and the signature (FAILED_PRECONDITION) come first, the tensor's
+        INVALID_ARGUMENT after. Raises the earlier error when there is one; returns otherwise."""
+        if not error.message.startswith("tensor parsing error"):
+            return
+        spec: ModelSpec | None = None
+        try:
+            for field, wire_type, a, b in codec.iter_fields(data, 0, len(data)):
+                if field == 1 and wire_type == 2:
+                    spec = ModelSpec(*codec.decode_model_spec(data, a, b))
+        except codec.WireError:
+            return
+        if spec is None:
+            return
+        with self._api.acquire(spec, record) as handle:
+            handle.servable.signature(spec.signature_name)
+
     def classify(self, data: bytes, context: grpc.ServicerContext) -> bytes:
         return self._examples(data, context, "Classify")
 
     def regress(self, data: bytes, context: grpc.ServicerContext) -> bytes:
         return self._examples(data, context, "Regress")
+
+    def multi_inference(self, data: bytes, context: grpc.ServicerContext) -> bytes:
+        record = self._api.begin("MultiInference", "GRPC")
+        error: ServingError | None = None
+        try:
+            call = decode_multi_inference_request(data)
+            with self._api.acquire(call.model_spec, record) as handle:
+                results = self._api.multi_inference(handle, call, record, _deadline(context))
+                return encode_multi_inference_response(call, results, handle.version)
+        except ServingError as exc:
+            error = exc
+        except Exception as exc:
+            log.exception("MultiInference failed")
+            error = ServingError(Code.INTERNAL, f"{type(exc).__name__}: {exc}")
+        finally:
+            self._api.end(record, error)
+        return self._abort(context, error)
 
     def _examples(self, data: bytes, context: grpc.ServicerContext, api: str) -> bytes:
         record = self._api.begin(api, "GRPC")
@@ -114,10 +165,11 @@ class PredictionServicer:
     # -----------------------------------------------------------------------------------------
     # Metadata, status, config
 
-    def get_model_metadata(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def get_model_metadata(self, data: bytes, context: grpc.ServicerContext) -> bytes:
         from tensorflow_serving.apis import get_model_metadata_pb2
 
         try:
+            request = _parse(get_model_metadata_pb2.GetModelMetadataRequest, data)
             if not request.HasField("model_spec"):
                 raise ServingError(Code.INVALID_ARGUMENT, "Missing ModelSpec")
             if not request.metadata_field:
@@ -131,28 +183,32 @@ class PredictionServicer:
                 response.model_spec.name = handle.model_name
                 response.model_spec.version.value = handle.version
                 response.metadata["signature_def"].CopyFrom(handle.servable.metadata_any())
-                return response
+                return response.SerializeToString()
         except ServingError as exc:
             return self._abort(context, exc)
 
-    def get_model_status(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def get_model_status(self, data: bytes, context: grpc.ServicerContext) -> bytes:
         from tensorflow_serving.apis import get_model_status_pb2
 
         try:
+            request = _parse(get_model_status_pb2.GetModelStatusRequest, data)
             if not request.HasField("model_spec"):
                 raise ServingError(Code.INVALID_ARGUMENT, "Missing ModelSpec")
-            return status_response(self._api.status(spec_from_proto(request.model_spec)), get_model_status_pb2)
+            statuses = self._api.status(spec_from_proto(request.model_spec))
+            return status_response(statuses, get_model_status_pb2).SerializeToString()
         except ServingError as exc:
             return self._abort(context, exc)
 
-    def handle_reload_config_request(self, request: Any, context: grpc.ServicerContext) -> Any:
+    def handle_reload_config_request(self, data: bytes, context: grpc.ServicerContext) -> bytes:
         from google.protobuf import text_format
         from tensorflow_serving.apis import model_management_pb2
 
         response = model_management_pb2.ReloadConfigResponse()
         try:
             if self._reload_config is None:
-                raise ServingError(Code.UNIMPLEMENTED, "config reload is not enabled on this server")
+                raise ServingError(Code.UNIMPLEMENTED, "HandleReloadConfigRequest is disabled on this server; the "
+                                                       "operator enables it with --enable_reload_config_request")
+            request = _parse(model_management_pb2.ReloadConfigRequest, data)
             if request.config.WhichOneof("config") != "model_config_list":
                 raise ServingError(Code.INVALID_ARGUMENT, "ServerModelConfig type not supported by "
                                                           "HandleReloadConfigRequest. Only ModelConfigList is currently supported")
@@ -162,7 +218,7 @@ class PredictionServicer:
                 raise ServingError(Code.INVALID_ARGUMENT, str(exc)) from None
             self._reload_config(models)
             response.status.error_code = 0
-            return response
+            return response.SerializeToString()
         except ServingError as exc:
             response.status.error_code = int(exc.code)
             response.status.error_message = exc.message
@@ -172,6 +228,76 @@ class PredictionServicer:
     def _abort(context: grpc.ServicerContext, error: ServingError | None) -> Any:
         assert error is not None
         context.abort(_GRPC_CODES.get(int(error.code), grpc.StatusCode.UNKNOWN), error.grpc_message())
+
+
+def _parse(message_class: Any, data: bytes) -> Any:
+    """A generated request message from the call's bytes; INVALID_ARGUMENT when they are not one."""
+    from google.protobuf.message import DecodeError
+
+    try:
+        return message_class.FromString(data)
+    except (DecodeError, ValueError, RuntimeError) as exc:
+        raise ServingError(Code.INVALID_ARGUMENT, f"Failed to parse request: {exc}") from None
+
+
+_CLASSIFY_METHOD = "tensorflow/serving/classify"
+
+
+def decode_multi_inference_request(data: bytes) -> MultiInferenceCall:
+    """MultiInferenceRequest bytes (tasks = 1, input = 2) -> MultiInferenceCall.
+
+    The examples are kept as the bytes the client sent, as for Classify (TF Serving's Input fields are
+    lazily parsed and reach the graph as serialized strings): a malformed tf.Example is the graph's
+    ParseExample error, INVALID_ARGUMENT, not a request that cannot be parsed.
+    """
+    tasks: list[InferenceTask] = []
+    input_bytes = b""
+    try:
+        for field, wire_type, a, b in codec.iter_fields(data, 0, len(data)):
+            if wire_type != 2:
+                continue
+            if field == 1:  # InferenceTask: model_spec = 1, method_name = 2
+                spec = ModelSpec(name="")
+                method = ""
+                for f2, wt2, a2, b2 in codec.iter_fields(data, a, b):
+                    if wt2 != 2:
+                        continue
+                    if f2 == 1:
+                        spec = ModelSpec(*codec.decode_model_spec(data, a2, b2))
+                    elif f2 == 2:
+                        try:
+                            method = bytes(data[a2:b2]).decode("utf-8")
+                        except UnicodeDecodeError:
+                            raise codec.WireError("method_name is not valid UTF-8") from None
+                tasks.append(InferenceTask(spec, method))
+            elif field == 2:
+                input_bytes = data[a:b]
+        # Input is field 2 of a ClassificationRequest too: its decoder merges the context the same way.
+        wrapped = b"\x12" + codec.encode_varint(len(input_bytes)) + input_bytes + b"\x0a\x00"
+        examples = wire.decode_examples_request(wrapped).examples
+    except codec.WireError as exc:
+        raise ServingError(Code.INVALID_ARGUMENT, f"Failed to parse request: {exc}") from None
+    return MultiInferenceCall(tasks=tuple(tasks), examples=tuple(examples))
+
+
+def encode_multi_inference_response(call: MultiInferenceCall, results: list, version: int) -> bytes:
+    """MultiInferenceResponse: one InferenceResult per task, in task order, each with the task's model
+    spec (signature name defaulted, the served version), as TF Serving's MakeModelSpec fills it."""
+    from tensorflow_serving.apis import classification_pb2, inference_pb2, regression_pb2
+
+    response = inference_pb2.MultiInferenceResponse()
+    for task, result in zip(call.tasks, results, strict=True):
+        entry = response.results.add()
+        if task.method_name == _CLASSIFY_METHOD:
+            encoded = wire.encode_classification_response(result.labels, result.scores, b"")
+            entry.classification_result.CopyFrom(classification_pb2.ClassificationResponse.FromString(encoded).result)
+        else:
+            encoded = wire.encode_regression_response(result.values, b"")
+            entry.regression_result.CopyFrom(regression_pb2.RegressionResponse.FromString(encoded).result)
+        entry.model_spec.name = task.model_spec.name
+        entry.model_spec.version.value = version
+        entry.model_spec.signature_name = task.model_spec.signature_name or "serving_default"
+    return response.SerializeToString()
 
 
 def status_response(statuses: list, pb2: Any) -> Any:
@@ -214,8 +340,6 @@ def join_threads(threads: list, deadline: float) -> bool:
 
 def make_server(servicer: PredictionServicer, host: str, port: int, max_workers: int) -> GrpcServer:
     """A grpc server (not yet started) with both services bound to host:port."""
-    from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, model_management_pb2
-
     pool = futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc-worker")
     server = grpc.server(
         pool,
@@ -226,24 +350,18 @@ def make_server(servicer: PredictionServicer, host: str, port: int, max_workers:
         ],
     )
     raw = {"request_deserializer": _identity, "response_serializer": _identity}
+    # Every method takes the call's bytes and parses them itself, so bytes that are not a request
+    # answer INVALID_ARGUMENT from the handler rather than grpcio's INTERNAL "Exception deserializing".
     prediction = {
         "Predict": grpc.unary_unary_rpc_method_handler(servicer.predict, **raw),
         "Classify": grpc.unary_unary_rpc_method_handler(servicer.classify, **raw),
         "Regress": grpc.unary_unary_rpc_method_handler(servicer.regress, **raw),
-        "GetModelMetadata": grpc.unary_unary_rpc_method_handler(
-            servicer.get_model_metadata,
-            request_deserializer=get_model_metadata_pb2.GetModelMetadataRequest.FromString,
-            response_serializer=get_model_metadata_pb2.GetModelMetadataResponse.SerializeToString),
+        "MultiInference": grpc.unary_unary_rpc_method_handler(servicer.multi_inference, **raw),
+        "GetModelMetadata": grpc.unary_unary_rpc_method_handler(servicer.get_model_metadata, **raw),
     }
     model = {
-        "GetModelStatus": grpc.unary_unary_rpc_method_handler(
-            servicer.get_model_status,
-            request_deserializer=get_model_status_pb2.GetModelStatusRequest.FromString,
-            response_serializer=get_model_status_pb2.GetModelStatusResponse.SerializeToString),
-        "HandleReloadConfigRequest": grpc.unary_unary_rpc_method_handler(
-            servicer.handle_reload_config_request,
-            request_deserializer=model_management_pb2.ReloadConfigRequest.FromString,
-            response_serializer=model_management_pb2.ReloadConfigResponse.SerializeToString),
+        "GetModelStatus": grpc.unary_unary_rpc_method_handler(servicer.get_model_status, **raw),
+        "HandleReloadConfigRequest": grpc.unary_unary_rpc_method_handler(servicer.handle_reload_config_request, **raw),
     }
     server.add_generic_rpc_handlers((
         grpc.method_handlers_generic_handler(PREDICTION_SERVICE, prediction),

@@ -53,6 +53,29 @@ class ExamplesCall:
     examples: Sequence[bytes] = field(default_factory=tuple)
 
 
+@dataclass(frozen=True)
+class InferenceTask:
+    """One task of a MultiInference request: a model spec (its signature) and the method to run it as
+    ("tensorflow/serving/classify" or "tensorflow/serving/regress")."""
+
+    model_spec: ModelSpec
+    method_name: str
+
+
+@dataclass(frozen=True)
+class MultiInferenceCall:
+    """A MultiInference request: Classify/Regress tasks over one set of serialized tf.Examples."""
+
+    tasks: Sequence[InferenceTask]
+    examples: Sequence[bytes] = field(default_factory=tuple)
+
+    @property
+    def model_spec(self) -> ModelSpec:
+        """The spec the version is resolved with: the first task's (TF Serving's GetModelSpecFromRequest);
+        an empty one when there are no tasks."""
+        return self.tasks[0].model_spec if self.tasks else ModelSpec(name="")
+
+
 def spec_from_path(name: str, version: str | None, label: str | None) -> ModelSpec:
     """A ModelSpec from the parts of a REST path (`/v1/models/<name>[/versions/<v>|/labels/<l>]`)."""
     if version is not None and label is not None:  # the path grammar makes this impossible; kept for safety

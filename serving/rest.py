@@ -10,6 +10,11 @@ threaded HTTP server with HTTP/1.1 keep-alive.
 
 Paths are matched with TF Serving's regular expressions (http_rest_api_util.cc); errors are
 `{"error": "<message>"}` with the HTTP status TF Serving maps each code to.
+
+Request bodies are limited (`--rest_api_max_body_bytes`, default 64 MiB; TF Serving has no limit): a
+larger Content-Length, or a chunked body that grows past it, answers 413 without reading the rest, and
+the connection is closed (what is left of the body cannot be told from a next request). A
+Content-Length that is not a number answers 400, likewise closing the connection.
 """
 
 from __future__ import annotations
@@ -48,8 +53,10 @@ class RestApp:
     """Routes one HTTP request to the API; returns (HTTP status, content type, body)."""
 
     def __init__(self, api: ServingApi, timeout_ms: int, cors: bool = False, monitoring_path: str | None = None,
-                 render_metrics: Callable[[], str] | None = None, workers: int = 8) -> None:
+                 render_metrics: Callable[[], str] | None = None, workers: int = 8,
+                 max_body_bytes: int = 64 * 1024 * 1024) -> None:
         self._api = api
+        self.max_body_bytes = max_body_bytes  # 0: no limit
         self._timeout_s = timeout_ms / 1000 if timeout_ms > 0 else None
         # Graph calls run here so a call that overruns --rest_api_timeout_in_ms answers 504 on time.
         self._pool = futures.ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="rest-exec")
@@ -197,6 +204,10 @@ class RestApp:
         return orjson.dumps(doc, option=orjson.OPT_INDENT_2)
 
 
+class _TooLarge(Exception):
+    """A request body larger than the server accepts (its size, or "more than <limit>", as the message)."""
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "TensorFlowServing-compatible"
@@ -206,18 +217,32 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
         log.debug("http %s", format % args)
 
-    def _body(self) -> bytes:
+    def _body(self, limit: int) -> bytes:
+        """The request body; _TooLarge past `limit` bytes (0: no limit), ValueError when malformed."""
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
             chunks = []
+            total = 0
             while True:
-                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                size = int(self.rfile.readline(1024).split(b";")[0].strip() or b"0", 16)
+                if size < 0:
+                    raise ValueError(f"negative chunk size {size}")
                 if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                    while self.rfile.readline(65536) not in (b"\r\n", b"\n", b""):
                         pass
                     return b"".join(chunks)
+                total += size
+                if limit and total > limit:
+                    raise _TooLarge(f"more than {limit}")
                 chunks.append(self.rfile.read(size))
-                self.rfile.readline()
-        length = int(self.headers.get("Content-Length") or 0)
+                self.rfile.readline(1024)
+        raw = self.headers.get("Content-Length")
+        if raw is None or not raw.strip():
+            return b""
+        length = int(raw.strip())
+        if length < 0:
+            raise ValueError(f"negative Content-Length {length}")
+        if limit and length > limit:
+            raise _TooLarge(str(length))
         return self.rfile.read(length) if length > 0 else b""
 
     def _serve(self) -> None:
@@ -228,16 +253,47 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.mark_busy(self.connection, False)
 
     def _respond(self) -> None:
+        limit = self.server.app.max_body_bytes
         try:
-            body = self._body()
+            body = self._body(limit)
+        except _TooLarge as exc:
+            self.close_connection = True  # the unread rest of the body must not be taken for a request
+            message = (f"Request body of {exc} bytes exceeds the server's limit of {limit} bytes "
+                       "(--rest_api_max_body_bytes)")
+            self._reply(413, _JSON, rest_json.error_body(message), close=True)
+            self._discard_rest()
+            return
         except (ValueError, OSError):
             self.send_error(400, "bad request body")
             return
         path = urlsplit(self.path).path
         status, content_type, payload = self.server.app.handle(self.command, path, body, self.headers.get("Origin"))
+        self._reply(status, content_type, payload)
+
+    def _discard_rest(self, max_bytes: int = 64 * 1024 * 1024, max_s: float = 5.0) -> None:
+        """Read and drop what the client still sends of a refused body (bounded), so that closing the
+        socket does not reset the connection before the client has read the 413 (a close with unread
+        data sends RST, and a client still writing its body then sees a broken pipe, not the answer)."""
+        try:
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_WR)
+            self.connection.settimeout(0.5)
+            deadline = time.monotonic() + max_s
+            dropped = 0
+            while dropped < max_bytes and time.monotonic() < deadline:
+                chunk = self.connection.recv(65536)
+                if not chunk:
+                    break
+                dropped += len(chunk)
+        except OSError:
+            pass
+
+    def _reply(self, status: int, content_type: str, payload: bytes, close: bool = False) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(payload)))
+        if close:
+            self.send_header("Connection", "close")
         if self.server.app.cors:
             self.send_header("Access-Control-Allow-Origin", "*")
             self.send_header("Access-Control-Allow-Methods", "POST, GET")

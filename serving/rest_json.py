@@ -15,6 +15,7 @@ import binascii
 import enum
 import json
 import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -61,20 +62,76 @@ def _json_type(value: Any) -> str:
     return "Number"
 
 
+_JSON_WS = re.compile(r"[ \t\n\r]*")
+# A \\u escape of a UTF-16 surrogate that is not a high one followed by a low one (rapidjson refuses
+# these: "The surrogate pair in string is invalid"). Escaped backslashes are consumed first.
+_ESCAPES = re.compile(r"\\\\|\\u([dD][89abAB][0-9a-fA-F]{2})(?:\\u([dD][c-fC-F][0-9a-fA-F]{2}))?|\\u([dD][c-fC-F][0-9a-fA-F]{2})")
+_UINT64_MAX = 2**64 - 1
+
+
+class _NumberTooBig(ValueError):
+    pass
+
+
+def _parse_int(text: str) -> int | float:
+    # rapidjson keeps integers that fit in int64/uint64 and reads larger ones as doubles
+    value = int(text)
+    if -(2**63) <= value <= _UINT64_MAX:
+        return value
+    return _parse_float(text)
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise _NumberTooBig(text)
+    return value
+
+
+def _lone_surrogate(text: str) -> bool:
+    for m in _ESCAPES.finditer(text):
+        if m.group(3) or (m.group(1) and not m.group(2)):
+            return True
+    return False
+
+
 def loads(body: bytes) -> dict:
-    """Parse a request body; TF Serving accepts NaN and Infinity, which strict JSON parsers refuse."""
-    if not body:
+    """Parse a request body as TF Serving's rapidjson does (ParseJson in json_tensor.cc): NaN and
+    Infinity accepted; parsing stops after the first complete value (kParseStopWhenDoneFlag), so what
+    follows it is ignored; strings are not checked for valid UTF-8 (their bytes reach string tensors
+    as sent); a lone UTF-16 surrogate escape and a number beyond a double are parse errors.
+
+    orjson takes every ordinary body; the standard library's decoder handles the rest (undecodable
+    bytes carried as surrogate escapes, turned back into the same bytes where strings become bytes).
+    """
+    if not body.strip(b" \t\n\r"):
         raise _invalid("JSON Parse error: The document is empty")
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:
+        text = body.decode("utf-8", errors="surrogateescape")
+        if "\\u" in text and _lone_surrogate(text):
+            raise _invalid("JSON Parse error: The surrogate pair in string is invalid.") from None
+        decoder = json.JSONDecoder(parse_int=_parse_int, parse_float=_parse_float)
         try:
-            doc = json.loads(body.decode("utf-8"))
-        except (ValueError, UnicodeDecodeError) as exc:
+            doc, _ = decoder.raw_decode(text, _JSON_WS.match(text).end())
+        except _NumberTooBig:
+            raise _invalid("JSON Parse error: Number too big to be stored in double.") from None
+        except RecursionError:
+            raise _invalid("JSON Parse error: the document nests too deeply") from None
+        except ValueError as exc:
             raise _invalid(f"JSON Parse error: {exc}") from None
     if not isinstance(doc, dict):
         raise _invalid(f"JSON Value: {_debug(doc)} Is not object")
     return doc
+
+
+def to_bytes(text: str) -> bytes:
+    """A JSON string's bytes as the client sent them (undecodable ones came in as surrogate escapes)."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", errors="surrogateescape")
 
 
 def signature_name(doc: dict) -> str:
@@ -89,13 +146,47 @@ def _is_b64(value: Any) -> bool:
     return isinstance(value, dict) and len(value) == 1 and isinstance(value.get("b64"), str)
 
 
+_B64_ALPHABET = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
+_ASCII_SPACE = b" \t\n\v\f\r"
+
+
+def base64_unescape(text: str) -> bytes | None:
+    """Decode base64 as absl::Base64Unescape (what TF Serving uses) accepts it, None when it does not:
+    standard alphabet, ASCII whitespace anywhere ignored, padding ('=' or '.') optional but, when
+    present, exactly as much as the length needs, nothing but padding and whitespace after it."""
+    try:
+        raw = text.encode("ascii")
+    except UnicodeEncodeError:
+        return None
+    raw = raw.translate(None, _ASCII_SPACE)
+    cut = len(raw)
+    for i, ch in enumerate(raw):
+        if ch in b"=.":
+            cut = i
+            break
+        if ch not in _B64_ALPHABET:
+            return None
+    data, padding = raw[:cut], raw[cut:]
+    if padding.strip(b"=."):
+        return None
+    rest = len(data) % 4
+    if rest == 1:
+        return None
+    if padding and len(padding) != {0: -1, 2: 2, 3: 1}[rest]:
+        return None
+    try:
+        return base64.b64decode(data + b"=" * (-len(data) % 4))
+    except (binascii.Error, ValueError):
+        return None
+
+
 def _b64decode(value: Any) -> bytes:
     if not _is_b64(value):
         raise _invalid(f"JSON Value: {_debug(value)} not formatted correctly for base64 data")
-    try:
-        return base64.b64decode(value["b64"], validate=True)
-    except (binascii.Error, ValueError):
-        raise _invalid("Unable to base64 decode") from None
+    decoded = base64_unescape(value["b64"])
+    if decoded is None:
+        raise _invalid("Unable to base64 decode")
+    return decoded
 
 
 # ---------------------------------------------------------------------------------------------
@@ -127,7 +218,7 @@ def _leaf(value: Any, dtype: int) -> Any:
     if dtype == dtypes.DT_STRING:
         if not isinstance(value, str):
             raise _type_error(value, dtype)
-        return value.encode("utf-8")
+        return to_bytes(value)
     if dtype == dtypes.DT_BOOL:
         if not isinstance(value, bool):
             raise _type_error(value, dtype)
@@ -140,6 +231,13 @@ def _leaf(value: Any, dtype: int) -> Any:
 
 def to_array(value: Any, dtype: int, fast: bool = True) -> np.ndarray:
     """A JSON value (scalar or nested lists) as an array of `dtype`, with TF Serving's checks."""
+    try:
+        return _to_array(value, dtype, fast)
+    except RecursionError:
+        raise _invalid(f"JSON Value: {_debug(value)[:64]}... nests too deeply for a tensor") from None
+
+
+def _to_array(value: Any, dtype: int, fast: bool = True) -> np.ndarray:
     if dtype not in _JSON_DTYPES:
         raise ServingError(Code.UNIMPLEMENTED, f"Conversion of JSON Value: {_debug(value)} to type: {dtypes.name(dtype)}")
     np_dtype = dtypes.to_numpy(dtype)
@@ -321,7 +419,7 @@ def _feature(name: str, content: Any) -> tuple[str, list]:
             out.append(_b64decode(v))
         elif isinstance(v, str):
             want("bytes")
-            out.append(v.encode("utf-8"))
+            out.append(to_bytes(v))
         elif isinstance(v, float):
             want("float")
             out.append(v)
@@ -461,4 +559,6 @@ def regress_response(values: np.ndarray) -> bytes:
 
 
 def error_body(message: str) -> bytes:
-    return orjson.dumps({"error": message})
+    # Messages may quote request strings that carried undecodable bytes (surrogate escapes).
+    safe = message.encode("utf-8", errors="surrogateescape").decode("utf-8", errors="replace")
+    return orjson.dumps({"error": safe})

@@ -23,7 +23,7 @@ from fraud import dtypes
 from fraud.model_info import load_custom_ops_for, meta_graph_ops
 from serving import wire
 from serving.errors import Code, ServingError
-from serving.requests import DEFAULT_SIGNATURE, ExamplesCall, PredictCall
+from serving.requests import DEFAULT_SIGNATURE, ExamplesCall, InferenceTask, MultiInferenceCall, PredictCall
 
 if TYPE_CHECKING:
     from serving.batching import BatchScheduler
@@ -124,6 +124,21 @@ def _tf_error(exc: Exception) -> ServingError:
     if isinstance(code, int) and 0 < code <= 16:
         return ServingError(Code(code), message)
     return ServingError(Code.INTERNAL, f"{type(exc).__name__}: {message}")
+
+
+def _undecodable_tf_error(exc: UnicodeDecodeError) -> ServingError:
+    """A TF op failed with a message that is not UTF-8, and TF's Python binding could not build the
+    exception (it raises UnicodeDecodeError, the status code lost).
+
+    Such messages quote the request's own bytes: ParseExample's "Could not parse example input, value:
+    '<bytes>'" for a serialized tf.Example that is not one (e.g. b'\\xff\\x00garbage'), ParseTensor,
+    DecodeJSONExample, StringToNumber. Every op that quotes its input does so while rejecting it with
+    INVALID_ARGUMENT, which is what TF Serving answers (its C++ keeps the status intact); the message is
+    TF's, non-UTF-8 bytes escaped.
+    """
+    raw = exc.object if isinstance(exc.object, (bytes, bytearray)) else b""
+    message = bytes(raw).decode("utf-8", errors="backslashreplace") or "Could not parse example input"
+    return ServingError(Code.INVALID_ARGUMENT, message)
 
 
 class Servable:
@@ -290,53 +305,68 @@ class Servable:
     def classify(self, call: ExamplesCall, *, deadline: float | None = None,
                  use_batching: bool = True) -> ClassifyResult:
         sig = self._examples_signature(call, CLASSIFY_METHOD, "classification")
-        if len(sig.inputs) != 1:
-            raise ServingError(Code.INVALID_ARGUMENT, "Expected one input Tensor.")
-        if len(sig.outputs) not in (1, 2):
-            raise ServingError(Code.INVALID_ARGUMENT, f"Expected one or two output Tensors, found {len(sig.outputs)}")
-        if CLASSIFY_INPUTS not in sig.inputs:
-            raise ServingError(Code.INVALID_ARGUMENT, f"No classification inputs found in SignatureDef: {sig.debug_string}")
-        if CLASSIFY_CLASSES not in sig.outputs and CLASSIFY_SCORES not in sig.outputs:
-            raise ServingError(Code.INVALID_ARGUMENT, "Expected classification signature outputs to contain at least "
-                                                      f'one of "{CLASSIFY_CLASSES}" or "{CLASSIFY_SCORES}". '
-                                                      f"Signature was: {sig.debug_string}")
+        _check_classify_signature(sig)
         n = self._require_examples(call)
         result = self._execute(sig, {CLASSIFY_INPUTS: _examples_array(call.examples)}, deadline, use_batching)
-        classes = result.get(CLASSIFY_CLASSES)
-        scores = result.get(CLASSIFY_SCORES)
-        if classes is not None:
-            _check_classify_output(classes, "classes", dtypes.DT_STRING, n)
-        if scores is not None:
-            _check_classify_output(scores, "scores", dtypes.DT_FLOAT, n)
-        if classes is not None and scores is not None and classes.shape[1] != scores.shape[1]:
-            raise ServingError(Code.INVALID_ARGUMENT, "Tensors class and score should match in dim_size(1). "
-                                                      f"Got {classes.shape[1]} vs. {scores.shape[1]}")
-        return ClassifyResult(sig.key, classes, scores)
+        return _classify_result(sig, result, n)
 
     def regress(self, call: ExamplesCall, *, deadline: float | None = None,
                 use_batching: bool = True) -> RegressResult:
         sig = self._examples_signature(call, REGRESS_METHOD, "regression")
-        if len(sig.inputs) != 1:
-            raise ServingError(Code.INVALID_ARGUMENT, "Expected one input Tensor.")
-        if len(sig.outputs) != 1:
-            raise ServingError(Code.INVALID_ARGUMENT, "Expected one output Tensor.")
-        if REGRESS_INPUTS not in sig.inputs:
-            raise ServingError(Code.INVALID_ARGUMENT, f"No regression inputs found in SignatureDef: {sig.debug_string}")
-        if REGRESS_OUTPUTS not in sig.outputs:
-            raise ServingError(Code.INVALID_ARGUMENT, f"No regression outputs found in SignatureDef: {sig.debug_string}")
+        _check_regress_signature(sig)
         n = self._require_examples(call)
         result = self._execute(sig, {REGRESS_INPUTS: _examples_array(call.examples)}, deadline, use_batching)
-        values = result[REGRESS_OUTPUTS]
-        if not (values.ndim == 1 or (values.ndim == 2 and values.shape[1] == 1)):
-            raise ServingError(Code.INVALID_ARGUMENT, "Expected output Tensor shape to be either [batch_size] or "
-                                                      f"[batch_size, 1] but got {list(values.shape)}")
-        if values.shape[0] != n:
-            raise ServingError(Code.INVALID_ARGUMENT,
-                               f"Input batch size did not match output batch size: {n} vs. {values.shape[0]}")
-        if values.dtype != np.float32:
-            raise ServingError(Code.INVALID_ARGUMENT,
-                               f"Expected output Tensor of DT_FLOAT.  Got: {dtypes.name(dtypes.from_numpy(values.dtype))}")
-        return RegressResult(sig.key, values.reshape(-1))
+        return _regress_result(sig, result, n)
+
+    def multi_inference(self, call: MultiInferenceCall, *, deadline: float | None = None,
+                        use_batching: bool = True) -> list[ClassifyResult | RegressResult]:
+        """MultiInference as TF Serving's TensorFlowMultiInferenceRunner::Infer runs it: every task names
+        the same model and a distinct Classify or Regress signature; all are checked before anything
+        runs, then each signature runs on the same examples, and the results come back in task order.
+
+        TF Serving fetches every task's outputs in one Session::Run; a TF2 SavedModel's signatures are
+        separate functions, so here each runs once (same results, one graph call per task).
+        """
+        model_name = ""
+        seen: set[str] = set()
+        checked: list[tuple[InferenceTask, Signature]] = []
+        for task in call.tasks:
+            if not task.model_spec.name:
+                raise ServingError(Code.INVALID_ARGUMENT, "Found ModelSpec with an empty model name.")
+            if not model_name:
+                model_name = task.model_spec.name
+            elif model_name != task.model_spec.name:
+                raise ServingError(Code.INVALID_ARGUMENT,
+                                   "All ModelSpecs in a MultiInferenceRequest must access the same model name.")
+            key = task.model_spec.signature_name or DEFAULT_SIGNATURE
+            if key in seen:
+                raise ServingError(Code.INVALID_ARGUMENT, f"Duplicate evaluation of signature: {key}")
+            seen.add(key)
+            sig = self.signatures.get(key)
+            if sig is None:
+                raise ServingError(Code.INVALID_ARGUMENT, f"Requested signature not found in model graph: {key}")
+            if task.method_name == CLASSIFY_METHOD:
+                self._check_method(sig, CLASSIFY_METHOD, "classification")
+                _check_classify_signature(sig)
+            elif task.method_name == REGRESS_METHOD:
+                self._check_method(sig, REGRESS_METHOD, "regression")
+                _check_regress_signature(sig)
+            else:
+                raise ServingError(Code.UNIMPLEMENTED, f"Unsupported signature method_name: {task.method_name}")
+            checked.append((task, sig))
+        if not call.examples:
+            raise ServingError(Code.INVALID_ARGUMENT, "Input is empty.")
+        n = len(call.examples)
+        examples = _examples_array(call.examples)
+        results: list[ClassifyResult | RegressResult] = []
+        for task, sig in checked:
+            name = CLASSIFY_INPUTS if task.method_name == CLASSIFY_METHOD else REGRESS_INPUTS
+            outputs = self._execute(sig, {name: examples}, deadline, use_batching)
+            if task.method_name == CLASSIFY_METHOD:
+                results.append(_classify_result(sig, outputs, n))
+            else:
+                results.append(_regress_result(sig, outputs, n))
+        return results
 
     # -----------------------------------------------------------------------------------------
     # Validation helpers
@@ -346,10 +376,13 @@ class Servable:
         sig = self.signatures.get(key)
         if sig is None:
             raise ServingError(Code.INVALID_ARGUMENT, f"No signature was found with the name: {key}")
+        self._check_method(sig, method, kind)
+        return sig
+
+    def _check_method(self, sig: Signature, method: str, kind: str) -> None:
         if self._method_name_check and sig.method_name != method:
             raise ServingError(Code.INVALID_ARGUMENT,
                                f"Expected {kind} signature method_name to be {method}. Was: {sig.method_name}")
-        return sig
 
     @staticmethod
     def _require_examples(call: ExamplesCall) -> int:
@@ -434,6 +467,8 @@ class Servable:
             return {key: value.numpy() for key, value in out.items()}
         except ServingError:
             raise
+        except UnicodeDecodeError as exc:
+            raise _undecodable_tf_error(exc) from None
         except Exception as exc:  # TF errors carry a canonical code; anything else is internal
             raise _tf_error(exc) from None
 
@@ -475,6 +510,61 @@ def _examples_array(examples: Sequence[bytes]) -> np.ndarray:
     arr = np.empty(len(examples), dtype=object)
     arr[:] = list(examples)
     return arr
+
+
+def _check_classify_signature(sig: Signature) -> None:
+    """TF Serving's PreProcessClassification (classifier.cc), after the method-name check."""
+    if len(sig.inputs) != 1:
+        raise ServingError(Code.INVALID_ARGUMENT, "Expected one input Tensor.")
+    if len(sig.outputs) not in (1, 2):
+        raise ServingError(Code.INVALID_ARGUMENT, f"Expected one or two output Tensors, found {len(sig.outputs)}")
+    if CLASSIFY_INPUTS not in sig.inputs:
+        raise ServingError(Code.INVALID_ARGUMENT, f"No classification inputs found in SignatureDef: {sig.debug_string}")
+    if CLASSIFY_CLASSES not in sig.outputs and CLASSIFY_SCORES not in sig.outputs:
+        raise ServingError(Code.INVALID_ARGUMENT, "Expected classification signature outputs to contain at least "
+                                                  f'one of "{CLASSIFY_CLASSES}" or "{CLASSIFY_SCORES}". '
+                                                  f"Signature was: {sig.debug_string}")
+
+
+def _classify_result(sig: Signature, result: Mapping[str, np.ndarray], n: int) -> ClassifyResult:
+    """TF Serving's PostProcessClassificationResult checks on the graph's outputs."""
+    classes = result.get(CLASSIFY_CLASSES)
+    scores = result.get(CLASSIFY_SCORES)
+    if classes is not None:
+        _check_classify_output(classes, "classes", dtypes.DT_STRING, n)
+    if scores is not None:
+        _check_classify_output(scores, "scores", dtypes.DT_FLOAT, n)
+    if classes is not None and scores is not None and classes.shape[1] != scores.shape[1]:
+        raise ServingError(Code.INVALID_ARGUMENT, "Tensors class and score should match in dim_size(1). "
+                                                  f"Got {classes.shape[1]} vs. {scores.shape[1]}")
+    return ClassifyResult(sig.key, classes, scores)
+
+
+def _check_regress_signature(sig: Signature) -> None:
+    """TF Serving's PreProcessRegression (regressor.cc), after the method-name check."""
+    if len(sig.inputs) != 1:
+        raise ServingError(Code.INVALID_ARGUMENT, "Expected one input Tensor.")
+    if len(sig.outputs) != 1:
+        raise ServingError(Code.INVALID_ARGUMENT, "Expected one output Tensor.")
+    if REGRESS_INPUTS not in sig.inputs:
+        raise ServingError(Code.INVALID_ARGUMENT, f"No regression inputs found in SignatureDef: {sig.debug_string}")
+    if REGRESS_OUTPUTS not in sig.outputs:
+        raise ServingError(Code.INVALID_ARGUMENT, f"No regression outputs found in SignatureDef: {sig.debug_string}")
+
+
+def _regress_result(sig: Signature, result: Mapping[str, np.ndarray], n: int) -> RegressResult:
+    """TF Serving's PostProcessRegressionResult checks on the graph's output."""
+    values = result[REGRESS_OUTPUTS]
+    if not (values.ndim == 1 or (values.ndim == 2 and values.shape[1] == 1)):
+        raise ServingError(Code.INVALID_ARGUMENT, "Expected output Tensor shape to be either [batch_size] or "
+                                                  f"[batch_size, 1] but got {list(values.shape)}")
+    if values.shape[0] != n:
+        raise ServingError(Code.INVALID_ARGUMENT,
+                           f"Input batch size did not match output batch size: {n} vs. {values.shape[0]}")
+    if values.dtype != np.float32:
+        raise ServingError(Code.INVALID_ARGUMENT,
+                           f"Expected output Tensor of DT_FLOAT.  Got: {dtypes.name(dtypes.from_numpy(values.dtype))}")
+    return RegressResult(sig.key, values.reshape(-1))
 
 
 def _check_classify_output(value: np.ndarray, what: str, dtype: int, n: int) -> None:

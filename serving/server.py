@@ -90,13 +90,15 @@ class ModelServer:
             self.manager = ModelManager(config, self.metrics, self.batching)
             api = ServingApi(self.manager, self.metrics)
             self.manager.start(wait=True, timeout=model_timeout)
-            servicer = PredictionServicer(api, config.enable_serialization_as_tensor_content, self.reload_models)
+            reload = self.reload_models if config.enable_reload_config_request else None
+            servicer = PredictionServicer(api, config.enable_serialization_as_tensor_content, reload)
             self._grpc = make_server(servicer, config.host, config.port, config.grpc_max_threads)
             self.grpc_port = self._grpc.port
             if config.rest_api_port is not None:
                 render = self.metrics.render if hasattr(self.metrics, "render") else None
                 app = RestApp(api, config.rest_api_timeout_in_ms, config.rest_api_enable_cors_support,
-                              config.monitoring_path, render, workers=config.rest_api_num_threads or 8)
+                              config.monitoring_path, render, workers=config.rest_api_num_threads or 8,
+                              max_body_bytes=config.rest_api_max_body_bytes)
                 self._rest = RestServer(app, config.rest_api_host, config.rest_api_port)
                 self.rest_port = self._rest.port
             self._grpc.start()

@@ -17,12 +17,14 @@ import numpy as np
 
 from fraud import dtypes
 from fraud.wire import (
+    TensorError,
     WireError,
     decode_model_spec,
     decode_tensor,
     encode_tensor,
     encode_varint,
     iter_fields,
+    joined,
     len_field,
     read_varint,
     text,
@@ -58,9 +60,36 @@ def _peek_dtype(buf: bytes, pos: int, end: int) -> int:
             pos += 4
         elif wire_type == 1:
             pos += 8
-        else:
-            raise WireError(f"unsupported wire type {wire_type}")
+        else:  # a group or worse: not a string tensor worth the bulk decoder; decode_tensor will tell
+            return dtypes.DT_INVALID
     return dtypes.DT_INVALID
+
+
+def _check_message(field: int, payload: bytes) -> None:
+    """Parse a TensorProto's resource_handle_val / variant_val with the generated classes: a protobuf
+    parser (TF Serving's) refuses a request where they are not valid messages. Rare fields: TensorFlow
+    is imported only when one comes."""
+    from google.protobuf.message import DecodeError
+    from tensorflow.core.framework import resource_handle_pb2, tensor_pb2
+
+    cls = resource_handle_pb2.ResourceHandleProto if field == 14 else tensor_pb2.VariantTensorDataProto
+    try:
+        cls.FromString(payload)
+    except DecodeError as exc:
+        raise WireError(f"field {field} of a tensor is not a valid message: {exc}") from None
+
+
+def _malformed_tensor(buf: bytes, a: int, b: int) -> bool:
+    """Whether buf[a:b] fails as a message (our decoder's framing error), rather than as a tensor."""
+    try:
+        decode_tensor(buf, a, b, _check_message)
+    except TensorError:
+        return False
+    except WireError:
+        return True
+    except Exception:  # noqa: BLE001 - numpy refusing the size: a well-formed message
+        return False
+    return False
 
 
 def decode_predict_request(data: bytes, bulk: Callable[[bytes], Any] | None = None) -> PredictCall:
@@ -70,76 +99,88 @@ def decode_predict_request(data: bytes, bulk: Callable[[bytes], Any] | None = No
     server passes tf.io.parse_tensor: C++, no Python loop over the strings, no GIL held); its result
     is used as the input value instead of a numpy array.
     """
-    spec: ModelSpec | None = None
-    raw_inputs: dict[str, tuple[int, int]] = {}
+    spec_parts: list[tuple[int, int]] = []
+    raw_inputs: dict[str, tuple[bytes, int, int]] = {}
     output_filter: list[str] = []
     try:
         for field, wire_type, a, b in iter_fields(data, 0, len(data)):
             if wire_type != 2:
                 continue
             if field == 1:
-                spec = ModelSpec(*decode_model_spec(data, a, b))
-            elif field == 2:  # map<string, TensorProto> entry
-                key, value = "", (b, b)
+                spec_parts.append((a, b))
+            elif field == 2:  # map<string, TensorProto> entry; a later entry with the same key wins
+                key = ""
+                values: list[tuple[int, int]] = []
                 for f2, wt2, a2, b2 in iter_fields(data, a, b):
                     if wt2 != 2:
                         continue
                     if f2 == 1:
                         key = text(data, a2, b2, "inputs key")
                     elif f2 == 2:
-                        value = (a2, b2)
-                raw_inputs[key] = value
+                        values.append((a2, b2))
+                raw_inputs[key] = joined(data, values) if values else (b"", 0, 0)
             elif field == 3:
                 output_filter.append(text(data, a, b, "output_filter"))
+        spec = ModelSpec(*decode_model_spec(*joined(data, spec_parts))) if spec_parts else None
     except WireError as exc:
         raise _bad_request(exc) from None
     if spec is None:
         raise ServingError(Code.INVALID_ARGUMENT, "Missing ModelSpec")
     inputs: dict[str, np.ndarray] = {}
-    for key, (a, b) in raw_inputs.items():
+    for key, (buf, a, b) in raw_inputs.items():
         try:
-            if bulk is not None and b - a >= BULK_STRING_BYTES and _peek_dtype(data, a, b) == dtypes.DT_STRING:
-                inputs[key] = bulk(data[a:b])
+            if bulk is not None and b - a >= BULK_STRING_BYTES and _peek_dtype(buf, a, b) == dtypes.DT_STRING:
+                inputs[key] = bulk(buf[a:b])
             else:
-                inputs[key] = decode_tensor(data, a, b)
-        except Exception:  # WireError, or the bulk decoder's own error: the same answer as TF Serving's
+                inputs[key] = decode_tensor(buf, a, b, _check_message)
+        except TensorError:  # Tensor::FromProto refuses it: TF Serving's own message
+            raise ServingError(Code.INVALID_ARGUMENT, f"tensor parsing error: {key}") from None
+        except WireError as exc:  # not even a TensorProto: the request does not parse
+            raise _bad_request(exc) from None
+        except Exception:  # the bulk decoder's error, or a tensor numpy cannot hold (MemoryError, ValueError)
+            if _malformed_tensor(buf, a, b):
+                raise _bad_request(WireError(f"inputs[{key!r}] is not a TensorProto")) from None
             raise ServingError(Code.INVALID_ARGUMENT, f"tensor parsing error: {key}") from None
     return PredictCall(model_spec=spec, inputs=inputs, output_filter=tuple(output_filter))
 
 
 def _decode_input(buf: bytes, pos: int, end: int) -> list[bytes]:
+    """The serialized examples of an Input (its `kind` oneof: the last one sent wins, repeated
+    occurrences of it merge), with ExampleListWithContext's context bytes put in front of each example
+    as TF Serving does, so that an example's own features win over the context's."""
+    kind = 0
     examples: list[bytes] = []
+    context_parts: list[bytes] = []
     for field, wire_type, a, b in iter_fields(buf, pos, end):
-        if wire_type != 2:
+        if wire_type != 2 or field not in (1, 2):
             continue
-        if field == 1:  # ExampleList
-            examples = [buf[a2:b2] for f2, wt2, a2, b2 in iter_fields(buf, a, b) if f2 == 1 and wt2 == 2]
-        elif field == 2:  # ExampleListWithContext: context bytes first, so example fields win on merge
-            items: list[bytes] = []
-            context = b""
-            for f2, wt2, a2, b2 in iter_fields(buf, a, b):
-                if wt2 != 2:
-                    continue
-                if f2 == 1:
-                    items.append(buf[a2:b2])
-                elif f2 == 2:
-                    context = buf[a2:b2]
-            examples = [context + item for item in items] if context else items
-    return examples
+        if field != kind:
+            kind, examples, context_parts = field, [], []
+        for f2, wt2, a2, b2 in iter_fields(buf, a, b):
+            if wt2 != 2:
+                continue
+            if f2 == 1:
+                examples.append(buf[a2:b2])
+            elif f2 == 2 and field == 2:
+                context_parts.append(bytes(buf[a2:b2]))  # a message field: occurrences merge
+    context = b"".join(context_parts)
+    return [context + item for item in examples] if context else examples
 
 
 def decode_examples_request(data: bytes) -> ExamplesCall:
     """ClassificationRequest / RegressionRequest bytes (same layout) -> ExamplesCall."""
-    spec: ModelSpec | None = None
-    examples: list[bytes] = []
+    spec_parts: list[tuple[int, int]] = []
+    input_parts: list[tuple[int, int]] = []
     try:
         for field, wire_type, a, b in iter_fields(data, 0, len(data)):
             if wire_type != 2:
                 continue
             if field == 1:
-                spec = ModelSpec(*decode_model_spec(data, a, b))
+                spec_parts.append((a, b))
             elif field == 2:
-                examples = _decode_input(data, a, b)
+                input_parts.append((a, b))
+        spec = ModelSpec(*decode_model_spec(*joined(data, spec_parts))) if spec_parts else None
+        examples = _decode_input(*joined(data, input_parts)) if input_parts else []
     except WireError as exc:
         raise _bad_request(exc) from None
     if spec is None:

@@ -4,7 +4,8 @@ Kafka (fraud.embedded): `kafka_broker` is one real Apache Kafka broker for the w
 ports in a temporary directory, started on first use and always stopped at the end (and killed with the
 test process if that dies). `kafka_topic` makes uniquely named topics per test, so tests that share the
 broker do not see each other's records. `kafka_connect` is a Kafka Connect standalone worker against that
-broker, started only when a test asks for it.
+broker, started only when a test asks for it. `kafka_cluster` is a real 3-node KRaft cluster (replication
+factor 3, min.insync.replicas 2) for the tests that bounce brokers, one per test module that uses it.
 """
 
 from __future__ import annotations
@@ -53,6 +54,21 @@ def kafka_topic(
     yield make
     if made and kafka_broker.is_running():
         delete_topics(admin_config, made)
+
+
+@pytest.fixture(scope="module")
+def kafka_cluster(tmp_path_factory: pytest.TempPathFactory):
+    """A running 3-node cluster (fraud.embedded.testing.EmbeddedCluster): `.bootstrap`, `.client_config()`,
+    `.kill(n)`, `.start_node(n)`, `.hard_bounce(n)`, `.clean_bounce(n)`, `.cluster` (leaders, ISR).
+
+    One per test module that asks for it, stopped when the module ends (three idle JVMs would otherwise
+    hold 1.2 GB and a share of the CPU for the rest of the run). A test that stops nodes must leave all
+    of them running (`ensure_all_running()` in a `finally`).
+    """
+    from fraud.embedded.testing import temporary_cluster
+
+    with temporary_cluster(tmp_path_factory.mktemp("kafka-cluster"), n=3) as cluster:
+        yield cluster
 
 
 @pytest.fixture(scope="session")

@@ -89,7 +89,9 @@ def test_typed_fields_packed_and_unpacked_and_fill_rules():
     lambda p: setattr(p, "tensor_content", b"\x00" * 5),  # content of the wrong size
     lambda p: setattr(p, "dtype", 20),  # DT_RESOURCE
     lambda p: p.tensor_shape.dim.add().__setattr__("size", -1),  # unknown dimension
-    lambda p: setattr(p.tensor_shape, "unknown_rank", True),
+    lambda p: [p.tensor_shape.dim.add() for _ in range(254)],  # 255 dimensions
+    lambda p: p.tensor_shape.dim.add().__setattr__("size", 2**62),  # 2^63 elements
+    lambda p: (setattr(p, "dtype", 7), setattr(p, "tensor_content", b"\x01\x02ab")),  # string lengths != bytes
 ])
 def test_invalid_tensors_are_refused(mutate):
     proto = tensor_pb2.TensorProto(dtype=tf.float32.as_datatype_enum)
@@ -97,6 +99,62 @@ def test_invalid_tensors_are_refused(mutate):
     mutate(proto)
     with pytest.raises(codec.WireError):
         _decode(proto)
+
+
+@pytest.mark.parametrize("name, mutate, dtype", [
+    ("unknown_rank is ignored", lambda p: setattr(p.tensor_shape, "unknown_rank", True), tf.float32),
+    ("an empty tensor ignores its content", lambda p: (p.tensor_shape.dim[0].__setattr__("size", 0),
+                                                       setattr(p, "tensor_content", b"\x00" * 5)), tf.float32),
+    ("string tensor_content", lambda p: (setattr(p, "dtype", 7), p.ClearField("float_val"),
+                                          setattr(p, "tensor_content", b"\x01\x02a\xffb")), tf.string),
+    ("an unpaired complex value", lambda p: (setattr(p, "dtype", 8), p.ClearField("float_val"),
+                                             p.scomplex_val.extend([1, 2, 3])), tf.complex64),
+    ("more values than the shape", lambda p: p.float_val.extend([7, 8, 9]), tf.float32),
+])
+def test_tensors_decode_as_tensorflow_parses_them(name, mutate, dtype):
+    """Tensor::FromProto is the reference (tf.io.parse_tensor runs it): same values, or both refuse."""
+    proto = tensor_pb2.TensorProto(dtype=tf.float32.as_datatype_enum)
+    proto.tensor_shape.dim.add().size = 2
+    proto.float_val.extend([1.5, 2.5])
+    mutate(proto)
+    expected = tf.io.parse_tensor(proto.SerializeToString(), dtype).numpy()
+    got = _decode(proto)
+    assert got.shape == expected.shape and got.tolist() == expected.tolist(), name
+
+
+def test_groups_and_repeated_messages_parse_as_protobuf_does():
+    """Unknown groups are skipped; a singular message field sent twice merges (model spec, tensor shape,
+    an input's TensorProto), as the generated classes (and TF Serving's C++) parse them."""
+    from tensorflow_serving.apis import predict_pb2
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "m"
+    request.model_spec.version.value = 3
+    request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.array([[1.0, 2.0]], np.float32)))
+    data = request.SerializeToString()
+    group = b"\xa3\x01" + b"\x08\x05" + b"\xa4\x01"  # field 20 as a group, with a varint inside
+    extra_spec = b"\x0a\x05\x1a\x03sig"  # model_spec again: only signature_name
+    more = tensor_pb2.TensorProto()
+    more.tensor_shape.dim.add().size = 1
+
+    def field(number: int, payload: bytes) -> bytes:
+        return codec.encode_varint(number << 3 | 2) + codec.encode_varint(len(payload)) + payload
+
+    tensor = tf.make_tensor_proto(np.array([[1.0, 2.0]], np.float32)).SerializeToString()
+    # one inputs entry whose value comes twice: the second adds a dimension (a later entry with the
+    # same key would replace the first instead)
+    extra_shape = field(2, field(1, b"x") + field(2, tensor) + field(2, more.SerializeToString()))
+    crafted = group + data + extra_spec + extra_shape
+    reference = predict_pb2.PredictRequest.FromString(crafted)
+    call = wire.decode_predict_request(crafted)
+    assert (call.model_spec.name, call.model_spec.version, call.model_spec.signature_name) == (
+        reference.model_spec.name, reference.model_spec.version.value, reference.model_spec.signature_name)
+    assert call.inputs["x"].shape == tuple(d.size for d in reference.inputs["x"].tensor_shape.dim) == (1, 2, 1)
+    for bad in (b"\xa4\x01", b"\xa3\x01\xac\x01", b"\x00\x00", b"\x80\x80\x80\x80\x10\x00"):
+        with pytest.raises(ServingError, match="Failed to parse request"):
+            wire.decode_predict_request(bad + data)
+        with pytest.raises(Exception):  # noqa: B017 - the reference refuses them too
+            predict_pb2.PredictRequest.FromString(bad + data)
 
 
 def test_packed_varints_roundtrip_vectorized():

@@ -222,9 +222,19 @@ class BackgroundService:
         On a timeout or an early exit the process is killed, the pid file removed, and a FraudError raised
         with the end of the log.
         """
+        started = time.monotonic()
+        self.spawn(cmd, info, die_with_parent=die_with_parent)
+        return self.wait_ready(ready, started, timeout_s=timeout_s, poll_s=poll_s)
+
+    def spawn(self, cmd: list[str], info: dict, *, die_with_parent: bool = False) -> int:
+        """Start `cmd` in the background and write the pid and run files; returns the pid (no waiting).
+
+        With `die_with_parent` the process gets SIGKILL when the *thread* calling this exits (Linux ties
+        PR_SET_PDEATHSIG to the forking thread): call it from a thread that lives as long as the process
+        should. `launch` is spawn + `wait_ready`; a cluster spawns all its nodes first, then waits.
+        """
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         cmd = [cmd[0], self.marker, *cmd[1:]]
-        started = time.monotonic()
         with open(self.out_file, "ab") as out:
             out.write(f"\n=== start {time.strftime('%Y-%m-%dT%H:%M:%S')} ===\n".encode())
             out.flush()
@@ -240,10 +250,22 @@ class BackgroundService:
         pid = self._proc.pid
         self.pid_file.write_text(f"{pid}\n")
         self.run_file.write_text(json.dumps({**info, "pid": pid, "started_at": time.time()}, indent=2) + "\n")
+        return pid
+
+    def wait_ready(self, ready: Callable[[], bool], started: float, *, timeout_s: float, poll_s: float = 0.25) -> float:
+        """Wait until `ready()` for the process `spawn` started; returns seconds since `started`.
+
+        On a timeout or an early exit the process is killed, the pid file removed, and a FraudError raised
+        with the end of the log.
+        """
+        proc = self._proc
+        if proc is None:
+            raise FraudError(f"{self.label} was not started by this process")
+        pid = proc.pid
         deadline = started + timeout_s
         last_error = ""
         while True:
-            code = self._proc.poll()
+            code = proc.poll()
             if code is not None:
                 self._forget()
                 raise FraudError(f"{self.label} exited with code {code} while starting: {self.log_summary()}")
@@ -299,6 +321,18 @@ class BackgroundService:
         self._kill(pid)
         self._forget()
         return f"killed (pid {pid}) after {timeout_s:.0f} s without a clean shutdown"
+
+    def kill(self) -> str:
+        """SIGKILL, no shutdown at all (a crash, for fault-injection tests); the pid file is removed."""
+        status = self.status()
+        if status.state == STOPPED:
+            return "not running"
+        if status.state == STALE or status.pid is None:
+            self._forget()
+            return f"not running (removed stale pid file: {status.detail})"
+        self._kill(status.pid)
+        self._forget()
+        return f"killed (pid {status.pid})"
 
     def _wait_gone(self, pid: int, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s

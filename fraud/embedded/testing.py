@@ -10,9 +10,11 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import Iterator, Mapping
+from concurrent import futures
 from pathlib import Path
 
 from fraud.embedded.broker import BrokerConfig, KafkaBroker
+from fraud.embedded.cluster import ClusterConfig, KafkaCluster
 from fraud.embedded.connect import ConnectConfig, ConnectStandalone
 from fraud.embedded.process import free_port
 from fraud.errors import FraudError
@@ -91,6 +93,122 @@ def temporary_broker(state_dir: Path, attempts: int = 3, **overrides: object) ->
         yield kafka
     finally:
         kafka.stop()
+
+
+#: Test clusters: a killed node's partitions fail over after 3 s without heartbeats (Kafka: 9 s).
+TEST_HEARTBEAT_INTERVAL_MS = 500
+TEST_SESSION_TIMEOUT_MS = 3000
+
+
+class EmbeddedCluster:
+    """A running throwaway cluster: `.bootstrap`, `.client_config()`, and one node at a time `kill(n)`,
+    `stop_node(n)`, `start_node(n)`, `hard_bounce(n)`, `clean_bounce(n)`; `.cluster` is the KafkaCluster
+    (leaders, ISR, `wait_fully_replicated`).
+
+    Nodes are started from one thread that lives as long as this object, whichever thread asks for a
+    (re)start: the JVMs die with the test process (PR_SET_PDEATHSIG), and Linux sends that signal when
+    the thread that forked them exits, so a chaos thread that restarts a node and ends must not be it.
+    """
+
+    def __init__(self, cluster: KafkaCluster) -> None:
+        self.cluster = cluster
+        self._spawner = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="kafka-cluster-spawner")
+        self.last_start_s: float | None = None
+
+    def _on_spawner(self, fn, *args, **kwargs):  # noqa: ANN001, ANN202 - a thin trampoline
+        return self._spawner.submit(fn, *args, die_with_parent=True, **kwargs).result()
+
+    @property
+    def bootstrap(self) -> str:
+        return self.cluster.bootstrap
+
+    @property
+    def node_ids(self) -> tuple[int, ...]:
+        return tuple(self.cluster.nodes)
+
+    @property
+    def state_dir(self) -> Path:
+        return self.cluster.state_dir
+
+    def client_config(self, client_id: str = "fraud-test") -> KafkaClientConfig:
+        return KafkaClientConfig(bootstrap_servers=tuple(self.bootstrap.split(",")), client_id=client_id)
+
+    def start(self) -> float | None:
+        self.last_start_s = self._on_spawner(self.cluster.start)
+        return self.last_start_s
+
+    def stop(self) -> str:
+        return self.cluster.stop()
+
+    def kill(self, node_id: int) -> str:
+        return self.cluster.kill(node_id)
+
+    def stop_node(self, node_id: int) -> str:
+        return self.cluster.stop_node(node_id)
+
+    def start_node(self, node_id: int) -> float | None:
+        return self._on_spawner(self.cluster.start_node, node_id)
+
+    def hard_bounce(self, node_id: int, down_s: float = 0.0) -> float:
+        """SIGKILL node `node_id`, leave it down `down_s`, restart it; seconds until it serves again."""
+        return self._on_spawner(self.cluster.hard_bounce, node_id, down_s=down_s)
+
+    def clean_bounce(self, node_id: int, down_s: float = 0.0) -> float:
+        """Controlled shutdown of node `node_id`, restart it; seconds until it serves again."""
+        return self._on_spawner(self.cluster.clean_bounce, node_id, down_s=down_s)
+
+    def ensure_all_running(self) -> None:
+        """Start any node a test left stopped (fixtures call this between tests)."""
+        for nid in self.node_ids:
+            if not self.cluster.node(nid).is_running():
+                self.start_node(nid)
+
+    def close(self) -> str:
+        try:
+            return self.stop()
+        finally:
+            self._spawner.shutdown(wait=True)
+
+
+def cluster_config_for_tests(state_dir: Path, brokers: int = 3, **overrides: object) -> ClusterConfig:
+    settings: dict = {
+        "state_dir": state_dir,
+        "jars_dir": load_paths().jars_dir,
+        "brokers": brokers,
+        "ports": tuple(free_port() for _ in range(brokers)),
+        "controller_ports": tuple(free_port() for _ in range(brokers)),
+        "heap": TEST_BROKER_HEAP,
+        "jvm_opts": ("-XX:TieredStopAtLevel=1",),
+        "heartbeat_interval_ms": TEST_HEARTBEAT_INTERVAL_MS,
+        "session_timeout_ms": TEST_SESSION_TIMEOUT_MS,
+    }
+    settings.update(overrides)
+    return ClusterConfig(**settings)
+
+
+@contextlib.contextmanager
+def temporary_cluster(state_dir: Path, n: int = 3, attempts: int = 3, **overrides: object) -> Iterator[EmbeddedCluster]:
+    """Start an `n`-node cluster (replication factor min(3, n), min ISR 2 from 3 nodes) on free ports in
+    `state_dir`; stop it when the block ends, however it ends."""
+    kafka: EmbeddedCluster | None = None
+    for attempt in range(attempts):
+        attempt_dir = state_dir if attempt == 0 else state_dir / f"retry-{attempt}"
+        kafka = EmbeddedCluster(KafkaCluster(cluster_config_for_tests(attempt_dir, n, **overrides)))
+        try:
+            kafka.start()
+            break
+        except FraudError as exc:
+            kafka.close()
+            # Another process can take a "free" port between our check and the JVM's bind; the ports are
+            # part of the formatted quorum, so a retry is a new cluster in a new directory.
+            port_race = "already taken" in str(exc) or "Address already in use" in str(exc)
+            if not port_race or attempt == attempts - 1:
+                raise
+    assert kafka is not None
+    try:
+        yield kafka
+    finally:
+        kafka.close()
 
 
 @contextlib.contextmanager
