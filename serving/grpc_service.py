@@ -57,10 +57,6 @@ class PredictionServicer:
         self._api = api
         self._tensor_content = tensor_content
         self._reload_config = reload_config
-        import tensorflow as tf
-
-        string = tf.string
-        self._bulk = lambda raw: tf.io.parse_tensor(raw, string)  # large string inputs, decoded in C++
 
     # -----------------------------------------------------------------------------------------
     # Hot path: raw bytes in, raw bytes out
@@ -69,7 +65,7 @@ class PredictionServicer:
         record = self._api.begin("Predict", "GRPC")
         error: ServingError | None = None
         try:
-            call = wire.decode_predict_request(data, self._bulk)
+            call = wire.decode_predict_request(data)
             with self._api.acquire(call.model_spec, record) as handle:
                 result = self._api.predict(handle, call, record, _deadline(context))
             spec = codec.encode_model_spec(call.model_spec.name, handle.version, result.signature_name)

@@ -414,10 +414,7 @@ class Servable:
 
     @staticmethod
     def _check_tensor(info: TensorInfo, value: Any, index: int) -> None:
-        if isinstance(value, np.ndarray):
-            got, shape = dtypes.from_numpy(value.dtype), value.shape
-        else:  # a tf.Tensor from the bulk decoder
-            got, shape = value.dtype.as_datatype_enum, tuple(value.shape.as_list())
+        got, shape = dtypes.from_numpy(value.dtype), value.shape
         if got != info.dtype:
             raise ServingError(Code.INVALID_ARGUMENT,
                                f"Expects arg[{index}] ('{info.key}') to be {dtypes.name(info.dtype)} "
@@ -469,7 +466,7 @@ class Servable:
             raise ServingError(Code.FAILED_PRECONDITION, f'Serving signature key "{signature_key}" not found.')
         keys = tuple(sig.outputs) if output_keys is None else output_keys
         try:
-            values = bundle.runner(sig, keys)(*[_feedable(inputs[k]) for k in sig.inputs])
+            values = bundle.runner(sig, keys)(*[inputs[k] for k in sig.inputs])
         except ServingError:
             raise
         except Exception as exc:  # TF errors carry a canonical code; anything else is internal
@@ -477,24 +474,13 @@ class Servable:
         return {k: np.asarray(v) if not isinstance(v, np.ndarray) else v for k, v in zip(keys, values, strict=True)}
 
 
-def _feedable(value: Any) -> Any:
-    """A session feed: numpy arrays as they are; a tf.Tensor (the bulk string decoder) as numpy."""
-    return value if isinstance(value, np.ndarray) else value.numpy()
-
-
 def _batch_key(signature_key: str, inputs: Mapping[str, Any]) -> tuple | None:
-    """Requests sharing a key can be concatenated along dimension 0; None when the inputs can't be batched.
-
-    Values are numpy arrays or tf.Tensors (large string inputs); both are keyed by DataType and shape.
-    """
+    """Requests sharing a key can be concatenated along dimension 0; None when the inputs can't be batched."""
     batch = None
     parts = []
     for key in sorted(inputs):
         value = inputs[key]
-        if isinstance(value, np.ndarray):
-            dtype, shape = dtypes.from_numpy(value.dtype), value.shape
-        else:
-            dtype, shape = value.dtype.as_datatype_enum, tuple(value.shape.as_list())
+        dtype, shape = dtypes.from_numpy(value.dtype), value.shape
         if not shape:
             return None
         if batch is None:
