@@ -40,6 +40,10 @@ REGRESS_OUTPUTS = "outputs"
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 #: TF Serving refuses warm-up files with more records than this (WarmupConsts::kMaxNumRecords).
 MAX_WARMUP_RECORDS = 1000
+#: Requests of at most this many rows run their graph in the calling thread (SessionBundle.runner).
+#: Measured on the shipped model, one caller sending one row: p50 1.2-2.0 ms against 1.6-2.6 ms and ~25%
+#: less server CPU per call; at 256 rows (4 callers) running inline made no difference.
+INLINE_MAX_ROWS = 16
 
 
 @dataclass(frozen=True)
@@ -156,9 +160,14 @@ class SessionBundle:
         self._callables: dict[tuple, Callable[..., list]] = {}
         self._lock = threading.Lock()
 
-    def runner(self, sig: Signature, output_keys: tuple[str, ...]) -> Callable[..., list]:
-        """A callable taking the inputs in `sig.inputs` order, returning the `output_keys` values."""
-        key = (sig.key, output_keys)
+    def runner(self, sig: Signature, output_keys: tuple[str, ...], inline: bool = False) -> Callable[..., list]:
+        """A callable taking the inputs in `sig.inputs` order, returning the `output_keys` values.
+
+        `inline`: run the graph's ops in the calling thread (RunOptions.inter_op_thread_pool = -1, no
+        hand-off to the inter-op pool; TensorFlow's advice for small graphs whose run is not much longer
+        than a context switch). Used for small requests; large ones keep the inter-op pool.
+        """
+        key = (sig.key, output_keys, inline)
         fn = self._callables.get(key)
         if fn is None:
             with self._lock:
@@ -168,6 +177,8 @@ class SessionBundle:
 
                     options = config_pb2.CallableOptions(feed=[info.name for info in sig.inputs.values()],
                                                          fetch=[sig.outputs[k].name for k in output_keys])
+                    if inline:
+                        options.run_options.inter_op_thread_pool = -1
                     # Session.make_callable with feeds falls back to Session.run (Python feed/fetch
                     # handling per call); a callable made from CallableOptions is C++ Session::MakeCallable.
                     fn = self._session._make_callable_from_options(options)
@@ -471,7 +482,9 @@ class Servable:
             raise ServingError(Code.FAILED_PRECONDITION, f'Serving signature key "{signature_key}" not found.')
         keys = tuple(sig.outputs) if output_keys is None else output_keys
         try:
-            values = bundle.runner(sig, keys)(*[inputs[k] for k in sig.inputs])
+            args = [inputs[k] for k in sig.inputs]
+            rows = args[0].shape[0] if args and args[0].ndim else 0
+            values = bundle.runner(sig, keys, INLINE_MAX_ROWS > 0 and rows <= INLINE_MAX_ROWS)(*args)
         except ServingError:
             raise
         except Exception as exc:  # TF errors carry a canonical code; anything else is internal
