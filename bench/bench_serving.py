@@ -58,6 +58,8 @@ TUNED_BATCHING = ("max_batch_size { value: 1024 }\nbatch_timeout_micros { value:
                   "num_batch_threads { value: 2 }\nmax_enqueued_batches { value: 64 }\n")
 TUNED_FLAGS = ("--enable_batching",)
 GOAL_RATIO = 0.8
+#: How the measured model is named in the table: "shipped model" by default, "model" with --model-dir.
+MODEL_LABEL = ["shipped model"]
 GOAL_P99_MS = 2.0
 
 
@@ -230,7 +232,7 @@ class Workload:
 
     @property
     def label(self) -> str:
-        what = "toy logistic model (serving.testing)" if self.model == TOY else f"shipped model, {self.signature}"
+        what = "toy logistic model (serving.testing)" if self.model == TOY else f"{MODEL_LABEL[0]}, {self.signature}"
         return f"{what}, batch {self.batch}, {self.clients} caller{'s' if self.clients > 1 else ''}"
 
 
@@ -317,20 +319,49 @@ def latest_version(base: Path) -> Path:
     return max((p for p in base.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
 
 
+#: Frames where a server thread waits (py-spy counts some blocking waits as active): left out of the summary.
+IDLE_FRAMES = ("_worker (concurrent/futures/thread.py:81)", "_serve (grpc/_server.py:1314)")
+
+
 def profile_server(server: Server, make_call, clients: int, seconds: float, out: Path) -> None:
-    """py-spy flame graph of the server (workers included) while `clients` callers load it."""
+    """py-spy flame graph of the server while `clients` callers load it, then a second (raw) recording
+    summarized here: where the sampled time goes, and how often a thread holds the GIL."""
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     out.parent.mkdir(parents=True, exist_ok=True)
-    spy = subprocess.Popen([py_spy, "record", "--pid", str(server.proc.pid), "--subprocesses", "--rate", "200",
-                            "--duration", str(int(seconds) + 1), "--format", "flamegraph", "--output", str(out),
-                            "--nonblocking"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    time.sleep(1.0)  # py-spy attaches
-    run_callers(clients, seconds, make_call)
-    output, _ = spy.communicate(timeout=120)
-    if spy.returncode != 0:
-        print(f"py-spy failed ({spy.returncode}): {output.decode(errors='replace').strip()[-300:]}")
-    else:
-        print(f"profile: {out} (py-spy flame graph of {server.label} at the batch-256 load)")
+    raw = out.with_suffix(".txt")
+    gil = out.with_suffix(".gil.txt")
+    rate = 200
+    for fmt, path, extra in (("flamegraph", out, []), ("raw", raw, []), ("raw", gil, ["--gil"])):
+        spy = subprocess.Popen([py_spy, "record", "--pid", str(server.proc.pid), "--subprocesses", "--rate", str(rate),
+                                "--duration", str(int(seconds)), "--format", fmt, "--output", str(path), *extra],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        time.sleep(1.0)  # py-spy attaches
+        run_callers(clients, seconds, make_call)
+        output, _ = spy.communicate(timeout=120)
+        if spy.returncode != 0:
+            print(f"py-spy failed ({spy.returncode}): {output.decode(errors='replace').strip()[-300:]}")
+            return
+    print(f"profile: {out} (py-spy flame graph of {server.label}, {MODEL_LABEL[0]}, batch 256, {clients} callers)")
+    leaves: dict[str, int] = {}
+    under: dict[str, int] = {}
+    busy = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = stack.split(";")
+        if not count.isdigit() or frames[-1] in IDLE_FRAMES:
+            continue
+        busy += int(count)
+        leaves[frames[-1]] = leaves.get(frames[-1], 0) + int(count)
+        for marker in ("_call_tf_sessionrun", "__call__ (tensorflow/python/client/session.py",
+                       "decode_predict_request", "encode_predict_response", "_status (grpc", "submit (concurrent"):
+            if any(marker in f for f in frames):
+                under[marker] = under.get(marker, 0) + int(count)
+    if busy:
+        print(f"  {busy} busy samples; by leaf frame: " + "; ".join(
+            f"{n * 100 / busy:.0f}% {f}" for f, n in sorted(leaves.items(), key=lambda kv: -kv[1])[:6]))
+        print("  inclusive: " + "; ".join(f"{n * 100 / busy:.0f}% {m}" for m, n in sorted(under.items(), key=lambda kv: -kv[1])))
+    held = sum(int(line.rpartition(" ")[2]) for line in gil.read_text().splitlines() if line.rpartition(" ")[2].isdigit())
+    print(f"  GIL held in {held * 100 / (rate * seconds):.0f}% of {rate * seconds:.0f} sampling instants (py-spy --gil)")
 
 
 def run(args: argparse.Namespace, workdir: Path) -> int:
@@ -342,6 +373,8 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
 
     configure_tensorflow()  # the in-process baseline runs TF with the server's settings (no idle spinning)
     base = resolve_model(args.model_dir, workdir)
+    if args.model_dir:
+        MODEL_LABEL[0] = "model"
     version = latest_version(base)
     toy_base = workdir / TOY
     testing.save_examples_model(toy_base, 1)
@@ -395,10 +428,16 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
     return 0
 
 
+def cpu_ratio(base: Point, r: Point) -> float:
+    """In-process CPU per row over the gRPC path's (server + callers) CPU per row."""
+    spent = r.us_per_row(r.server_cpu) + r.us_per_row(r.client_cpu)
+    return base.us_per_row(base.client_cpu) / spent if r is not base and spent else 1.0
+
+
 def report(results: dict, workloads: list[Workload], single: list[Workload], paths: list[str]) -> None:
     print()
     header = (f"{'path':<22} {'rows/s':>10} {'ratio':>6} {'p50 ms':>7} {'p99 ms':>7} "
-              f"{'server cpu us/row':>18} {'client cpu us/row':>18}")
+              f"{'server cpu us/row':>18} {'client cpu us/row':>18} {'cpu ratio':>9}")
     for w in workloads + single:
         print(w.label)
         print("  " + header)
@@ -407,16 +446,19 @@ def report(results: dict, workloads: list[Workload], single: list[Workload], pat
             r = results[(path, w)]
             server = f"{r.us_per_row(r.server_cpu):>18.1f}" if path != "in-process" else f"{'-':>18}"
             print(f"  {path:<22} {r.rows_s:>10,.0f} {r.rows_s / base.rows_s:>6.2f} {r.ms(50):>7.2f} {r.ms(99):>7.2f} "
-                  f"{server} {r.us_per_row(r.client_cpu):>18.1f}")
+                  f"{server} {r.us_per_row(r.client_cpu):>18.1f} {cpu_ratio(base, r):>9.2f}")
+    print("cpu ratio: in-process CPU per row / (server + client CPU per row): the throughput ratio when both")
+    print("paths are CPU-bound on the same cores (a quiet machine); on a busy one the scheduler's share decides.")
     print()
     goal_w = Workload(MODEL, SIGNATURE_NAME, 256, workloads[0].clients)
     if ("in-process", goal_w) in results:
         base = results[("in-process", goal_w)].rows_s
         for path in paths[1:]:
-            ratio = results[(path, goal_w)].rows_s / base
+            r = results[(path, goal_w)]
+            ratio = r.rows_s / base
             print(f"goal gRPC >= {GOAL_RATIO}x in-process rows/s at batch 256 ({path}): "
                   f"{'MET' if ratio >= GOAL_RATIO else 'MISSED'}, {ratio:.2f}x "
-                  f"({results[(path, goal_w)].rows_s:,.0f} / {base:,.0f} rows/s)")
+                  f"({r.rows_s:,.0f} / {base:,.0f} rows/s; cpu ratio {cpu_ratio(results[('in-process', goal_w)], r):.2f})")
     one = Workload(MODEL, SIGNATURE_NAME, 1, 1)
     if ("in-process", one) in results:
         base = results[("in-process", one)]
@@ -437,7 +479,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-sizes", default="1,256,1024", help="rows per request (default 1,256,1024)")
     parser.add_argument("--no-toy", action="store_true", help="skip the toy-model row")
     parser.add_argument("--server-arg", action="append", default=[], help="extra flag for the tuned server")
-    parser.add_argument("--profile", metavar="SVG", help="write a py-spy flame graph of the tuned server under load")
+    parser.add_argument("--profile", metavar="SVG", help="write a py-spy flame graph of the tuned server under load "
+                                                        "(batch 256), and summarize a second recording")
     parser.add_argument("--profile-seconds", type=float, default=10.0)
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
