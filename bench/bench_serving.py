@@ -13,7 +13,12 @@ as tensor_content). The fixed logistic toy model of serving.testing is one extra
 
 Paths, measured in interleaved rounds so that other load on the machine hits them alike:
 - in-process: `loaded.signatures[name](**tensors)` in this process (the model's own cost: no
-  serialization, no network, no server); TensorFlow configured as the server configures it;
+  serialization, no network, no server); TensorFlow configured as the server configures it; the
+  baseline of every ratio;
+- in-process callable: the same signature run the way the server runs it (serving.servable's
+  SessionBundle: one session, a C++ callable on the SignatureDef's tensor names), for reference: the
+  gap between it and the gRPC rows is the transport (gRPC, codec, the client), and the gap between the
+  two in-process rows is what the server saves by not calling the signature through TF2's Python path;
 - gRPC, default flags: `python -m serving --model_base_path=...` as a user starts it;
 - gRPC, tuned: the same server with the settings serving/README.md recommends for this machine
   (`--enable_batching` with the CPU batching parameters, `--server_workers`).
@@ -278,6 +283,16 @@ def in_process_call(loaded: dict, w: Workload) -> Callable[[int], Callable[[], o
     return lambda i: (lambda: fn(**kwargs))
 
 
+def callable_call(bundles: dict, loaded: dict, w: Workload) -> Callable[[int], Callable[[], object]]:
+    from serving.servable import Servable
+
+    servable: Servable = bundles[w.model]
+    sig = servable.signatures[w.signature]
+    inputs = {INPUT_FEATURES: _rows(w.batch)} if w.signature == FEATURES_SIGNATURE_NAME else {
+        INPUT_EXAMPLES: np.array(_examples(w.batch), dtype=object)}
+    return lambda i: (lambda: servable.run(sig.key, inputs))
+
+
 def grpc_call(server: Server, w: Workload, channels: list) -> Callable[[int], Callable[[], object]]:
     import grpc
     from tensorflow_serving.apis import prediction_service_pb2_grpc
@@ -379,6 +394,10 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
     toy_base = workdir / TOY
     testing.save_examples_model(toy_base, 1)
     loaded = {MODEL: tf.saved_model.load(str(version)), TOY: tf.saved_model.load(str(toy_base / "1"))}
+    from serving.servable import Servable
+
+    bundles = {MODEL: Servable.load(MODEL, int(version.name), str(version)),
+               TOY: Servable.load(TOY, 1, str(toy_base / "1"))}
     signatures = [s for s in (SIGNATURE_NAME, FEATURES_SIGNATURE_NAME) if s in loaded[MODEL].signatures]
     print(f"model: {version} (signatures measured: {', '.join(signatures)}"
           f"{'' if FEATURES_SIGNATURE_NAME in signatures else f'; it has no {FEATURES_SIGNATURE_NAME}'})")
@@ -391,7 +410,7 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
     models = {MODEL: base, TOY: toy_base}
     servers = [Server("gRPC, default flags", models, workdir),
                Server("gRPC, tuned", models, workdir, TUNED_FLAGS + tuple(args.server_arg))]
-    paths = ["in-process", *(s.label for s in servers)]
+    paths = ["in-process", "in-process callable", *(s.label for s in servers)]
     results: dict[tuple[str, Workload], Point] = {}
     channels: dict[str, list] = {s.label: [] for s in servers}
     try:
@@ -399,7 +418,8 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
             server.wait_ready([MODEL, TOY])
         print(f"servers ready: {'; '.join(f'{s.label}: ' + ' '.join(s.args[3:]) for s in servers)}")
         for w in workloads + single:
-            makers: dict[str, tuple[Server | None, Callable]] = {"in-process": (None, in_process_call(loaded, w))}
+            makers: dict[str, tuple[Server | None, Callable]] = {"in-process": (None, in_process_call(loaded, w)),
+                                                                  "in-process callable": (None, callable_call(bundles, loaded, w))}
             for server in servers:
                 makers[server.label] = (server, grpc_call(server, w, channels[server.label]))
             for _server, make_call in makers.values():  # warm every path up
@@ -444,7 +464,7 @@ def report(results: dict, workloads: list[Workload], single: list[Workload], pat
         base = results[("in-process", w)]
         for path in paths:
             r = results[(path, w)]
-            server = f"{r.us_per_row(r.server_cpu):>18.1f}" if path != "in-process" else f"{'-':>18}"
+            server = f"{r.us_per_row(r.server_cpu):>18.1f}" if not path.startswith("in-process") else f"{'-':>18}"
             print(f"  {path:<22} {r.rows_s:>10,.0f} {r.rows_s / base.rows_s:>6.2f} {r.ms(50):>7.2f} {r.ms(99):>7.2f} "
                   f"{server} {r.us_per_row(r.client_cpu):>18.1f} {cpu_ratio(base, r):>9.2f}")
     print("cpu ratio: in-process CPU per row / (server + client CPU per row): the throughput ratio when both")
@@ -453,7 +473,7 @@ def report(results: dict, workloads: list[Workload], single: list[Workload], pat
     goal_w = Workload(MODEL, SIGNATURE_NAME, 256, workloads[0].clients)
     if ("in-process", goal_w) in results:
         base = results[("in-process", goal_w)].rows_s
-        for path in paths[1:]:
+        for path in paths[2:]:
             r = results[(path, goal_w)]
             ratio = r.rows_s / base
             print(f"goal gRPC >= {GOAL_RATIO}x in-process rows/s at batch 256 ({path}): "
@@ -462,7 +482,7 @@ def report(results: dict, workloads: list[Workload], single: list[Workload], pat
     one = Workload(MODEL, SIGNATURE_NAME, 1, 1)
     if ("in-process", one) in results:
         base = results[("in-process", one)]
-        for path in paths[1:]:
+        for path in paths[2:]:
             r = results[(path, one)]
             print(f"goal single-row p99 <= in-process p99 + {GOAL_P99_MS:g} ms ({path}): "
                   f"{'MET' if r.ms(99) <= base.ms(99) + GOAL_P99_MS else 'MISSED'}, p99 {r.ms(99):.2f} ms vs "
