@@ -21,7 +21,7 @@ Paths, measured in interleaved rounds so that other load on the machine hits the
   two in-process rows is what the server saves by not calling the signature through TF2's Python path;
 - gRPC, default flags: `python -m serving --model_base_path=...` as a user starts it;
 - gRPC, tuned: the same server with the settings serving/README.md recommends for this machine
-  (`--enable_batching` with the CPU batching parameters, `--server_workers`).
+  (`--enable_batching` with TF Serving's CPU batching parameters: 2 batch threads = cores, timeout 0).
 Callers are threads of this process, each with its own channel (its own connection, like separate
 bridge processes) and `PredictionServiceStub.Predict(request)` from tensorflow_serving.apis: the
 request object is built once per batch size; the stub serializes it on every call, as any client does.
@@ -58,7 +58,7 @@ from fraud.signature import FEATURES_SIGNATURE_NAME, INPUT_EXAMPLES, INPUT_FEATU
 MODEL = "fraud"
 TOY = "toy"
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-#: What `gRPC, tuned` adds to the default flags (serving/README.md, "Speed").
+#: What `gRPC, tuned` adds to the default flags (serving/README.md, "Performance", "Knobs").
 TUNED_BATCHING = ("max_batch_size { value: 1024 }\nbatch_timeout_micros { value: 0 }\n"
                   "num_batch_threads { value: 2 }\nmax_enqueued_batches { value: 64 }\n")
 TUNED_FLAGS = ("--enable_batching",)
