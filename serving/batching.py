@@ -39,22 +39,13 @@ log = logging.getLogger("serving.batching")
 Runner = Callable[[Mapping[str, Any]], dict[str, np.ndarray]]
 
 
-def _concat(values: list[Any]) -> Any:
-    """Concatenate inputs along dimension 0: numpy arrays with numpy, anything else (tf.Tensors from
-    the bulk decoder) with one tf.concat, so large string batches never become Python objects."""
-    if all(isinstance(v, np.ndarray) for v in values):
-        return np.concatenate(values)
-    import tensorflow as tf
-
-    return tf.concat([tf.convert_to_tensor(v) for v in values], axis=0)
+def _concat(values: list[np.ndarray]) -> np.ndarray:
+    """Concatenate inputs along dimension 0."""
+    return values[0] if len(values) == 1 else np.concatenate(values)
 
 
-def _repeat_first(value: Any, count: int) -> Any:
-    if isinstance(value, np.ndarray):
-        return np.repeat(value[:1], count, axis=0)
-    import tensorflow as tf
-
-    return tf.repeat(value[:1], count, axis=0)
+def _repeat_first(value: np.ndarray, count: int) -> np.ndarray:
+    return np.repeat(value[:1], count, axis=0)
 
 
 @dataclass(frozen=True)

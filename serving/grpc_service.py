@@ -69,10 +69,6 @@ class PredictionServicer:
         self._api = api
         self._tensor_content = tensor_content
         self._reload_config = reload_config
-        import tensorflow as tf
-
-        string = tf.string
-        self._bulk = lambda raw: tf.io.parse_tensor(raw, string)  # large string inputs, decoded in C++
 
     # -----------------------------------------------------------------------------------------
     # Hot path: raw bytes in, raw bytes out
@@ -82,7 +78,7 @@ class PredictionServicer:
         error: ServingError | None = None
         try:
             try:
-                call = wire.decode_predict_request(data, self._bulk)
+                call = wire.decode_predict_request(data)
             except ServingError as exc:
                 self._check_model_first(data, exc, record)
                 raise

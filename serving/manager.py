@@ -420,7 +420,9 @@ class ModelManager:
             try:
                 servable = self._loader(name, entry.version, entry.path, tags=config.saved_model_tags,
                                         batching=self._batching,
-                                        method_name_check=config.enable_signature_method_name_check)
+                                        method_name_check=config.enable_signature_method_name_check,
+                                        intra_op=config.tensorflow_intra_op_parallelism,
+                                        inter_op=config.tensorflow_inter_op_parallelism)
                 self._metrics.load(model=name, version=entry.version, path=entry.path, ok=True,
                                    latency_s=time.monotonic() - started)
                 if config.enable_model_warmup:

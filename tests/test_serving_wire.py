@@ -266,23 +266,72 @@ def test_encode_example_matches_official_example():
     assert ex.features.feature["e"].WhichOneof("kind") is None
 
 
-def test_large_string_tensors_go_to_the_bulk_decoder():
-    rows = [bytes([i % 251]) * 300 for i in range(64)]  # > BULK_STRING_BYTES
+def _request(spec=None, output_filter=(), **inputs) -> bytes:
     request = predict_pb2.PredictRequest()
     request.model_spec.name = "m"
-    request.inputs["big"].CopyFrom(tf.make_tensor_proto(rows))
-    request.inputs["small"].CopyFrom(tf.make_tensor_proto([b"x"]))
-    seen = []
+    for k, v in (spec or {}).items():
+        if k == "version":
+            request.model_spec.version.value = v
+        else:
+            setattr(request.model_spec, k, v)
+    for key, value in inputs.items():
+        request.inputs[key].CopyFrom(value if isinstance(value, tensor_pb2.TensorProto) else tf.make_tensor_proto(value))
+    request.output_filter.extend(output_filter)
+    return request.SerializeToString()
 
-    def bulk(raw: bytes):
-        seen.append(len(raw))
-        return tf.io.parse_tensor(raw, tf.string)
 
-    call = wire.decode_predict_request(request.SerializeToString(), bulk)
-    assert len(seen) == 1 and seen[0] >= wire.BULK_STRING_BYTES
-    assert call.inputs["big"].numpy().tolist() == rows  # a tf.Tensor
-    assert call.inputs["small"].tolist() == [b"x"]  # a numpy array
-    request.inputs["big"].tensor_content = b"\x00"  # tensor_content on a string tensor: not a tensor
+def _typed(values, dtype, shape) -> tensor_pb2.TensorProto:
+    proto = tensor_pb2.TensorProto(dtype=dtype)
+    for d in shape:
+        proto.tensor_shape.dim.add(size=d)
+    field = {dtypes.DT_FLOAT: "float_val", dtypes.DT_INT64: "int64_val", dtypes.DT_INT32: "int_val",
+             dtypes.DT_DOUBLE: "double_val"}[dtype]
+    getattr(proto, field).extend(values)
+    return proto
+
+
+@pytest.mark.parametrize("data", [
+    _request(examples=np.array([b"a", b"", bytes(range(256))], dtype=object)),
+    _request(features=np.arange(12, dtype=np.float32).reshape(4, 3)),  # tensor_content
+    _request(x=_typed([1.5, -2.0, 3.25, 0.0], dtypes.DT_FLOAT, [2, 2]), k=_typed([1, -2], dtypes.DT_INT64, [2])),
+    _request(x=_typed([1, 2], dtypes.DT_INT32, [2]), y=_typed([0.5], dtypes.DT_DOUBLE, [1])),
+    _request({"version": 3, "signature_name": "s"}, ("b", "a"), x=np.zeros((0, 3), dtype=np.float32)),
+    _request({"version_label": "stable"}, x=np.array(7.5, dtype=np.float32)),
+    _request(x=_typed([2.0], dtypes.DT_FLOAT, [3])),  # one value broadcast: the hand lane
+    _request(x=np.array([1, 2], dtype=np.uint16)),  # a dtype the fast lane leaves to the codec
+    _request(),
+], ids=["strings", "content", "typed", "int32-double", "spec-filter-empty", "label-scalar", "broadcast", "uint16",
+        "no-inputs"])
+def test_generated_lane_and_codec_lane_decode_alike(data):
+    fast = wire._decode_predict_request_fast(data)
+    codec_call = wire.decode_predict_request_by_codec(data)
+    call = wire.decode_predict_request(data)
+    assert call.model_spec == codec_call.model_spec and call.output_filter == codec_call.output_filter
+    assert set(call.inputs) == set(codec_call.inputs)
+    for key, value in codec_call.inputs.items():
+        assert call.inputs[key].dtype == value.dtype and call.inputs[key].shape == value.shape
+        assert call.inputs[key].tolist() == value.tolist()
+    if fast is not None:
+        assert fast.inputs.keys() == codec_call.inputs.keys()
+
+
+def test_common_forms_take_the_generated_lane_and_malformed_ones_the_codec():
+    examples = _request(examples=np.array([b"x"] * 256, dtype=object))
+    assert wire._decode_predict_request_fast(examples) is not None
+    assert wire._decode_predict_request_fast(_request(f=np.ones((256, 30), dtype=np.float32))) is not None
+    assert wire._decode_predict_request_fast(_request(x=_typed([2.0], dtypes.DT_FLOAT, [3]))) is None
+    request = predict_pb2.PredictRequest.FromString(examples)
+    request.inputs["examples"].tensor_content = b"\x00"  # tensor_content on a string tensor: not a tensor
     with pytest.raises(ServingError) as info:
-        wire.decode_predict_request(request.SerializeToString(), bulk)
-    assert info.value.message == "tensor parsing error: big"
+        wire.decode_predict_request(request.SerializeToString())
+    assert info.value.code == Code.INVALID_ARGUMENT and info.value.message == "tensor parsing error: examples"
+    short = _request(f=np.ones((2, 3), dtype=np.float32))
+    bad = predict_pb2.PredictRequest.FromString(short)
+    bad.inputs["f"].tensor_content = bad.inputs["f"].tensor_content[:-4]  # one float short
+    with pytest.raises(ServingError) as info:
+        wire.decode_predict_request(bad.SerializeToString())
+    assert info.value.message == "tensor parsing error: f"
+    name = b"\x0a\x04\x0a\x02\xff\xfe"  # model_spec.name not UTF-8: upb refuses it, the codec names it
+    with pytest.raises(ServingError) as info:
+        wire.decode_predict_request(name)
+    assert info.value.code == Code.INVALID_ARGUMENT and "model_spec.name" in info.value.message
