@@ -88,23 +88,41 @@ def test_predict_response_decoding_matches_tf_serving_protos(as_content):
 # -- the scorer with a fake Predict -------------------------------------------------------------
 
 
+class FakeCall:
+    """A Predict already answered (or failed): `result()` returns or raises."""
+
+    def __init__(self, answer) -> None:
+        self._answer = answer
+
+    def done(self) -> bool:
+        return True
+
+    def cancel(self) -> None:
+        pass
+
+    def result(self):
+        return self._answer()
+
+
 class FakeModel:
-    """Scores the encoded examples like the test model: refuses |x| > REJECT_ABOVE for the whole call."""
+    """Scores the feature matrix like the test model: refuses |x| > REJECT_ABOVE for the whole call."""
 
     def __init__(self) -> None:
         self.calls: list[int] = []
         self.down = False
         self.reject_all = False
         self.nan_for: set[int] = set()
+        self.inputs: list[np.ndarray] = []
 
-    def __call__(self, examples):
-        import tensorflow as tf
+    def start(self, features: np.ndarray) -> FakeCall:
+        assert features.dtype == np.float32 and features.shape[1:] == (len(FEATURE_NAMES),)
+        self.calls.append(len(features))
+        self.inputs.append(features)
+        return FakeCall(lambda: self._answer(features))
 
-        self.calls.append(len(examples))
+    def _answer(self, x: np.ndarray) -> Prediction:
         if self.down:
             raise PredictUnavailable("UNAVAILABLE", "connection refused")
-        x = np.array([[tf.train.Example.FromString(e).features.feature[n].float_list.value[0]
-                       for n in FEATURE_NAMES] for e in examples], np.float32)
         if self.reject_all or (np.abs(x) > REJECT_ABOVE).any():
             raise ModelRejected("INVALID_ARGUMENT", "feature value outside the model's range")
         contributions = x / 1000.0
@@ -124,7 +142,7 @@ def _records(values: list[bytes], topic: str = "fraud.transactions") -> list[Rec
 
 def _scorer(model: FakeModel, top_k: int = 3) -> tuple[scoring.Scorer, RecordingMetrics]:
     metrics = RecordingMetrics(STREAM_METRICS + scoring.BRIDGE_METRICS)
-    return scoring.Scorer(model, output_topic="fraud.scores", metrics=metrics, model_name="cfg-name",
+    return scoring.Scorer(model.start, output_topic="fraud.scores", metrics=metrics, model_name="cfg-name",
                           explain_top_k=top_k), metrics
 
 
@@ -196,21 +214,16 @@ def test_non_finite_model_output_is_dead_lettered():
 
 
 def test_label_is_never_sent_to_the_model():
-    seen = []
-
-    def spy(examples):
-        import tensorflow as tf
-
-        seen.extend(sorted(tf.train.Example.FromString(e).features.feature) for e in examples)
-        raise PredictUnavailable("UNAVAILABLE", "stop here")
-
     event = transaction(3)
     assert event.label is not None
-    scorer = scoring.Scorer(spy, output_topic="s", metrics=RecordingMetrics(STREAM_METRICS + scoring.BRIDGE_METRICS),
-                            model_name="m")
+    model = FakeModel()
+    model.down = True
+    scorer = scoring.Scorer(model.start, output_topic="s",
+                            metrics=RecordingMetrics(STREAM_METRICS + scoring.BRIDGE_METRICS), model_name="m")
     with pytest.raises(RetriableError):
         scorer(_records([event.to_json()]))
-    assert seen == [sorted(FEATURE_NAMES)]
+    # exactly the 30 features, in fraud.features order, as float32: nothing else of the event
+    np.testing.assert_array_equal(model.inputs[0], np.array([event.feature_vector()], dtype=np.float32))
 
 
 # -- config -------------------------------------------------------------------------------------
@@ -287,7 +300,7 @@ def test_grpc_tls_uses_a_secure_channel_with_the_given_files(tmp_path, monkeypat
                         lambda target, creds, options: made.setdefault("channel", (target, creds, dict(options))))
     tls = GrpcTls(tmp_path / "ca.pem", tmp_path / "cert.pem", tmp_path / "key.pem", server_name="model.internal")
     with pytest.raises(AttributeError):  # the recorded "channel" is a tuple: no unary_unary; we only check wiring
-        PredictClient("model:8500", model_name="fraud", signature_name="s", input_key="examples", tls=tls)
+        PredictClient("model:8500", model_name="fraud", signature_name="s", tls=tls)
     assert made["creds"] == (b"ca-bytes", b"key-bytes", b"cert-bytes")
     target, _, options = made["channel"]
     assert target == "model:8500" and options["grpc.ssl_target_name_override"] == "model.internal"
