@@ -254,6 +254,64 @@ def test_two_bridges_rebalance_exactly_once(kafka_broker, kafka_topic, server):
     assert score_ids(msgs) == Counter(e.transaction_id for e in events)
 
 
+def test_features_signature_when_the_model_has_it_tf_examples_otherwise_rechecked_on_a_new_version(
+        kafka_broker, kafka_topic, tmp_path, caplog):
+    """Version 1 has only serving_default (tf.Example): the bridge falls back to it. Version 2 adds
+    serving_features: the first response from version 2 makes the bridge read the metadata again and send
+    the float32 matrix from then on. Scores are the model's either way."""
+    import logging
+
+    from bridge_helpers import THRESHOLD_VALUE, WEIGHTS
+
+    base = tmp_path / "models" / "fraud"
+    save_model(base, 1, features_signature=False)
+    topics = _topics(kafka_topic)
+    caplog.set_level(logging.INFO, logger="kafka_bridge")
+
+    def expected(ev) -> float:
+        import numpy as np
+
+        x = np.array(ev.feature_vector(), dtype=np.float32)
+        return float(1 / (1 + np.exp(-np.sum(np.tanh(x / np.float32(100.0)) * WEIGHTS))))
+
+    def signatures_logged() -> list[tuple[int, str]]:
+        return [(r.fields["version"], r.fields["signature"]) for r in caplog.records
+                if r.getMessage() == "model_signature"]
+
+    first = [transaction(i) for i in range(40)]
+    with model_server(base) as srv:
+        env = bridge_env(kafka_broker, srv.grpc_port, topics, delivery="at_least_once", instance_id="sig-0")
+        with running_bridge(env):
+            produce(kafka_broker, topics["input"], [(e.transaction_id.encode(), e.to_json()) for e in first])
+            msgs = read_topic(kafka_broker, topics["output"], lambda out: len(out) >= len(first))
+            assert signatures_logged() == [(1, "serving_default")]
+            save_model(base, 2, features_signature=True)
+            # a few events at a time until one is scored by version 2 (the server polls every second)
+            later, i, deadline = [], 100, time.monotonic() + 90
+            while time.monotonic() < deadline:
+                chunk = [transaction(j) for j in range(i, i + 5)]
+                i += 5
+                later += chunk
+                produce(kafka_broker, topics["input"], [(e.transaction_id.encode(), e.to_json()) for e in chunk])
+                want = len(first) + len(later)
+                msgs = read_topic(kafka_broker, topics["output"], lambda out, want=want: len(out) >= want)
+                if ScoreEvent.from_json(msgs[-1].value()).model_version == 2:
+                    break
+            second = [transaction(j) for j in range(1000, 1040)]  # after the switch
+            produce(kafka_broker, topics["input"], [(e.transaction_id.encode(), e.to_json()) for e in second])
+            msgs = read_topic(kafka_broker, topics["output"],
+                              lambda out: len(out) >= len(first) + len(later) + len(second))
+    assert signatures_logged()[0] == (1, "serving_default")
+    assert (2, "serving_features") in signatures_logged()
+    by_id = {e.transaction_id: e for e in first + later + second}
+    scores = [ScoreEvent.from_json(m.value()) for m in msgs]
+    assert {s.model_version for s in scores} == {1, 2}
+    assert {s.model_version for s in scores if s.transaction_id in {e.transaction_id for e in second}} == {2}
+    for s in scores:
+        assert s.score == pytest.approx(expected(by_id[s.transaction_id]), rel=1e-5, abs=1e-6)
+        assert s.threshold == pytest.approx(THRESHOLD_VALUE)
+
+
 # -- chaos ---------------------------------------------------------------------------------------
 
 

@@ -60,6 +60,7 @@ class FakeClient:
         self.on_poll = None  # hook(client) run at the start of each poll
         self.callbacks = None
         self.commit_calls: list[bool] = []
+        self.transactions = 0
         self.unacked: list[list[Output]] = []  # produced outside a transaction, per produce_many call
         self.ack_lag = 1  # acknowledgements show up this many checks after a produce (pipelining)
         self._checks = 0
@@ -168,6 +169,7 @@ class FakeClient:
     def begin_transaction(self) -> None:
         assert self.txn is None, "transaction already open"
         self.txn, self.txn_offsets = [], {}
+        self.transactions += 1
 
     def send_offsets_to_transaction(self, offsets, timeout_s: float) -> None:
         self._maybe_fail("send_offsets")
@@ -415,6 +417,189 @@ def test_revoked_partition_records_are_dropped_from_the_batch_being_collected():
     proc.run()
     assert {r.partition for r in seen} == {0}
     assert client.committed_offsets == {(IN, 0): 3}  # nothing committed for the revoked partition
+
+
+class StepClock:
+    """A clock that moves `step` seconds each time the client polls."""
+
+    def __init__(self, step: float) -> None:
+        self.now = 0.0
+        self.step = step
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_exactly_once_one_transaction_spans_the_batches_of_a_commit_interval():
+    logs = logs_of(200, partitions=2)
+    client = FakeClient(logs, True)
+    clock = StepClock(0.03)  # 30 ms per poll: a transaction holds about 4 batches of 4 records
+    open_at: list[float] = []
+    ages: list[float] = []
+    original_begin, original_commit = client.begin_transaction, client.commit_transaction
+
+    def begin() -> None:
+        open_at.append(clock.now)
+        original_begin()
+
+    def commit(timeout_s: float) -> None:
+        ages.append(clock.now - open_at[-1])
+        original_commit(timeout_s)
+
+    client.begin_transaction, client.commit_transaction = begin, commit
+
+    def hook(c: FakeClient) -> None:
+        clock.now += clock.step
+        if sum(c.committed_offsets.values()) >= 200 or c.polls > 500:
+            proc.request_stop()
+
+    client.on_poll = hook
+    metrics = m.RecordingMetrics()
+    proc = StreamProcessor(make_config(Delivery.EXACTLY_ONCE, commit_interval_ms=100), upper_or_dead, client=client,
+                           metrics=metrics, clock=clock)
+    proc.run()
+    batches = metrics.total(m.COMMITS)
+    assert values(client.published, OUT) == sorted(f"V{i}".encode() for i in range(200))
+    assert batches == 50 and 10 <= client.transactions <= 20  # about 4 batches per transaction, not 1
+    assert max(ages) <= 0.1 + 0.03  # none stays open past the interval (plus the turn that notices it)
+    assert client.committed_offsets == {(IN, 0): 100, (IN, 1): 100}
+
+
+def test_exactly_once_commits_at_once_when_the_loop_is_idle():
+    client = FakeClient(logs_of(6), True)
+    clock = StepClock(0.0)  # time stands still: only idleness can commit
+    committed_at_poll: list[int] = []
+    original_commit = client.commit_transaction
+
+    def commit(timeout_s: float) -> None:
+        committed_at_poll.append(client.polls)
+        original_commit(timeout_s)
+
+    client.commit_transaction = commit
+    proc = StreamProcessor(make_config(Delivery.EXACTLY_ONCE, batch_max_size=100, commit_interval_ms=10_000),
+                           upper_or_dead, client=client, metrics=m.RecordingMetrics(), clock=clock)
+    client.on_poll = lambda c: proc.request_stop() if c.polls >= 3 else None
+    proc.run()
+    assert committed_at_poll[0] == 2  # the first poll that found nothing committed the open transaction
+    assert len(client.published) == 6
+
+
+def test_exactly_once_revoke_commits_the_open_transaction_before_the_partitions_move():
+    logs = logs_of(8)
+    client = FakeClient(logs, True)
+    clock = StepClock(0.0)
+    state = {"n": 0}
+    original_poll = client.poll
+    at_revoke: dict = {}
+
+    def poll(max_records, timeout_s):
+        state["n"] += 1
+        if state["n"] == 3:  # two batches delivered into one open transaction (time stands still)
+            at_revoke["open_before"] = client.txn is not None
+            client.revoke([(IN, 0), (IN, 1)])
+            at_revoke["open_after"] = client.txn is not None
+            proc.request_stop()
+        return original_poll(max_records, timeout_s)
+
+    client.poll = poll
+    proc = StreamProcessor(make_config(Delivery.EXACTLY_ONCE, batch_max_size=2, commit_interval_ms=10_000),
+                           upper_or_dead, client=client, metrics=m.RecordingMetrics(), clock=clock)
+    proc.run()
+    assert at_revoke == {"open_before": True, "open_after": False}
+    assert client.committed_offsets == {(IN, 0): 4}  # 2 batches of 2 records, committed on revoke
+    assert client.transactions == 1
+
+
+class StagedUpper:
+    """A staged process function: submit returns a pending result that is only done once asked twice, so
+    the processor has to submit the next batch before it delivers this one (pipelining)."""
+
+    def __init__(self, fail_results: int = 0) -> None:
+        self.events: list[tuple[str, int]] = []
+        self.fail_results = fail_results
+        self.cancelled = 0
+
+    def submit(self, records):
+        self.events.append(("submit", records[0].offset))
+        outer = self
+
+        class Pending:
+            polls = 0
+
+            def done(self) -> bool:
+                self.polls += 1
+                return self.polls > 2
+
+            def result(self):
+                outer.events.append(("result", records[0].offset))
+                if outer.fail_results > 0:
+                    outer.fail_results -= 1
+                    raise RetriableError("Predict UNAVAILABLE")
+                return upper_or_dead(records)
+
+            def cancel(self) -> None:
+                outer.cancelled += 1
+
+        return Pending()
+
+
+@pytest.mark.parametrize("delivery", list(Delivery))
+def test_staged_process_is_pipelined_in_order_and_a_failure_redoes_the_batches_in_flight(delivery):
+    logs = logs_of(40, partitions=1)
+    client = FakeClient(logs, delivery is Delivery.EXACTLY_ONCE)
+    staged = StagedUpper(fail_results=2)
+    proc = StreamProcessor(make_config(delivery, batch_max_size=4), staged, client=client,
+                           metrics=m.RecordingMetrics())
+    run_until_drained(proc, client, 40)
+    # a batch was submitted before the one before it was finished
+    order = staged.events
+    assert any(a[0] == "submit" and b[0] == "submit" for a, b in zip(order, order[1:], strict=False))
+    assert staged.cancelled >= 1  # the failure dropped the batch in flight behind it
+    published = [o.value for o in client.published if o.topic == OUT]
+    assert sorted(set(published)) == sorted(f"V{i}".encode() for i in range(40))
+    if delivery is Delivery.EXACTLY_ONCE:
+        assert len(published) == 40  # redone, never duplicated
+    # per partition, outputs come out in offset order (a redo may repeat, never reorder, in at-least-once)
+    first_seen = [published.index(f"V{i}".encode()) for i in range(40)]
+    assert first_seen == sorted(first_seen)
+
+
+def test_exactly_once_process_failure_commits_what_was_delivered_instead_of_aborting_it():
+    logs = logs_of(12, partitions=1)
+    client = FakeClient(logs, True)
+    calls = {"n": 0}
+
+    def flaky(records):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RetriableError("UNAVAILABLE")
+        return upper_or_dead(records)
+
+    metrics = m.RecordingMetrics()
+    proc = StreamProcessor(make_config(Delivery.EXACTLY_ONCE, commit_interval_ms=10_000), flaky, client=client,
+                           metrics=metrics, clock=StepClock(0.0))
+    run_until_drained(proc, client, 12)
+    assert metrics.total(m.ABORTS) == 0
+    assert values(client.published, OUT) == sorted(f"V{i}".encode() for i in range(12))
+
+
+def test_at_least_once_commits_acknowledged_offsets_at_most_every_commit_interval():
+    logs = logs_of(400, partitions=1)
+    client = FakeClient(logs, False)
+    clock = StepClock(0.01)
+
+    def hook(c: FakeClient) -> None:
+        clock.now += clock.step
+        if sum(c.committed_offsets.values()) >= 400 or c.polls > 500:
+            proc.request_stop()
+
+    client.on_poll = hook
+    proc = StreamProcessor(make_config(commit_interval_ms=50), upper_or_dead, client=client,
+                           metrics=m.RecordingMetrics(), clock=clock)
+    proc.run()
+    assert client.committed_offsets == {(IN, 0): 400}
+    # 100 batches, ~10 ms each: a commit every ~5 batches, not one per batch
+    assert 10 <= len(client.commit_calls) <= 30
 
 
 def test_stop_flag_finishes_the_batch_at_hand_then_closes():
