@@ -24,6 +24,7 @@ import enum
 import logging
 import threading
 import time
+from concurrent.futures import CancelledError, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -150,7 +151,7 @@ class PredictCall:
             data = self._future.result()
         except grpc.RpcError as exc:
             raise _rpc_error(exc) from None
-        except grpc.FutureCancelledError:
+        except CancelledError:
             raise PredictUnavailable("CANCELLED", "the call was cancelled") from None
         try:
             name, version, outputs = decode_predict_response(data)
@@ -183,6 +184,10 @@ class PredictClient:
         self.target = target
         self._examples = ExampleBatchEncoder()
         self._lock = threading.Lock()
+        # Blocking calls on threads of our own: grpc's `future()` starts a channel-polling thread whenever no
+        # call is in flight, i.e. on nearly every call at the bridge's pace, which costs more than the call.
+        # Two: one call in flight while the next batch's is sent (fraud.stream's pipeline depth 1).
+        self._callers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="predict")
         #: the signature in use (None: read the model's metadata first) and the version it was read for
         self.signature: str | None = None if self.model_input is ModelInput.AUTO else (
             FEATURES_SIGNATURE_NAME if self.model_input is ModelInput.FEATURES else signature_name)
@@ -209,8 +214,9 @@ class PredictClient:
         try:
             data = self._metadata(request, timeout=self.deadline_s)
         except grpc.RpcError as exc:
-            err = _rpc_error(exc)
-            raise PredictUnavailable(getattr(err, "code", "UNKNOWN"), f"model metadata: {err}") from None
+            code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+            details = (exc.details() if hasattr(exc, "details") else str(exc)) or ""
+            raise PredictUnavailable(code.name, f"GetModelMetadata: {details}") from None
         try:
             _, version, signatures = decode_model_metadata(data)
         except WireError as exc:
@@ -244,10 +250,12 @@ class PredictClient:
         else:
             inputs = {INPUT_EXAMPLES: self._examples.tensor(features)}
         request = encode_predict_request_inputs(inputs, signature_name=signature, **self._spec)
-        return PredictCall(self._predict.future(request, timeout=self.deadline_s), self, len(features), signature)
+        future = self._callers.submit(self._predict, request, timeout=self.deadline_s)
+        return PredictCall(future, self, len(features), signature)
 
     def predict(self, features: np.ndarray) -> Prediction:
         return self.start(features).result()
 
     def close(self) -> None:
+        self._callers.shutdown(wait=False, cancel_futures=True)
         self._channel.close()

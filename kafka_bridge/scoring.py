@@ -217,10 +217,10 @@ class Scorer:
         explanations: list[dict[str, float]] | None = None
         contrib = p.outputs.get(FEATURE_CONTRIBUTIONS)
         if self._top_k and contrib is not None and contrib.size == n * _N_FEATURES:
-            c = contrib.reshape(n, _N_FEATURES).astype(np.float64)
-            top = np.argsort(-np.abs(c), axis=1, kind="stable")[:, : self._top_k]
+            c = contrib.reshape(n, _N_FEATURES)
+            top = top_k_by_magnitude(c, self._top_k)
             names = _FEATURE_NAMES[top].tolist()
-            values = np.take_along_axis(c, top, axis=1).tolist()
+            values = np.take_along_axis(c, top, axis=1).astype(np.float64).tolist()
             explanations = [dict(zip(a, b, strict=True)) for a, b in zip(names, values, strict=True)]
         model_name = p.model_name or self._model_name
         version = p.model_version if p.model_version is not None else 0
@@ -258,8 +258,8 @@ class Scorer:
             reconstruction_errors=(None if errors64 is None else
                                    (errors64[keep].tolist() if len(keep) != n else errors64.tolist())),
             explanations=None if explanations is None else [explanations[j] for j in keep])
-        topic = self._topic
-        result.outputs.extend([Output(topic, v, k.encode()) for v, k in zip(values, ids, strict=True)])
+        topic, new = self._topic, tuple.__new__  # Output is a named tuple: skip its Python-level __new__
+        result.outputs.extend([new(Output, (topic, v, k.encode(), (), None)) for v, k in zip(values, ids, strict=True)])
         positives = int(dec.sum())
         if positives:
             self._metrics.increment(SCORED, positives, decision="fraud")
@@ -312,6 +312,29 @@ class _PendingScore:
             s._trace_line({"polled": self._polled, "sent": self._sent, "answered": answered, "emitted": time.time(),
                            "keys": [o.key.decode() for o in result.outputs]})
         return result
+
+
+_COLUMN_RANK = np.arange(_N_FEATURES - 1, -1, -1, dtype=np.int64)  # earlier feature ranks higher on a tie
+
+
+def top_k_by_magnitude(values: np.ndarray, k: int) -> np.ndarray:
+    """Per row, the column indices of the `k` largest |values|, largest first, ties to the earlier column and
+    NaN last: what `np.argsort(-np.abs(values), axis=1, kind="stable")[:, :k]` gives, without sorting whole
+    rows (a partition on unique integer keys, then a sort of k per row)."""
+    n, width = values.shape
+    k = min(k, width)
+    magnitude = np.abs(values.astype(np.float32, copy=False))
+    # the bits of a non-negative float32 order like its value; the column rank breaks ties
+    key = magnitude.view(np.int32).astype(np.int64) * width + _COLUMN_RANK[-width:]
+    nan = np.isnan(magnitude)
+    if nan.any():
+        key[nan] = np.broadcast_to(_COLUMN_RANK[-width:] - width, key.shape)[nan]
+    if k < width:
+        part = np.argpartition(-key, k - 1, axis=1)[:, :k]
+    else:
+        part = np.broadcast_to(np.arange(width), (n, width))
+    order = np.argsort(-np.take_along_axis(key, part, axis=1), axis=1)
+    return np.take_along_axis(part, order, axis=1)
 
 
 def _dead_letter(r: Record, err: Exception) -> DeadLetter:

@@ -304,3 +304,16 @@ def test_grpc_tls_uses_a_secure_channel_with_the_given_files(tmp_path, monkeypat
     assert made["creds"] == (b"ca-bytes", b"key-bytes", b"cert-bytes")
     target, _, options = made["channel"]
     assert target == "model:8500" and options["grpc.ssl_target_name_override"] == "model.internal"
+
+
+@pytest.mark.parametrize("k", [1, 5, 30])
+def test_top_k_by_magnitude_is_a_stable_argsort_with_ties_and_nan(k):
+    rng = np.random.default_rng(11)
+    values = rng.normal(size=(300, 30)).astype(np.float32)
+    values[:50, :10] = 0.0  # ties among zeros
+    values[50:100, 3] = values[50:100, 7] = -values[50:100, 5]  # ties across signs
+    values[100:120, 2] = np.nan
+    values[120:130] = np.nan
+    values[130:140] = np.inf * np.sign(values[130:140])
+    want = np.argsort(-np.abs(values.astype(np.float64)), axis=1, kind="stable")[:, :k]
+    np.testing.assert_array_equal(scoring.top_k_by_magnitude(values, k), want)
