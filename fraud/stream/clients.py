@@ -25,6 +25,9 @@ from fraud.stream.records import Output, PartitionsCallback, Record, TopicPartit
 
 
 class StreamClient(Protocol):
+    #: send_offsets_to_transaction + commit_transaction may run on another thread than poll
+    background_commit: bool
+
     def subscribe(self, topics: Sequence[str], on_assign: PartitionsCallback, on_revoke: PartitionsCallback,
                   on_lost: PartitionsCallback) -> None: ...
 

@@ -12,7 +12,8 @@ every turn of its loop; the mode decides when outputs are confirmed and offsets 
   (`send_offsets_to_transaction` with the consumer's group metadata: KIP-447 fencing) and it is committed.
   One transaction per interval instead of per batch is what makes exactly-once cheap; the price is latency
   for read_committed consumers: an output becomes visible when its transaction commits, at most
-  `commit_interval_ms` plus one commit after it was produced.
+  `commit_interval_ms` plus one commit after it was produced. With confluent-kafka the commit runs on a
+  thread of its own, overlapping with the next batch's Predict.
 
 Both keep what they have not committed (`uncommitted`), and `abandon()` after a failure returns where each
 partition must be rewound (the first offset of every unconfirmed batch), aborting an open transaction.
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from fraud.logs import log_event
@@ -105,6 +107,9 @@ class DeliveryMode:
 
     def forget(self, partitions: Sequence[TopicPartition]) -> None:
         """Partitions lost (not revoked): nothing of theirs may be committed any more."""
+
+    def close(self) -> None:
+        """The loop ended."""
 
     @property
     def uncommitted(self) -> bool:
@@ -209,6 +214,11 @@ class AtLeastOnce(DeliveryMode):
 
 
 class Transactional(DeliveryMode):
+    """Exactly-once. When the client allows it (`background_commit`), a due transaction is committed on a
+    thread of its own while the loop goes on collecting, decoding and scoring; the next batch's outputs wait
+    for that commit (a producer has one transaction at a time), so the commit overlaps with a Predict instead
+    of stopping the loop. Book-keeping (`confirmed`) always runs on the loop's thread."""
+
     def __init__(self, client: StreamClient, config: StreamConfig, clock: Callable[[], float],
                  confirmed: ConfirmedFn, abort_failed: Callable[[Exception], None]) -> None:
         super().__init__(client, config, clock, confirmed)
@@ -216,14 +226,20 @@ class Transactional(DeliveryMode):
         self._open_since: float | None = None
         self._batches: list[Delivered] = []
         self._offsets: dict[TopicPartition, int] = {}
+        #: the transaction being committed in the background: (future, its batches, its offsets)
+        self._committing: tuple[Future, list[Delivered], dict[TopicPartition, int]] | None = None
+        #: batches of a transaction whose commit failed: redone, after an abort
+        self._failed: list[Delivered] = []
+        self._executor: ThreadPoolExecutor | None = None
         self.aborts = 0
 
     @property
     def uncommitted(self) -> bool:
-        return self._open_since is not None
+        return self._open_since is not None or self._committing is not None or bool(self._failed)
 
     def deliver(self, batch: Sequence[Record], result: ProcessResult, outputs: Sequence[Output]) -> None:
         client = self.client
+        self._settle(wait=True)  # one transaction at a time: the one being committed first
         if self._open_since is None:
             client.begin_transaction()
             self._open_since = self.clock()
@@ -234,8 +250,9 @@ class Transactional(DeliveryMode):
         client.produce_many(outputs)
 
     def service(self, now: float, idle: bool) -> None:
+        self._settle(wait=False)
         if self._open_since is not None and (idle or now - self._open_since >= self.interval_s):
-            self.commit_all()
+            self._start_commit()
 
     def until_due(self, now: float) -> float | None:
         if self._open_since is None:
@@ -243,21 +260,59 @@ class Transactional(DeliveryMode):
         return max(0.0, self._open_since + self.interval_s - now)
 
     def commit_all(self) -> None:
-        if self._open_since is None:
-            return
+        if self._open_since is not None:
+            self._settle(wait=True)
+            self._start_commit()
+        self._settle(wait=True)
+
+    def _commit_transaction(self, offsets: dict[TopicPartition, int]) -> None:
         c = self.config
-        self.client.send_offsets_to_transaction(self._offsets, c.operation_timeout_s)
+        self.client.send_offsets_to_transaction(offsets, c.operation_timeout_s)
         self.client.commit_transaction(c.operation_timeout_s)
+
+    def _start_commit(self) -> None:
         batches, offsets = self._batches, self._offsets
         self._open_since, self._batches, self._offsets = None, [], {}
+        if not getattr(self.client, "background_commit", False):
+            try:
+                self._commit_transaction(offsets)
+            except RetriableError:
+                self._failed = batches
+                raise
+            self._confirmed(batches, offsets, self.clock())
+            return
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="txn-commit")
+        self._committing = (self._executor.submit(self._commit_transaction, offsets), batches, offsets)
+
+    def _settle(self, wait: bool) -> None:
+        """Book-keeping for a background commit that finished (waiting for it if `wait`); its failure is
+        raised here, on the loop's thread."""
+        if self._committing is None:
+            return
+        future, batches, offsets = self._committing
+        if not wait and not future.done():
+            return
+        self._committing = None
+        try:
+            future.result()
+        except RetriableError:
+            self._failed = batches
+            raise
         self._confirmed(batches, offsets, self.clock())
 
     def abandon(self) -> dict[TopicPartition, int]:
         rewind: dict[TopicPartition, int] = {}
-        for d in self._batches:
+        if self._committing is not None:
+            try:
+                self._settle(wait=True)  # committed after all: those batches are done, not redone
+            except RetriableError as exc:
+                log_event(log, logging.WARNING, "commit_failed", error=str(exc))
+        needs_abort = self._open_since is not None or bool(self._failed)
+        for d in self._failed + self._batches:
             _merge_firsts(rewind, d.firsts)
-        if self._open_since is not None:
-            self._open_since, self._batches, self._offsets = None, [], {}
+        self._open_since, self._batches, self._offsets, self._failed = None, [], {}, []
+        if needs_abort:
             try:
                 self.client.abort_transaction(self.config.operation_timeout_s)
                 self.aborts += 1
@@ -267,6 +322,10 @@ class Transactional(DeliveryMode):
                 log_event(log, logging.WARNING, "abort_failed", error=str(exc))
                 self._abort_failed(exc)
         return rewind
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
 
 
 def make_delivery(client: StreamClient, config: StreamConfig, clock: Callable[[], float], confirmed: ConfirmedFn,

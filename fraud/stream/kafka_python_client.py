@@ -38,6 +38,9 @@ def _raise(exc: Exception, what: str) -> None:
 
 
 class KafkaPythonClient:
+    #: kafka-python's consumer is not thread-safe (send_offsets_to_transaction reads its group metadata)
+    background_commit = False
+
     def __init__(self, config: StreamConfig) -> None:
         from kafka import KafkaConsumer
 

@@ -175,6 +175,8 @@ class StreamProcessor:
             raise
         finally:
             try:
+                if self._mode is not None:
+                    self._mode.close()
                 client.close(c.operation_timeout_s)
             finally:
                 if self._state != "failed":
