@@ -90,8 +90,13 @@ def running_bridge(env: dict[str, str]) -> Iterator:
     finally:
         processor.request_stop()
         thread.join(60)
+        if thread.is_alive():  # say where it is stuck
+            import traceback
+
+            stacks = "\n".join(f"--- {t.name}\n" + "".join(traceback.format_stack(sys._current_frames()[t.ident]))
+                               for t in threading.enumerate() if t.ident in sys._current_frames())
+            raise AssertionError(f"bridge did not stop; threads:\n{stacks}")
         client.close()
-        assert not thread.is_alive(), "bridge did not stop"
         if errors:
             raise errors[0]
 

@@ -176,7 +176,10 @@ class FakeClient:
         self.txn, self.txn_offsets = [], {}
         self.transactions += 1
 
-    def send_offsets_to_transaction(self, offsets, timeout_s: float) -> None:
+    def group_metadata(self) -> str:
+        return "generation-1"
+
+    def send_offsets_to_transaction(self, offsets, timeout_s: float, group_metadata=None) -> None:
         self._maybe_fail("send_offsets")
         self.txn_offsets = dict(offsets)
 

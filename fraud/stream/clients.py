@@ -18,7 +18,7 @@ everything queued so far is acknowledged, and any failed record is reported (Ret
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from fraud.stream.config import ClientKind, StreamConfig
 from fraud.stream.records import Output, PartitionsCallback, Record, TopicPartition
@@ -67,7 +67,13 @@ class StreamClient(Protocol):
 
     def begin_transaction(self) -> None: ...
 
-    def send_offsets_to_transaction(self, offsets: Mapping[TopicPartition, int], timeout_s: float) -> None: ...
+    def group_metadata(self) -> Any:
+        """The consumer's group metadata (generation, member id), for send_offsets_to_transaction."""
+
+    def send_offsets_to_transaction(self, offsets: Mapping[TopicPartition, int], timeout_s: float,
+                                    group_metadata: Any = None) -> None:
+        """Add `offsets` to the open transaction, with `group_metadata` (read on the polling thread when this
+        runs on another) or the consumer's current one."""
 
     def commit_transaction(self, timeout_s: float) -> None: ...
 

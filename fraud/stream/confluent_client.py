@@ -355,12 +355,16 @@ class ConfluentClient:
         except Exception as exc:  # noqa: BLE001
             _raise(exc, "begin transaction")
 
-    def send_offsets_to_transaction(self, offsets: Mapping[TopicPartition, int], timeout_s: float) -> None:
+    def group_metadata(self) -> Any:
+        return self._consumer.consumer_group_metadata()
+
+    def send_offsets_to_transaction(self, offsets: Mapping[TopicPartition, int], timeout_s: float,
+                                    group_metadata: Any = None) -> None:
         from confluent_kafka import TopicPartition as TP
 
+        meta = group_metadata if group_metadata is not None else self._consumer.consumer_group_metadata()
         try:
-            self._producer.send_offsets_to_transaction(
-                [TP(t, p, o) for (t, p), o in offsets.items()], self._consumer.consumer_group_metadata(), timeout_s)
+            self._producer.send_offsets_to_transaction([TP(t, p, o) for (t, p), o in offsets.items()], meta, timeout_s)
         except Exception as exc:  # noqa: BLE001
             _raise(exc, "send offsets to transaction")
 

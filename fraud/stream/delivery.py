@@ -28,6 +28,7 @@ import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 from fraud.logs import log_event
 from fraud.stream.clients import StreamClient
@@ -265,9 +266,9 @@ class Transactional(DeliveryMode):
             self._start_commit()
         self._settle(wait=True)
 
-    def _commit_transaction(self, offsets: dict[TopicPartition, int]) -> None:
+    def _commit_transaction(self, offsets: dict[TopicPartition, int], group_metadata: Any = None) -> None:
         c = self.config
-        self.client.send_offsets_to_transaction(offsets, c.operation_timeout_s)
+        self.client.send_offsets_to_transaction(offsets, c.operation_timeout_s, group_metadata)
         self.client.commit_transaction(c.operation_timeout_s)
 
     def _start_commit(self) -> None:
@@ -283,7 +284,9 @@ class Transactional(DeliveryMode):
             return
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="txn-commit")
-        self._committing = (self._executor.submit(self._commit_transaction, offsets), batches, offsets)
+        # the group metadata is read here, on the polling thread (consumers are not thread-safe in every client)
+        future = self._executor.submit(self._commit_transaction, offsets, self.client.group_metadata())
+        self._committing = (future, batches, offsets)
 
     def _settle(self, wait: bool) -> None:
         """Book-keeping for a background commit that finished (waiting for it if `wait`); its failure is

@@ -223,13 +223,18 @@ class KafkaPythonClient:
         except Exception as exc:  # noqa: BLE001
             _raise(exc, "begin transaction")
 
-    def send_offsets_to_transaction(self, offsets: Mapping[TopicPartition, int], timeout_s: float) -> None:
+    def group_metadata(self) -> Any:
+        return self._consumer.group_metadata()
+
+    def send_offsets_to_transaction(self, offsets: Mapping[TopicPartition, int], timeout_s: float,
+                                    group_metadata: Any = None) -> None:
         from kafka.structs import OffsetAndMetadata
 
+        meta = group_metadata if group_metadata is not None else self._consumer.group_metadata()
         try:
             self._await(self._producer._transaction_manager.send_offsets_to_transaction(
-                {self._tp(tp): OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()},
-                self._consumer.group_metadata()), timeout_s, "send offsets to transaction")
+                {self._tp(tp): OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()}, meta),
+                timeout_s, "send offsets to transaction")
         except ProducerNeedsReset:
             raise
         except Exception as exc:  # noqa: BLE001
