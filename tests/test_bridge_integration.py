@@ -327,12 +327,24 @@ class BridgeProcess:
         self.env = {**os.environ, **env}
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
+        self.starts = 0
 
     def start(self) -> None:
         log = open(self.log_path, "ab")  # noqa: SIM115 (the child owns it)
         self.proc = subprocess.Popen([sys.executable, "-m", "kafka_bridge"], env=self.env, stdout=log,
                                      stderr=subprocess.STDOUT)
         log.close()
+        self.starts += 1
+
+    def wait_started(self, timeout_s: float = 120.0) -> None:
+        """Until this start has logged stream_starting (on a loaded machine the imports alone take seconds:
+        a kill before that would test nothing)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+            if text.count('"event":"stream_starting"') >= self.starts:
+                return
+            time.sleep(0.2)
 
     def kill(self) -> None:
         assert self.proc is not None
@@ -422,6 +434,7 @@ def run_chaos(kafka_broker, kafka_topic, model_base: Path, tmp_path: Path, *, de
             if what == "kill":
                 victim = bridges[kill_count % instances]
                 kill_count += 1
+                victim.wait_started()
                 victim.kill()
                 victim.start()
             elif what == "server_stop":
