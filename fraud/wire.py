@@ -585,7 +585,8 @@ class ExampleBatchEncoder:
         if matrix.ndim != 2 or matrix.shape[1] != len(self.names):
             raise ValueError(f"expected a matrix of shape [N, {len(self.names)}], got {matrix.shape}")
         out = np.tile(self._row, (matrix.shape[0], 1))
-        out[:, self._columns] = matrix.view(np.uint8).reshape(matrix.shape[0], -1)
+        if matrix.shape[0]:
+            out[:, self._columns] = matrix.view(np.uint8).reshape(matrix.shape[0], -1)
         return out
 
     def tensor(self, matrix: np.ndarray) -> bytes:
