@@ -1,21 +1,28 @@
-"""The scoring bridge's speed, as ratios against a raw passthrough measured in the same run, same broker,
-same Kafka client.
+"""The scoring bridge's speed on the model the pipeline ships, as ratios against baselines measured in the
+same run on the same broker: throughput, a latency budget by stage, and CPU per event.
 
-For each Kafka client (kafka-python, confluent-kafka):
-1. passthrough: fraud.stream's processor with an identity process function (consume -> produce, no
-   scoring), on a pre-filled topic: events/s (the baseline);
-2. bridge, unthrottled, on a pre-filled topic: events/s and its ratio to the passthrough (goal >= 0.7);
-3. bridge at offered rates (fractions of its maximum): latency from the transaction's produce time to
-   the score being readable by a consumer, p50/p99 (goal p99 <= 50 ms at half the maximum rate).
-Before that, one micro-benchmark: building a raw tf.Example per event by hand-encoding the wire format
-(fraud.wire) against tf.train.Example + SerializeToString.
+Stages (each worker is its own process: broker, model server, bridge or passthrough, paced producer):
 
-Throughput is counted from the output records' own timestamps (first to last), so process start-up
-does not count. Each stage runs as its own process (broker, model server, worker, and the paced producer
-of the latency stages); this script fills the throughput topics and reads.
+1. throughput on a pre-filled topic, counted from the output records' own timestamps (first to last, so
+   start-up does not count): the passthrough (fraud.stream's processor with an identity function: consume
+   -> produce, the baseline), the bridge at-least-once and exactly-once on the served model, and the bridge
+   on serving.testing's toy model (an extra row, labelled as such). CPU per event of each worker process
+   (from /proc, over the same window), of the bridge's own work (its `bridge_cpu_seconds_total` metric:
+   decode, validate, encode request and scores) and of the model server;
+2. latency at offered rates (200, 1,000 and 4,000 events/s and 1/4 and 1/2 of the bridge's maximum), each
+   mode: a paced producer process sends transactions, a reader thread reads the scores (read_committed),
+   latency = received - the transaction's produce time on one clock. Beside it the floor: a second reader
+   on the input topic, i.e. a bare produce -> consume on the same broker, at the same moment. The bridge
+   writes one line of stage timestamps per batch (--trace-file), so each event's latency is split into
+   kafka in (produce -> the bridge's poll), decode (-> Predict sent), Predict (-> answered), emit (-> score
+   events built, including any wait for the loop), kafka out (-> visible to the reader: produce, broker
+   and, in exactly-once, the wait for the transaction's commit);
+3. one line per goal of issue 13, met or missed, with the figures.
 
-    .venv/bin/python bench/bench_bridge.py                        # both clients, at-least-once
-    .venv/bin/python bench/bench_bridge.py --delivery exactly_once --clients confluent-kafka --events 20000
+    .venv/bin/python bench/bench_bridge.py                          # the shipped model (trained once, cached)
+    .venv/bin/python bench/bench_bridge.py --model-dir PUSHED_BASE  # any pushed model (a base path of versions)
+    .venv/bin/python bench/bench_bridge.py --profile                # + a py-spy flame graph of the bridge
+    .venv/bin/python bench/bench_bridge.py --clients kafka-python confluent-kafka --quick
 """
 
 from __future__ import annotations
@@ -23,125 +30,130 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
+import orjson
 
 from fraud.features import FEATURE_NAMES
 from fraud.kafka_config import KafkaClientConfig, ensure_topics
 from fraud.topics import TopicSpec
 
 PARTITIONS = 4
+_TICKS = os.sysconf("SC_CLK_TCK")
+_console: list = []  # the fraud.console Console of this run (library output goes to a log file)
 
 
-def _event(i: int, rng: np.random.Generator) -> tuple[bytes, bytes]:
-    from fraud.contract import TransactionEvent
+def echo(text: str = "", **_: object) -> None:
+    """A result line on the terminal (through the console: stdout itself goes to the log file)."""
+    if _console:
+        _console[0].echo(text)
+    else:
+        print(text, flush=True)
+STAGES = ("kafka_in", "decode", "predict", "emit", "kafka_out")
 
+
+def _features(rng: np.random.Generator) -> dict[str, float]:
     values = {n: float(v) for n, v in zip(FEATURE_NAMES, rng.normal(size=len(FEATURE_NAMES)), strict=True)}
-    values["Time"], values["Amount"] = float(i), float(abs(values["Amount"]) * 40)
-    ev = TransactionEvent(f"tx-{i:08d}", 1_700_000_000_000 + i, f"card-{i % 1000}", f"cust-{i % 700}", values)
-    return ev.transaction_id.encode(), ev.to_json()
+    values["Amount"] = float(abs(values["Amount"]) * 40)
+    values["Time"] = float(abs(values["Time"]) * 40_000)  # the contract: Time >= 0, Amount >= 0
+    return values
 
 
-def bench_example_encoding(n: int = 2000) -> None:
-    import tensorflow as tf
-
-    from fraud.wire import ExampleEncoder
-
-    rows = np.random.default_rng(0).normal(size=(n, len(FEATURE_NAMES))).tolist()
-    t = time.perf_counter()
-    for row in rows:
-        ex = tf.train.Example()
-        for name, v in zip(FEATURE_NAMES, row, strict=True):
-            ex.features.feature[name].float_list.value.append(v)
-        ex.SerializeToString()
-    base = (time.perf_counter() - t) / n
-    enc = ExampleEncoder()
-    t = time.perf_counter()
-    for _ in range(10):
-        for row in rows:
-            enc.encode(row)
-    ours = (time.perf_counter() - t) / (10 * n)
-    print(f"tf.Example per event: tf.train.Example {base * 1e6:.1f} us (baseline), hand-encoded "
-          f"{ours * 1e6:.2f} us: {base / ours:.0f}x faster", flush=True)
+def _event(i: int, rng: np.random.Generator, prefix: str = "tx") -> tuple[bytes, bytes]:
+    values = _features(rng)
+    tid = f"{prefix}-{i:08d}"
+    ev = {"transaction_id": tid, "event_time_ms": 1_700_000_000_000 + i, "card_id": f"card-{i % 1000}",
+          "customer_id": f"cust-{i % 700}", "features": values}
+    return tid.encode(), orjson.dumps(ev)
 
 
-class Producer:
-    def __init__(self, bootstrap: str) -> None:
-        from confluent_kafka import Producer as P
+def proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system, all threads) the process has used so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS
 
-        self._p = P({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 1})
 
-    def send(self, topic: str, key: bytes, value: bytes) -> None:
-        while True:
-            try:
-                self._p.produce(topic, value, key)
-                break
-            except BufferError:
-                self._p.poll(0.05)
-        self._p.poll(0)
+def _producer(bootstrap: str):  # noqa: ANN202
+    from confluent_kafka import Producer
 
-    def flush(self) -> None:
-        assert self._p.flush(120) == 0
+    from fraud.stream.confluent_client import PRODUCER_LATENCY_SETTINGS
 
-    def load_metadata(self, topic: str) -> None:
-        self._p.list_topics(topic, timeout=30)
+    settings = {k: v for k, v in PRODUCER_LATENCY_SETTINGS.items() if k != "delivery.report.only.error"}
+    return Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, **settings})
 
 
 def fill(bootstrap: str, topic: str, events: Sequence[tuple[bytes, bytes]]) -> None:
-    p = Producer(bootstrap)
+    p = _producer(bootstrap)
     for key, value in events:
-        p.send(topic, key, value)
-    p.flush()
+        while True:
+            try:
+                p.produce(topic, value, key)
+                break
+            except BufferError:
+                p.poll(0.05)
+    assert p.flush(120) == 0
 
 
-@contextlib.contextmanager
-def reader(bootstrap: str, topic: str) -> Iterator[list]:
-    """Reads `topic` from the start in a thread: appends (receive_ms, record timestamp_ms, value)."""
-    from confluent_kafka import Consumer, TopicPartition
+class Reader:
+    """Reads a topic from the start in a thread: `out` gets (receive ms, key, value, record timestamp ms)."""
 
-    out: list = []
-    stop = threading.Event()
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-reader", "enable.auto.commit": False,
-                  "isolation.level": "read_committed", "fetch.wait.max.ms": 5})
-    c.assign([TopicPartition(topic, p, 0) for p in range(PARTITIONS)])
+    def __init__(self, bootstrap: str, topic: str, on_first: threading.Event | None = None) -> None:
+        from confluent_kafka import Consumer, TopicPartition
 
-    def loop() -> None:
-        while not stop.is_set():
+        from fraud.stream.confluent_client import CONSUMER_LATENCY_SETTINGS
+
+        self.out: list[tuple[float, bytes, bytes, int]] = []
+        self._stop = threading.Event()
+        self._c = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-reader", "enable.auto.commit": False,
+                            "isolation.level": "read_committed", **CONSUMER_LATENCY_SETTINGS})
+        self._c.assign([TopicPartition(topic, p, 0) for p in range(PARTITIONS)])
+        self._marks: list[tuple[int, threading.Event, list]] = []
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def mark_at(self, count: int, callback_out: list) -> threading.Event:
+        """An event set (and `callback_out` appended the time) once `count` records were read."""
+        ev = threading.Event()
+        self._marks.append((count, ev, callback_out))
+        return ev
+
+    def _loop(self) -> None:
+        c, out = self._c, self.out
+        while not self._stop.is_set():
             # consume(n, timeout) would wait to fill n: take what is there, else block for one record
             msgs = c.consume(1000, 0) or [m for m in [c.poll(0.05)] if m is not None]
             now = time.time() * 1000.0
             for m in msgs:
                 if m.error() is None:
-                    out.append((now, m.timestamp()[1], m.value()))
+                    out.append((now, m.key(), m.value(), m.timestamp()[1]))
+            if self._marks:
+                for mark in list(self._marks):
+                    if len(out) >= mark[0]:
+                        mark[2].append(time.monotonic())
+                        mark[1].set()
+                        self._marks.remove(mark)
 
-    t = threading.Thread(target=loop, daemon=True)
-    t.start()
-    try:
-        yield out
-    finally:
-        stop.set()
-        t.join(10)
-        c.close()
+    def wait_for(self, n: int, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while len(self.out) < n and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if len(self.out) < n:
+            raise RuntimeError(f"only {len(self.out)} of {n} records after {timeout_s:.0f} s")
 
-
-def wait_for(out: list, n: int, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while len(out) < n and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if len(out) < n:
-        raise RuntimeError(f"only {len(out)} of {n} outputs after {timeout_s:.0f} s")
-
-
-def rate_from_timestamps(out: list) -> float:
-    ts = sorted(t for _, t, _ in out)
-    return (len(ts) - 1) / max(1e-3, (ts[-1] - ts[0]) / 1000.0)
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self._c.close()
 
 
 @contextlib.contextmanager
@@ -154,7 +166,7 @@ def worker(kind: str, env: dict[str, str], log: Path) -> Iterator[subprocess.Pop
     finally:
         proc.terminate()
         try:
-            proc.wait(30)
+            proc.wait(60)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
@@ -180,192 +192,429 @@ def passthrough_worker() -> int:
     return 0
 
 
-def pace(bootstrap: str, topic: str, rate: float, n: int) -> float:
+def pace(bootstrap: str, topic: str, rate: float, n: int, prefix: str) -> float:
     """Produce `n` events at `rate`/s (a schedule, not a sleep per event: late sends catch up), flush;
-    returns the rate achieved. Entry of the `--pace` process.
-
-    The producer is warmed up first on `<topic>.warmup` (connection, metadata, idempotent producer id):
-    a record's timestamp is taken when it is produced, so records produced before that would carry the
-    producer's own start-up (~0.5 s) into the bridge's latency."""
+    returns the rate achieved. Entry of the `--pace` process. Warmed up first on `<topic>.warmup`
+    (connection, metadata, producer id), so no record carries the producer's own start-up."""
     rng = np.random.default_rng(2)
-    events = [_event(i, rng) for i in range(min(n, 20_000))]
-    p = Producer(bootstrap)
+    base = [_features(rng) for _ in range(1000)]
+    events = []
+    for i in range(n):  # unique ids: the latency budget joins the bridge's trace by transaction id
+        tid = f"{prefix}-{i:08d}"
+        events.append((tid.encode(), orjson.dumps({
+            "transaction_id": tid, "event_time_ms": 1_700_000_000_000 + i, "card_id": f"card-{i % 1000}",
+            "customer_id": f"cust-{i % 700}", "features": base[i % len(base)]})))
+    p = _producer(bootstrap)
     for key, value in events[:10]:
-        p.send(f"{topic}.warmup", key, value)
-    p.flush()
-    p.load_metadata(topic)
+        p.produce(f"{topic}.warmup", value, key)
+    p.flush(60)
+    p.list_topics(topic, timeout=30)
     start = time.monotonic()
-    for i in range(n):
+    for i, (key, value) in enumerate(events):
         delay = start + i / rate - time.monotonic()
         if delay > 0:
             time.sleep(delay)
-        key, value = events[i % len(events)]
-        p.send(topic, key, value)
-    p.flush()
+        while True:
+            try:
+                p.produce(topic, value, key)
+                break
+            except BufferError:
+                p.poll(0.01)
+        p.poll(0)
+    p.flush(120)
     return n / (time.monotonic() - start)
 
 
-def percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(np.array(values), q))
+def pct(values: Sequence[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if len(values) else float("nan")
 
 
-def run_client(client: str, args: argparse.Namespace, bootstrap: str, server_port: int, tmp: Path) -> dict:
-    kafka = KafkaClientConfig(bootstrap_servers=(bootstrap,), client_id="bench")
-    rng = np.random.default_rng(1)
-    events = [_event(i, rng) for i in range(args.events)]
-    results: dict = {"client": client}
-
-    def topics(stage: str) -> dict[str, str]:
-        base = f"bench_bridge.{client}.{stage}.{int(time.time() * 1000)}"
-        names = {"in": base + ".in", "out": base + ".out", "dlq": base + ".dlq"}
-        ensure_topics(kafka, [TopicSpec(names["in"], PARTITIONS), TopicSpec(names["out"], PARTITIONS),
-                              TopicSpec(names["dlq"], 1), TopicSpec(names["in"] + ".warmup", 1)])
-        return names
-
-    def env(names: dict[str, str], stage: str) -> dict[str, str]:
-        return {
-            "FRAUD_KAFKA_BOOTSTRAP": bootstrap,
-            "FRAUD_BRIDGE_INPUT_TOPIC": names["in"], "FRAUD_BRIDGE_OUTPUT_TOPIC": names["out"],
-            "FRAUD_BRIDGE_DLQ_TOPIC": names["dlq"], "FRAUD_BRIDGE_SERVER": f"127.0.0.1:{server_port}",
-            "FRAUD_BRIDGE_GROUP_ID": names["in"] + ".g", "FRAUD_BRIDGE_INSTANCE_ID": f"bench-{stage}",
-            "FRAUD_BRIDGE_KAFKA_CLIENT": client, "FRAUD_BRIDGE_DELIVERY": args.delivery,
-            "FRAUD_BRIDGE_BATCH_MAX_SIZE": str(args.batch_max_size),
-            "FRAUD_BRIDGE_BATCH_MAX_WAIT_MS": str(args.batch_max_wait_ms),
-            "FRAUD_BRIDGE_HTTP_PORT": "-1", "FRAUD_BRIDGE_LOG_LEVEL": "WARNING",
-        }
-
-    for stage, kind in (("passthrough", "passthrough"), ("bridge_max", "bridge")):
-        names = topics(stage)
-        fill(bootstrap, names["in"], events)
-        with reader(bootstrap, names["out"]) as out, worker(kind, env(names, stage), tmp / f"{client}-{stage}.log"):
-            wait_for(out, len(events), args.timeout)
-        results[stage] = rate_from_timestamps(out)
-        print(f"  [{client}] {stage}: {results[stage]:,.0f} events/s", flush=True)
-
-    names = topics("latency")
-    latencies: dict[float, tuple[float, float, float, float]] = {}
-    from fraud.embedded.process import free_port
-
-    metrics_port = free_port()
-    lat_env = {**env(names, "latency"), "FRAUD_BRIDGE_HTTP_PORT": str(metrics_port)}
-    with reader(bootstrap, names["out"]) as out, worker("bridge", lat_env, tmp / f"{client}-lat.log"):
-        warm = [_event(10_000_000 + i, rng) for i in range(200)]
-        fill(bootstrap, names["in"], warm)  # start-up, assignment and first Predict out of the way
-        wait_for(out, len(warm), args.timeout)
-        seen = len(out)
-        # an unmeasured first stage at the lowest rate: JIT, caches and connection pools settle first
-        for frac, measured in [(min(args.fractions), False)] + [(f, True) for f in args.fractions]:
-            rate = frac * results["bridge_max"]
-            n = max(200, int(rate * args.seconds))
-            # the paced producer runs in its own process: in this one it would fight the reader thread
-            # for the GIL, and the reader's receive times (the end of each latency) would wait for it
-            paced = subprocess.run([sys.executable, __file__, "--pace", bootstrap, names["in"], str(rate), str(n)],
-                                   capture_output=True, text=True, timeout=args.timeout)
-            if paced.returncode != 0:
-                raise RuntimeError(f"paced producer failed: {paced.stderr.strip()[-500:]}")
-            achieved = float(paced.stdout.split()[-1])
-            wait_for(out, seen + n, args.timeout)
-            from fraud.contract import ScoreEvent
-
-            lat = [recv - ScoreEvent.from_json(v).source_timestamp_ms for recv, _, v in out[seen:seen + n]]
-            seen += n
-            if not measured:
-                continue
-            latencies[frac] = (rate, achieved, percentile(lat, 50), percentile(lat, 99))
-            print(f"  [{client}] offered {rate:,.0f}/s ({frac:.2f} x max), achieved {achieved:,.0f}/s: "
-                  f"latency p50 {latencies[frac][2]:.1f} ms, p99 {latencies[frac][3]:.1f} ms", flush=True)
-        results["breakdown"] = breakdown(metrics_port)
-        print(f"  [{client}] where a batch's time goes (means over the latency stages): {results['breakdown']}",
-              flush=True)
-    results["latency"] = latencies
-    return results
-
-
-def breakdown(port: int) -> str:
-    """Mean batch size and mean seconds per stage from the bridge's own Prometheus histograms."""
-    import urllib.request
-
+def metrics_text(port: int) -> dict[str, float]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
         text = resp.read().decode()
-    values: dict[str, float] = {}
+    out: dict[str, float] = {}
     for line in text.splitlines():
-        if line.startswith("fraud_bridge_") and ("_sum " in line or "_count " in line):
-            name, value = line.split(" ")
-            values[name] = float(value)
-    out = []
-    for metric, label, scale in (("batch_size", "batch", 1), ("predict_batch_size", "predict batch", 1),
-                                 ("batch_process_seconds", "process ms", 1000), ("predict_seconds", "predict ms", 1000),
-                                 ("batch_deliver_seconds", "deliver ms", 1000)):
-        count = values.get(f"fraud_bridge_{metric}_count", 0)
-        if count:
-            out.append(f"{label} {values[f'fraud_bridge_{metric}_sum'] / count * scale:.1f}")
-    return ", ".join(out)
+        for prefix in ("fraud_bridge_", "fraud_stream_"):  # the bridge's and the passthrough's namespace
+            if line.startswith(prefix):
+                name, _, value = line[len(prefix):].rpartition(" ")
+                try:
+                    out[name] = float(value)
+                except ValueError:
+                    pass
+    return out
+
+
+def _total(metrics: dict[str, float], name: str) -> float:
+    return sum(v for k, v in metrics.items() if k == name or k.startswith(name + "{"))
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, bootstrap: str, logs: Path) -> None:
+        self.args = args
+        self.bootstrap = bootstrap
+        self.logs = logs  # the workers' logs and traces, kept
+        self.kafka = KafkaClientConfig(bootstrap_servers=(bootstrap,), client_id="bench")
+        self.results: dict[str, dict] = {}
+        self._n = 0
+
+    def topics(self, stage: str) -> dict[str, str]:
+        self._n += 1
+        safe = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in stage)
+        base = f"bench_bridge.{self._n:02d}.{safe}.{int(time.time())}"
+        names = {"in": base + ".in", "out": base + ".out", "dlq": base + ".dlq"}
+        ensure_topics(self.kafka, [TopicSpec(names["in"], PARTITIONS), TopicSpec(names["out"], PARTITIONS),
+                                   TopicSpec(names["dlq"], 1), TopicSpec(names["in"] + ".warmup", 1)])
+        return names
+
+    def env(self, names: dict[str, str], *, client: str, delivery: str, server_port: int,
+            **extra: str) -> dict[str, str]:
+        a = self.args
+        env = {
+            "FRAUD_KAFKA_BOOTSTRAP": self.bootstrap,
+            "FRAUD_BRIDGE_INPUT_TOPIC": names["in"], "FRAUD_BRIDGE_OUTPUT_TOPIC": names["out"],
+            "FRAUD_BRIDGE_DLQ_TOPIC": names["dlq"], "FRAUD_BRIDGE_SERVER": f"127.0.0.1:{server_port}",
+            "FRAUD_BRIDGE_GROUP_ID": names["in"] + ".g", "FRAUD_BRIDGE_INSTANCE_ID": f"bench-{self._n}",
+            "FRAUD_BRIDGE_KAFKA_CLIENT": client, "FRAUD_BRIDGE_DELIVERY": delivery,
+            "FRAUD_BRIDGE_COMMIT_INTERVAL_MS": str(a.commit_interval_ms),
+            "FRAUD_BRIDGE_HTTP_PORT": "-1", "FRAUD_BRIDGE_LOG_LEVEL": "WARNING",
+        }
+        if a.batch_max_size:
+            env["FRAUD_BRIDGE_BATCH_MAX_SIZE"] = str(a.batch_max_size)
+        env.update(extra)
+        return env
+
+    # -- throughput ---------------------------------------------------------------------------
+
+    def throughput(self, label: str, kind: str, *, client: str, delivery: str, server_port: int,
+                   server_pid: int | None, profile: Path | None = None) -> dict:
+        from fraud.embedded.process import free_port
+
+        a = self.args
+        names = self.topics(label)
+        rng = np.random.default_rng(1)
+        events = [_event(i, rng) for i in range(a.events)]
+        fill(self.bootstrap, names["in"], events)
+        port = free_port()
+        env = self.env(names, client=client, delivery=delivery, server_port=server_port,
+                       FRAUD_BRIDGE_HTTP_PORT=str(port))
+        reader = Reader(self.bootstrap, names["out"])
+        first_t: list[float] = []
+        # the CPU window starts once the first outputs are out (start-up, imports and the group join excluded)
+        start_at = max(1, a.events // 20)
+        started = reader.mark_at(start_at, first_t)
+        try:
+            with worker(kind, env, self.logs / f"{names['in']}.log") as proc:
+                if not started.wait(a.timeout):
+                    raise RuntimeError(f"{label}: no output after {a.timeout:.0f} s (log {self.logs / names['in']}.log)")
+                cpu0 = proc_cpu(proc.pid)
+                srv0 = proc_cpu(server_pid) if server_pid else None
+                m0 = metrics_text(port)
+                spy = None
+                if profile is not None:
+                    spy = subprocess.Popen(["py-spy", "record", "--pid", str(proc.pid), "--rate", "250",
+                                            "--output", str(profile), "--format", "flamegraph", "--nonblocking"],
+                                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                end_at = a.events - max(1, a.events // 50)
+                reader.wait_for(end_at, a.timeout)
+                cpu1 = proc_cpu(proc.pid)
+                srv1 = proc_cpu(server_pid) if server_pid else None
+                m1 = metrics_text(port)
+                if spy is not None:
+                    spy.send_signal(2)  # SIGINT: py-spy writes the flame graph and exits
+                    _, err = spy.communicate(timeout=120)
+                    if spy.returncode not in (0, -2) or not profile.exists():  # type: ignore[union-attr]
+                        echo(f"  py-spy failed: {err.decode(errors='replace').strip()[-300:]}")
+                reader.wait_for(len(events), a.timeout)
+        finally:
+            reader.close()
+        out = reader.out
+        ts = sorted(t for _, _, _, t in out)
+        rate = (len(ts) - 1) / max(1e-3, (ts[-1] - ts[0]) / 1000.0)
+        # per event of what the worker itself consumed in the CPU window (the reader's count lags under
+        # exactly-once, where outputs become visible a transaction at a time)
+        window = _total(m1, "records_consumed_total") - _total(m0, "records_consumed_total")
+        res = {"label": label, "rate": rate, "cpu_us": (cpu1 - cpu0) / window * 1e6}
+        if srv0 is not None and srv1 is not None:
+            res["server_cpu_us"] = (srv1 - srv0) / window * 1e6
+        if kind == "bridge":
+            res["own_cpu_us"] = (_total(m1, "bridge_cpu_seconds_total") - _total(m0, "bridge_cpu_seconds_total")) \
+                / window * 1e6
+        batches = _total(m1, "batch_size_count") - _total(m0, "batch_size_count")
+        res["batch"] = window / batches if batches else float("nan")
+        extra = "".join(f", {k.replace('_cpu_us', '')} CPU {res[k]:.1f} us/event" for k in ("own_cpu_us", "server_cpu_us")
+                        if k in res)
+        echo(f"  {label}: {rate:,.0f} events/s, process CPU {res['cpu_us']:.1f} us/event{extra}"
+              + (f", mean batch {res['batch']:.0f}" if "batch" in res else ""))
+        self.results[label] = res
+        return res
+
+    # -- latency ------------------------------------------------------------------------------
+
+    def latency(self, label: str, *, client: str, delivery: str, server_port: int, rates: Sequence[float]) -> dict:
+        a = self.args
+        names = self.topics(label)
+        trace = self.logs / f"{names['in']}.trace.jsonl"
+        env = self.env(names, client=client, delivery=delivery, server_port=server_port,
+                       FRAUD_BRIDGE_TRACE_FILE=str(trace))
+        out_reader = Reader(self.bootstrap, names["out"])
+        in_reader = Reader(self.bootstrap, names["in"])
+        rows: dict[float, dict] = {}
+        try:
+            with worker("bridge", env, self.logs / f"{names['in']}.log"):
+                rng = np.random.default_rng(3)
+                warm = [_event(i, rng, prefix="warm") for i in range(300)]
+                fill(self.bootstrap, names["in"], warm)  # start-up, assignment and first Predicts out of the way
+                out_reader.wait_for(len(warm), a.timeout)
+                seen_out, seen_in = len(out_reader.out), len(in_reader.out)
+                # an unmeasured first stage: caches, pools and the JIT of the broker settle
+                for k, (rate, measured) in enumerate([(min(rates), False)] + [(r, True) for r in rates]):
+                    n = max(300, int(rate * a.seconds))
+                    prefix = f"s{k:02d}"
+                    paced = subprocess.run([sys.executable, __file__, "--pace", self.bootstrap, names["in"], str(rate),
+                                            str(n), prefix], capture_output=True, text=True, timeout=a.timeout)
+                    if paced.returncode != 0:
+                        raise RuntimeError(f"paced producer failed: {paced.stderr.strip()[-500:]}")
+                    achieved = float(paced.stdout.split()[-1])
+                    out_reader.wait_for(seen_out + n, a.timeout)
+                    in_reader.wait_for(seen_in + n, a.timeout)
+                    outs = out_reader.out[seen_out:seen_out + n]
+                    ins = in_reader.out[seen_in:seen_in + n]
+                    seen_out += n
+                    seen_in += n
+                    if not measured:
+                        continue
+                    rows[rate] = self._budget(outs, ins, trace, rate, achieved)
+        finally:
+            out_reader.close()
+            in_reader.close()
+        self.results[label] = {"rows": rows}
+        return rows
+
+    def _budget(self, outs: list, ins: list, trace: Path, rate: float, achieved: float) -> dict:
+        stamps: dict[bytes, tuple[float, float, float | None, float]] = {}
+        for line in trace.read_bytes().splitlines():
+            t = orjson.loads(line)
+            entry = (t["polled"] * 1000, t["sent"] * 1000, (t["answered"] or t["emitted"]) * 1000, t["emitted"] * 1000)
+            for key in t["keys"]:
+                stamps[key.encode()] = entry
+        total, parts = [], {s: [] for s in STAGES}
+        for recv, key, value, _ in outs:
+            src = orjson.loads(value)["source_timestamp_ms"]
+            total.append(recv - src)
+            st = stamps.get(key)
+            if st is None:
+                continue
+            polled, sent, answered, emitted = st
+            for name, v in zip(STAGES, (polled - src, sent - polled, answered - sent, emitted - answered,
+                                        recv - emitted), strict=True):
+                parts[name].append(v)
+        floor = [recv - ts for recv, _, _, ts in ins]
+        row = {"rate": rate, "achieved": achieved, "p50": pct(total, 50), "p99": pct(total, 99),
+               "floor_p50": pct(floor, 50), "floor_p99": pct(floor, 99),
+               "stages": {s: (pct(v, 50), pct(v, 99)) for s, v in parts.items()}}
+        # where the slowest 1% spend their time: mean of each stage over events at or above the p99
+        cut = row["p99"]
+        tail = [i for i, v in enumerate(total) if v >= cut]
+        if parts["kafka_in"] and len(parts["kafka_in"]) == len(total):
+            row["tail"] = {s: float(np.mean([parts[s][i] for i in tail])) for s in STAGES}
+        return row
+
+
+def print_latency(label: str, rows: dict[float, dict]) -> None:
+    echo(f"  {label}: latency produce -> score visible, ms (floor: bare produce -> consume, same broker, same moment)")
+    echo(f"    {'offered/s':>9} {'achieved':>9} {'p50':>7} {'p99':>7} {'floor p50':>9} {'floor p99':>9}   "
+          + "  ".join(f"{s + ' p50/p99':>18}" for s in STAGES))
+    for rate, r in rows.items():
+        stages = "  ".join(f"{r['stages'][s][0]:>8.1f}/{r['stages'][s][1]:<9.1f}" for s in STAGES)
+        echo(f"    {rate:>9,.0f} {r['achieved']:>9,.0f} {r['p50']:>7.1f} {r['p99']:>7.1f} {r['floor_p50']:>9.1f} "
+              f"{r['floor_p99']:>9.1f}   {stages}")
+        if "tail" in r:
+            echo(f"    {'':>9} slowest 1%, mean ms per stage: "
+                  + ", ".join(f"{s} {r['tail'][s]:.1f}" for s in STAGES))
+
+
+def serve(model_base: Path, logs: Path, name: str, stack: contextlib.ExitStack) -> tuple[int, int]:
+    from fraud.embedded.process import free_port, tcp_accepts
+
+    port = free_port()
+    log = open(logs / f"server-{name}.log", "ab")  # noqa: SIM115
+    server = subprocess.Popen([sys.executable, "-m", "serving", f"--port={port}", "--rest_api_port=0",
+                               "--model_name=fraud", f"--model_base_path={model_base}"], stdout=log,
+                              stderr=subprocess.STDOUT)
+    stack.callback(lambda: (server.terminate(), server.wait(30)))
+    deadline = time.monotonic() + 300
+    while not tcp_accepts("127.0.0.1", port):
+        if time.monotonic() > deadline or server.poll() is not None:
+            raise RuntimeError(f"model server {name} did not start (log {logs / f'server-{name}.log'})")
+        time.sleep(0.2)
+    # ready when the model answers its metadata (loaded), not when the port accepts
+    from kafka_bridge.predict import PredictClient
+
+    client = PredictClient(f"127.0.0.1:{port}", model_name="fraud")
+    while True:
+        try:
+            signature = client.choose_signature()
+            break
+        except Exception:  # noqa: BLE001
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    client.close()
+    echo(f"model server {name}: 127.0.0.1:{port}, {model_base}, the bridge sends to {signature}")
+    return port, server.pid
+
+
+def model_base_of(path: Path) -> Path:
+    """A model base path (numbered versions) for `path`: itself, or a temporary base around one version dir."""
+    if (path / "saved_model.pb").is_file():
+        base = Path(tempfile.mkdtemp(prefix="bench-bridge-model-"))
+        (base / "1").symlink_to(path.resolve(), target_is_directory=True)
+        return base
+    if not path.is_dir() or not any(p.name.isdigit() for p in path.iterdir()):
+        from fraud.errors import FraudError
+
+        raise FraudError(f"--model-dir {path}: neither a SavedModel nor a base path of numbered versions")
+    return path
+
+
+def goal_lines(b: Bench, args: argparse.Namespace, client: str) -> list[str]:
+    r = b.results
+    lines = []
+
+    def line(ok: bool, text: str) -> None:
+        lines.append(f"  [{'met' if ok else 'MISSED'}] {text}")
+
+    pt, alo, eos = r.get(f"{client} passthrough"), r.get(f"{client} bridge at-least-once"), \
+        r.get(f"{client} bridge exactly-once")
+    if pt and alo:
+        ratio = alo["rate"] / pt["rate"]
+        line(ratio >= 0.7, f"bridge / passthrough (at-least-once) >= 0.7: {alo['rate']:,.0f} / {pt['rate']:,.0f} "
+                           f"events/s = {ratio:.2f}")
+    lat = r.get(f"{client} latency at-least-once", {}).get("rows", {})
+    if alo and lat:
+        for frac in (0.5, 0.25):
+            rate = frac * alo["rate"]
+            row = lat.get(rate)
+            if row:
+                line(row["p50"] <= 10 and row["p99"] <= 50,
+                     f"latency at {frac:g} x max ({rate:,.0f}/s) p50 <= 10 ms, p99 <= 50 ms: p50 {row['p50']:.1f}, "
+                     f"p99 {row['p99']:.1f} ms (floor p50 {row['floor_p50']:.1f}, p99 {row['floor_p99']:.1f})")
+    if alo and eos:
+        ratio = eos["rate"] / alo["rate"]
+        line(ratio >= 0.9, f"exactly-once / at-least-once throughput >= 0.9: {eos['rate']:,.0f} / {alo['rate']:,.0f} "
+                           f"= {ratio:.2f}")
+    elat = r.get(f"{client} latency exactly-once", {}).get("rows", {})
+    if elat:
+        bound = args.commit_interval_ms + 50
+        worst = max(elat.values(), key=lambda row: row["p99"])
+        line(worst["p99"] <= bound, f"exactly-once p99 <= commit interval + 50 ms = {bound} ms at every rate: worst "
+                                    f"{worst['p99']:.1f} ms at {worst['rate']:,.0f}/s")
+    if alo and "own_cpu_us" in alo:
+        line(alo["own_cpu_us"] <= 15, f"bridge CPU (its own work: decode, validate, encode) <= 15 us/event: "
+                                      f"{alo['own_cpu_us']:.1f} us (whole bridge process {alo['cpu_us']:.1f} us, of "
+                                      f"which the Kafka client ~ the passthrough's {pt['cpu_us'] if pt else float('nan'):.1f} us)")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--pace", nargs=4, metavar=("BOOTSTRAP", "TOPIC", "RATE", "N"), help=argparse.SUPPRESS)
-    parser.add_argument("--clients", nargs="+", default=["kafka-python", "confluent-kafka"])
-    parser.add_argument("--delivery", default="at_least_once", choices=["at_least_once", "exactly_once"])
-    parser.add_argument("--events", type=int, default=20_000, help="events per throughput stage")
-    parser.add_argument("--fractions", type=float, nargs="+", default=[0.25, 0.5, 0.75])
-    parser.add_argument("--seconds", type=float, default=8.0, help="length of each offered-rate stage")
-    parser.add_argument("--batch-max-size", type=int, default=256)
-    parser.add_argument("--batch-max-wait-ms", type=int, default=5)
+    parser.add_argument("--pace", nargs=5, metavar=("BOOTSTRAP", "TOPIC", "RATE", "N", "PREFIX"), help=argparse.SUPPRESS)
+    parser.add_argument("--model-dir", type=Path, help="serve this model (a pushed base path of numbered versions, "
+                        "or one version) instead of the shipped one")
+    parser.add_argument("--clients", nargs="+", default=["confluent-kafka"], choices=["confluent-kafka", "kafka-python"])
+    parser.add_argument("--events", type=int, default=60_000, help="events per throughput stage")
+    parser.add_argument("--rates", type=float, nargs="+", default=[200, 1000, 4000],
+                        help="fixed offered rates (events/s), besides --fractions of the maximum")
+    parser.add_argument("--fractions", type=float, nargs="+", default=[0.25, 0.5])
+    parser.add_argument("--seconds", type=float, default=6.0, help="length of each offered-rate stage")
+    parser.add_argument("--commit-interval-ms", type=int, default=100)
+    parser.add_argument("--batch-max-size", type=int, default=0, help="0: the bridge's default")
+    parser.add_argument("--no-toy", action="store_true", help="skip the toy-model row")
+    parser.add_argument("--profile", nargs="?", const="var/bench/bridge-profile.svg", type=Path,
+                        help="write a py-spy flame graph of the bridge under load (default %(const)s)")
+    parser.add_argument("--quick", action="store_true", help="fewer events and shorter stages (a smoke run)")
     parser.add_argument("--timeout", type=float, default=300.0)
+    parser.add_argument("-v", "--verbose", action="store_true", help="library output on the terminal, not in the log")
     args = parser.parse_args(argv)
     if args.worker:
         return passthrough_worker()
     if args.pace:
-        bootstrap, topic, rate, n = args.pace
-        print(f"achieved {pace(bootstrap, topic, float(rate), int(n)):.1f}")
+        bootstrap, topic, rate, n, prefix = args.pace
+        print(f"achieved {pace(bootstrap, topic, float(rate), int(n), prefix):.1f}")
         return 0
+    if args.quick:
+        args.events, args.seconds = min(args.events, 15_000), min(args.seconds, 3.0)
+    if args.profile is not None and shutil.which("py-spy") is None and not Path(sys.executable).with_name("py-spy").exists():
+        parser.error("--profile needs py-spy (pinned in requirements.lock: make setup)")
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    from fraud.console import quiet_output, timestamped_log
+    from fraud.paths import load_paths
 
-    bench_example_encoding()
+    run_dir = load_paths().home / "bench" / time.strftime("bridge-%Y%m%d-%H%M%S")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log = timestamped_log(run_dir, "bench-bridge")
+    with quiet_output(log, verbose=args.verbose) as console:
+        _console.append(console)
+        try:
+            return _run(args, run_dir)
+        finally:
+            _console.clear()
+            if not args.verbose:
+                console.echo(f"library output: {log}; workers' logs and traces: {run_dir}")
+
+
+def _run(args: argparse.Namespace, run_dir: Path) -> int:
     with contextlib.ExitStack() as stack:
-        from fraud.embedded.process import free_port
         from fraud.embedded.testing import temporary_broker
-        from serving.testing import save_examples_model
 
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-bridge-")))
+        if args.model_dir is not None:
+            model, model_label = model_base_of(args.model_dir), f"--model-dir {args.model_dir}"
+        else:
+            sys.path.insert(0, str(Path(__file__).resolve().parent))
+            from shipped_model import shipped_model_base
+
+            model, model_label = shipped_model_base(), "the shipped model (pipeline on the shipped sample)"
         # full JIT and a production-like heap (the test fixture's broker is tuned to start fast instead)
         bootstrap = stack.enter_context(temporary_broker(tmp / "kafka", heap="1g", jvm_opts=())).bootstrap
-        save_examples_model(tmp / "models" / "fraud", 1)
-        port = free_port()
-        server_log = open(tmp / "server.log", "ab")  # noqa: SIM115
-        server = subprocess.Popen([sys.executable, "-m", "serving", f"--port={port}", "--rest_api_port=0",
-                                   "--model_name=fraud", f"--model_base_path={tmp / 'models' / 'fraud'}"],
-                                  stdout=server_log, stderr=subprocess.STDOUT)
-        stack.callback(lambda: (server.terminate(), server.wait(30)))
-        from fraud.embedded.process import tcp_accepts
-
-        deadline = time.monotonic() + 120
-        while not tcp_accepts("127.0.0.1", port) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        print(f"broker {bootstrap}, model server 127.0.0.1:{port}, delivery {args.delivery}, "
-              f"{args.events:,} events per throughput stage, batch <= {args.batch_max_size}, "
-              f"wait <= {args.batch_max_wait_ms} ms", flush=True)
-        all_results = []
+        port, server_pid = serve(model, run_dir, "model", stack)
+        toy_port = None
+        if not args.no_toy:
+            subprocess.run([sys.executable, "-c", "import sys; from serving.testing import save_examples_model; "
+                            "save_examples_model(sys.argv[1], 1, features_signature=True)", str(tmp / "toy" / "fraud")],
+                           check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            toy_port, _ = serve(tmp / "toy" / "fraud", run_dir, "toy", stack)
+        echo(f"broker {bootstrap}; model: {model_label}; {args.events:,} events per throughput stage; commit "
+             f"interval {args.commit_interval_ms} ms; load average {os.getloadavg()[0]:.1f}")
+        b = Bench(args, bootstrap, run_dir)
         for client in args.clients:
             try:
-                all_results.append(run_client(client, args, bootstrap, port, tmp))
+                b.throughput(f"{client} passthrough", "passthrough", client=client, delivery="at_least_once",
+                             server_port=port, server_pid=None)
+                profile = args.profile if client == "confluent-kafka" else None
+                if profile is not None:
+                    profile.parent.mkdir(parents=True, exist_ok=True)
+                alo = b.throughput(f"{client} bridge at-least-once", "bridge", client=client, delivery="at_least_once",
+                                   server_port=port, server_pid=server_pid, profile=profile)
+                b.throughput(f"{client} bridge exactly-once", "bridge", client=client, delivery="exactly_once",
+                             server_port=port, server_pid=server_pid)
+                if toy_port is not None:
+                    b.throughput(f"{client} bridge at-least-once, toy model (serving.testing)", "bridge", client=client,
+                                 delivery="at_least_once", server_port=toy_port, server_pid=None)
+                rates = sorted(set(args.rates) | {f * alo["rate"] for f in args.fractions})
+                for delivery in ("at-least-once", "exactly-once"):
+                    label = f"{client} latency {delivery}"
+                    rows = b.latency(label, client=client, delivery=delivery.replace("-", "_"), server_port=port,
+                                     rates=rates)
+                    print_latency(label, rows)
             except RuntimeError as exc:  # e.g. a client that stalls: report it, go on with the next one
-                print(f"  [{client}] FAILED: {exc} (worker logs in {tmp} were removed; rerun to inspect)",
-                      flush=True)
-
-    print("\nsummary (ratios against the passthrough of the same client, same run)")
-    for r in all_results:
-        ratio = r["bridge_max"] / r["passthrough"]
-        half = r["latency"].get(0.5)
-        print(f"  {r['client']:>15}: passthrough {r['passthrough']:,.0f}/s, bridge {r['bridge_max']:,.0f}/s = "
-              f"{ratio:.2f}x passthrough (goal >= 0.70: {'met' if ratio >= 0.7 else 'NOT met'})"
-              + (f"; p99 at half max {half[3]:.1f} ms (goal <= 50: {'met' if half[3] <= 50 else 'NOT met'})"
-                 if half else ""))
-    if len(all_results) == 2 and all(r.get("latency") for r in all_results):
-        a, b = all_results
-        print(f"  {b['client']} / {a['client']}: passthrough {b['passthrough'] / a['passthrough']:.2f}x, "
-              f"bridge {b['bridge_max'] / a['bridge_max']:.2f}x")
+                echo(f"  [{client}] FAILED: {exc}")
+            echo(f"\ngoals (issue 13), {client}, one run, load average {os.getloadavg()[0]:.1f}:")
+            for text in goal_lines(b, args, client):
+                echo(text)
+        if args.profile is not None and args.profile.exists():
+            echo(f"\nflame graph of the bridge (at-least-once, under full load): {args.profile}")
     return 0
 
 

@@ -5,7 +5,10 @@ without importing TensorFlow or the generated `*_pb2` classes.
 - TensorProto <-> numpy, with TensorFlow's semantics (`Tensor::FromProto`, `AsProtoField`,
   `AsProtoTensorContent`);
 - ModelSpec, tf.Example (general, and `ExampleEncoder` for the 30 raw features at a fixed layout);
-- the client side of Predict: `encode_predict_request`, `decode_predict_response`. The server side
+- the client side of Predict: `encode_predict_request`, `decode_predict_response`; for the bridge's
+  batches `encode_float_matrix` (float32 [N, 30] as `tensor_content`), `ExampleBatchEncoder` (N raw
+  tf.Examples written as one byte matrix), `encode_predict_request_inputs`, and the model's signatures
+  from GetModelMetadata (`encode_metadata_request`, `decode_model_metadata`). The server side
   (request decoders with TF Serving's error statuses, response encoders) is serving.wire, built on this.
 
 Why hand-written: importing tensorflow_serving.apis imports all of TensorFlow (seconds of start-up and
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -634,3 +638,165 @@ def decode_predict_response(data: bytes) -> tuple[str, int | None, dict[str, np.
         elif field == 2:
             name, version, _, _ = decode_model_spec(data, a, b)
     return name, version, outputs
+
+
+# ---------------------------------------------------------------------------------------------
+# Batches for the bridge: whole Predict requests from a feature matrix, and the model's metadata
+
+
+def encode_predict_request_inputs(inputs: Mapping[str, bytes], *, model_name: str, signature_name: str,
+                                  version: int | None = None, version_label: str | None = None) -> bytes:
+    """A PredictRequest from already encoded TensorProtos, input key -> TensorProto bytes."""
+    spec = encode_model_spec(model_name, version, signature_name, version_label)
+    parts = [len_field(1, spec)]
+    for key, tensor in inputs.items():
+        parts.append(len_field(2, len_field(1, key.encode("utf-8")) + len_field(2, tensor)))
+    return b"".join(parts)
+
+
+def encode_float_matrix(matrix: np.ndarray) -> bytes:
+    """A DT_FLOAT TensorProto of a 2-D matrix, its values as one little-endian `tensor_content` block (what
+    `tf.make_tensor_proto` writes; the server reads it without a per-value loop)."""
+    matrix = np.asarray(matrix)
+    if matrix.ndim != 2:
+        raise ValueError(f"expected a 2-D matrix, got shape {matrix.shape}")
+    data = np.ascontiguousarray(matrix, dtype="<f4").tobytes()
+    head = b"\x08" + encode_varint(dtypes.DT_FLOAT) + len_field(2, _shape_proto(matrix.shape))
+    return head + len_field(4, data) if data else head
+
+
+class ExampleBatchEncoder:
+    """`ExampleEncoder`'s fixed layout, a batch at a time: the 30 features of N rows as N tf.Examples, written
+    into one byte matrix (every example has the same length; only the float32 slots differ).
+
+    `tensor(matrix)` is the DT_STRING TensorProto of the N serialized examples (string_val, as TF Serving
+    requires for strings), `examples(matrix)` the N examples as bytes."""
+
+    def __init__(self, names: Sequence[str] = FEATURE_NAMES) -> None:
+        single = ExampleEncoder(names)
+        self.names = single.names
+        self.size = single.size
+        probe = single.encode([float(i + 1) for i in range(len(self.names))])
+        slots = [probe.index(struct.pack("<f", float(i + 1))) for i in range(len(self.names))]
+        template = np.frombuffer(single.encode([0.0] * len(self.names)), dtype=np.uint8)
+        #: string_val entry of one example: tag (field 8, length-delimited), length, example bytes
+        self._entry_prefix = b"\x42" + encode_varint(self.size)
+        prefix = len(self._entry_prefix)
+        self._row = np.concatenate([np.frombuffer(self._entry_prefix, dtype=np.uint8), template])
+        # byte column of each float32 slot inside one string_val entry
+        self._columns = np.array([[prefix + s + k for k in range(4)] for s in slots], dtype=np.intp).ravel()
+
+    def _entries(self, matrix: np.ndarray) -> np.ndarray:
+        matrix = np.ascontiguousarray(matrix, dtype="<f4")
+        if matrix.ndim != 2 or matrix.shape[1] != len(self.names):
+            raise ValueError(f"expected a matrix of shape [N, {len(self.names)}], got {matrix.shape}")
+        out = np.tile(self._row, (matrix.shape[0], 1))
+        if matrix.shape[0]:
+            out[:, self._columns] = matrix.view(np.uint8).reshape(matrix.shape[0], -1)
+        return out
+
+    def tensor(self, matrix: np.ndarray) -> bytes:
+        entries = self._entries(matrix)
+        head = b"\x08" + encode_varint(dtypes.DT_STRING) + len_field(2, _shape_proto((entries.shape[0],)))
+        return head + entries.tobytes()
+
+    def examples(self, matrix: np.ndarray) -> list[bytes]:
+        prefix = len(self._entry_prefix)
+        return [row[prefix:].tobytes() for row in self._entries(matrix)]
+
+
+def encode_metadata_request(model_name: str, *, version: int | None = None, version_label: str | None = None,
+                            fields: Sequence[str] = ("signature_def",)) -> bytes:
+    """A GetModelMetadataRequest (TF Serving supports the one metadata field "signature_def")."""
+    out = len_field(1, encode_model_spec(model_name, version, None, version_label))
+    for f in fields:
+        out += len_field(2, f.encode("utf-8"))
+    return out
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """A signature's input or output: its dtype (fraud.dtypes) and shape (-1: any size; None: unknown rank)."""
+
+    dtype: int
+    shape: tuple[int, ...] | None
+
+
+@dataclass(frozen=True)
+class SignatureInfo:
+    method_name: str
+    inputs: Mapping[str, TensorInfo]
+    outputs: Mapping[str, TensorInfo]
+
+
+def _decode_tensor_info(buf: bytes, pos: int, end: int) -> TensorInfo:
+    dtype = 0
+    shape: tuple[int, ...] | None = None
+    for field, wire_type, a, b in iter_fields(buf, pos, end):
+        if field == 2 and wire_type == 0:
+            dtype = a
+        elif field == 3 and wire_type == 2:
+            dims, unknown_rank = _decode_shape(buf, a, b)
+            shape = None if unknown_rank else tuple(dims)
+    return TensorInfo(dtype, shape)
+
+
+def _decode_tensor_info_map(buf: bytes, pos: int, end: int, out: dict[str, TensorInfo]) -> None:
+    key, info = "", TensorInfo(0, None)
+    for field, wire_type, a, b in iter_fields(buf, pos, end):
+        if field == 1 and wire_type == 2:
+            key = text(buf, a, b, "signature input/output key")
+        elif field == 2 and wire_type == 2:
+            info = _decode_tensor_info(buf, a, b)
+    out[key] = info
+
+
+def _decode_signature_def(buf: bytes, pos: int, end: int) -> SignatureInfo:
+    inputs: dict[str, TensorInfo] = {}
+    outputs: dict[str, TensorInfo] = {}
+    method = ""
+    for field, wire_type, a, b in iter_fields(buf, pos, end):
+        if wire_type != 2:
+            continue
+        if field == 1:
+            _decode_tensor_info_map(buf, a, b, inputs)
+        elif field == 2:
+            _decode_tensor_info_map(buf, a, b, outputs)
+        elif field == 3:
+            method = text(buf, a, b, "method_name")
+    return SignatureInfo(method, inputs, outputs)
+
+
+def decode_model_metadata(data: bytes) -> tuple[str, int | None, dict[str, SignatureInfo]]:
+    """(model name, version, signature name -> SignatureInfo) of a serialized GetModelMetadataResponse whose
+    "signature_def" entry is a packed `tensorflow.serving.SignatureDefMap`."""
+    name, version = "", None
+    signatures: dict[str, SignatureInfo] = {}
+    for field, wire_type, a, b in iter_fields(data, 0, len(data)):
+        if wire_type != 2:
+            continue
+        if field == 1:
+            name, version, _, _ = decode_model_spec(data, a, b)
+        elif field == 2:  # map<string, google.protobuf.Any> entry
+            key, value = "", None
+            for f2, wt2, a2, b2 in iter_fields(data, a, b):
+                if f2 == 1 and wt2 == 2:
+                    key = text(data, a2, b2, "metadata key")
+                elif f2 == 2 and wt2 == 2:
+                    for f3, wt3, a3, b3 in iter_fields(data, a2, b2):  # Any {1: type_url, 2: value}
+                        if f3 == 2 and wt3 == 2:
+                            value = (a3, b3)
+            if key != "signature_def" or value is None:
+                continue
+            for f4, wt4, a4, b4 in iter_fields(data, *value):  # SignatureDefMap {1: map<string, SignatureDef>}
+                if f4 != 1 or wt4 != 2:
+                    continue
+                sig_name, sig = "", None
+                for f5, wt5, a5, b5 in iter_fields(data, a4, b4):
+                    if f5 == 1 and wt5 == 2:
+                        sig_name = text(data, a5, b5, "signature name")
+                    elif f5 == 2 and wt5 == 2:
+                        sig = _decode_signature_def(data, a5, b5)
+                if sig is not None:
+                    signatures[sig_name] = sig
+    return name, version, signatures

@@ -19,11 +19,12 @@ log = logging.getLogger("kafka_bridge")
 def build(config: BridgeConfig) -> tuple[StreamProcessor, PredictClient]:
     metrics = PrometheusMetrics("fraud_bridge", STREAM_METRICS + BRIDGE_METRICS)
     client = PredictClient(config.server, model_name=config.model_name, signature_name=config.signature_name,
-                           input_key=config.input_key, version=config.model_version,
+                           model_input=config.model_input, version=config.model_version,
                            version_label=config.model_version_label, deadline_s=config.grpc_deadline_ms / 1000.0,
                            tls=config.grpc_tls)
-    scorer = Scorer(client.predict, output_topic=config.output_topic, metrics=metrics, model_name=config.model_name,
-                    explain_top_k=config.explain_top_k)
+    scorer = Scorer(client.start, output_topic=config.output_topic, metrics=metrics, model_name=config.model_name,
+                    explain_top_k=config.explain_top_k, on_invalid_model=client.invalidate,
+                    trace_file=config.trace_file)
     return StreamProcessor(config.stream, scorer, metrics=metrics), client
 
 

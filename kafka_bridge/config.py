@@ -16,14 +16,17 @@ from pathlib import Path
 from fraud import topics
 from fraud.errors import FraudError
 from fraud.kafka_config import KafkaClientConfig, parse_bootstrap
-from fraud.signature import INPUT_EXAMPLES, SIGNATURE_NAME
+from fraud.signature import FEATURES_SIGNATURE_NAME, SIGNATURE_NAME
 from fraud.stream.config import StreamConfig, stream_options
 from fraud.stream.options import Option, add_options, parse_bool, resolve_options
-from kafka_bridge.predict import GrpcTls
+from kafka_bridge.predict import GrpcTls, ModelInput
 
 ENV_PREFIX = "FRAUD_BRIDGE_"
 DEFAULT_GROUP = "fraud-bridge"
 DEFAULT_HTTP_PORT = 9464
+#: Under load the batch is what accumulated while the previous one was scored; this caps it (a Predict of
+#: 512 rows takes a few ms, so a larger cap would add latency at saturation without adding throughput).
+DEFAULT_BATCH_MAX_SIZE = 512
 
 
 def _path(text: str) -> Path:
@@ -38,7 +41,10 @@ BRIDGE_OPTIONS: tuple[Option, ...] = (
     Option("model_name", str, "fraud", "model name in the Predict request"),
     Option("model_version", int, None, "pin a model version (default: the server's latest)", minimum=0),
     Option("model_version_label", str, None, "pin a version label, e.g. stable (instead of a version)"),
-    Option("signature_name", str, SIGNATURE_NAME, "serving signature"),
+    Option("model_input", str, ModelInput.AUTO.value, f"what to send: {FEATURES_SIGNATURE_NAME} (float32 [N, 30] "
+           f"tensor_content), {SIGNATURE_NAME}-style tf.Examples, or auto (the first when the model has it)",
+           choices=[m.value for m in ModelInput]),
+    Option("signature_name", str, SIGNATURE_NAME, "the tf.Example signature (model input examples, or the fallback)"),
     Option("grpc_deadline_ms", int, 5000, "deadline of one Predict call", minimum=1),
     Option("grpc_tls", parse_bool, False, "use TLS to the model server"),
     Option("grpc_ca_file", _path, None, "PEM roots to verify the server (default: system roots)", metavar="PEM"),
@@ -47,12 +53,14 @@ BRIDGE_OPTIONS: tuple[Option, ...] = (
     Option("grpc_server_name", str, None, "name to check in the server certificate"),
     Option("explain_top_k", int, 5, "feature contributions kept in each score's explanation", minimum=0),
     Option("log_level", str, "INFO", "log level", choices=["DEBUG", "INFO", "WARNING", "ERROR"]),
+    Option("trace_file", _path, None, "diagnostics: append one JSON line of stage timestamps per batch (the "
+           "latency budget of bench/bench_bridge.py)", metavar="PATH"),
 )
 
 
 def all_options() -> tuple[Option, ...]:
     return BRIDGE_OPTIONS + stream_options(group_id=DEFAULT_GROUP, http_port=DEFAULT_HTTP_PORT,
-                                           batch_max_size=256, batch_max_wait_ms=5)
+                                           batch_max_size=DEFAULT_BATCH_MAX_SIZE, batch_max_wait_ms=0)
 
 
 @dataclass(frozen=True)
@@ -62,23 +70,22 @@ class BridgeConfig:
     server: str
     model_name: str
     signature_name: str = SIGNATURE_NAME
+    model_input: ModelInput = ModelInput.AUTO
     model_version: int | None = None
     model_version_label: str | None = None
     grpc_deadline_ms: int = 5000
     grpc_tls: GrpcTls | None = None
     explain_top_k: int = 5
     log_level: str = "INFO"
+    trace_file: Path | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "model_input", ModelInput(self.model_input))
         parse_bootstrap(self.server, "model server address")
         if self.model_version is not None and self.model_version_label:
             raise FraudError("model version and model version label are exclusive; give one")
         if self.output_topic in self.stream.input_topics or self.output_topic == self.stream.dlq_topic:
             raise FraudError(f"output topic {self.output_topic} is also the input or dead-letter topic")
-
-    @property
-    def input_key(self) -> str:
-        return INPUT_EXAMPLES
 
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -102,6 +109,7 @@ class BridgeConfig:
         tls = GrpcTls(*tls_files, server_name=values["grpc_server_name"]) if values["grpc_tls"] else None
         return cls(stream=stream, output_topic=values["output_topic"], server=values["server"],
                    model_name=values["model_name"], signature_name=values["signature_name"],
+                   model_input=ModelInput(values["model_input"]), trace_file=values["trace_file"],
                    model_version=values["model_version"], model_version_label=values["model_version_label"],
                    grpc_deadline_ms=values["grpc_deadline_ms"], grpc_tls=tls, explain_top_k=values["explain_top_k"],
                    log_level=values["log_level"])

@@ -1,16 +1,20 @@
-"""The bridge's process function: transaction records in, score events and dead letters out.
+"""The bridge's process function: transaction records in, score events and dead letters out, a batch at a
+time, in two steps so the processor can pipeline batches (fraud.stream.records.StagedProcess):
 
-Per micro-batch: parse and validate each record with fraud.contract (a bad one becomes a dead letter
-with the contract's reason and field), encode the valid ones as raw tf.Examples (features only, never the
-label), score them with one gRPC Predict, and build one ScoreEvent per transaction keyed by its id, with
-the model name and version the server reports in its response.
+`submit(batch)`: decode and validate the whole batch into columns (fraud.columnar: the contract's rules
+applied column-wise; a bad record becomes a dead letter with the contract's reason and field), and send one
+gRPC Predict with the valid rows' 30 raw features as a float32 [N, 30] matrix (never the label), without
+waiting for the answer.
 
-A batch the model refuses (INVALID_ARGUMENT / OUT_OF_RANGE) is split in halves until the refused
-records are alone; each of those becomes a `model_rejected` dead letter and the rest is scored. Before
-dead-lettering, a known-good example is sent: if the model refuses that too, the fault is the bridge's
-configuration or the model, not the record, so the batch is retried instead (nothing is dead-lettered
-for a misconfiguration). Any other failure raises RetriableError: the processor retries the batch and
-commits nothing meanwhile.
+`result()`: wait for the answer and encode one ScoreEvent per transaction in bulk (fraud.columnar.
+encode_score_events), keyed by its id, with the model name and version the server reports in its response.
+
+A batch the model refuses (INVALID_ARGUMENT / OUT_OF_RANGE) is first checked against a known-good example:
+if the model refuses that too, the fault is the bridge's configuration or the model, not the records, so the
+batch is retried instead (nothing is dead-lettered for a misconfiguration, and the model's signatures are
+read again). Otherwise it is split in halves until the refused records are alone; each of those becomes a
+`model_rejected` dead letter and the rest is scored. Any other failure raises RetriableError: the processor
+retries the batch and commits nothing meanwhile.
 """
 
 from __future__ import annotations
@@ -18,9 +22,13 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
+import orjson
 
+from fraud.columnar import TransactionColumns, decode_transactions, encode_score_events
 from fraud.contract import (
     BAD_ENCODING,
     MALFORMED_JSON,
@@ -28,15 +36,12 @@ from fraud.contract import (
     OVERSIZE,
     ContractError,
     DeadLetter,
-    ScoreEvent,
-    TransactionEvent,
 )
 from fraud.features import FEATURE_NAMES
 from fraud.signature import DECISION, FEATURE_CONTRIBUTIONS, RECONSTRUCTION_ERROR, SCORE, THRESHOLD
 from fraud.stream import metrics as sm
 from fraud.stream.metrics import Kind, MetricDef, Metrics
-from fraud.stream.records import Output, ProcessResult, Record, RetriableError
-from fraud.wire import ExampleEncoder
+from fraud.stream.records import Completed, Output, PendingResult, ProcessResult, Record, RetriableError
 from kafka_bridge.predict import ModelRejected, Prediction
 
 COMPONENT = "kafka_bridge"
@@ -46,6 +51,8 @@ MODEL_OUTPUT_INVALID = "model_output_invalid"
 STAGE_CONVERT, STAGE_VALIDATE, STAGE_SCORE = "VALUE_CONVERTER", "TRANSFORMATION", "TASK_PUT"
 _DECODE_REASONS = (MALFORMED_JSON, BAD_ENCODING, OVERSIZE, NOT_AN_OBJECT)
 _CANARY_TTL_S = 60.0
+_N_FEATURES = len(FEATURE_NAMES)
+_FEATURE_NAMES = np.array(FEATURE_NAMES, dtype=object)
 
 PREDICT_SECONDS = MetricDef("predict_seconds", Kind.HISTOGRAM, "gRPC Predict round trip per call",
                             buckets=sm.LATENCY_BUCKETS)
@@ -55,98 +62,141 @@ SCORED = MetricDef("scored_total", Kind.COUNTER, "Transactions scored (score eve
 SCORE_LATENCY = MetricDef("score_latency_seconds", Kind.HISTOGRAM,
                           "Per Predict call: the oldest transaction's record timestamp to its score built",
                           buckets=sm.LATENCY_BUCKETS)
-BRIDGE_METRICS: tuple[MetricDef, ...] = (PREDICT_SECONDS, PREDICT_BATCH, PREDICT_ERRORS, SCORED, SCORE_LATENCY)
+BRIDGE_CPU = MetricDef("bridge_cpu_seconds_total", Kind.COUNTER,
+                       "CPU time of the bridge's own work (decode, validate, encode request, decode response, "
+                       "encode scores), per stage", ("stage",))
+BRIDGE_METRICS: tuple[MetricDef, ...] = (PREDICT_SECONDS, PREDICT_BATCH, PREDICT_ERRORS, SCORED, SCORE_LATENCY,
+                                         BRIDGE_CPU)
 
-PredictFn = Callable[[Sequence[bytes]], Prediction]
+
+class Call(Protocol):
+    """One Predict in flight (kafka_bridge.predict.PredictCall, or a test's fake)."""
+
+    def done(self) -> bool: ...
+
+    def result(self) -> Prediction: ...
+
+    def cancel(self) -> None: ...
+
+
+#: Starts one Predict for a float32 [N, 30] feature matrix.
+StartFn = Callable[[np.ndarray], Call]
 
 
 class Scorer:
-    """Callable process function for fraud.stream.StreamProcessor."""
+    """The bridge's `StagedProcess` for fraud.stream.StreamProcessor (also callable: submit + result)."""
 
-    def __init__(self, predict: PredictFn, *, output_topic: str, metrics: Metrics, model_name: str,
-                 explain_top_k: int = 5, clock: Callable[[], float] = time.monotonic) -> None:
-        self._predict = predict
+    def __init__(self, start: StartFn, *, output_topic: str, metrics: Metrics, model_name: str,
+                 explain_top_k: int = 5, clock: Callable[[], float] = time.monotonic,
+                 on_invalid_model: Callable[[], None] | None = None, trace_file: Path | None = None) -> None:
+        """`start(features)` sends a Predict; `on_invalid_model()` runs when the model refuses a known-good
+        row (the client reads its signatures again); `trace_file` gets one JSON line of stage timestamps per
+        batch (a diagnostic: bench/bench_bridge.py's latency budget)."""
+        self._start = start
         self._topic = output_topic
         self._metrics = metrics
         self._model_name = model_name
-        self._top_k = max(0, min(explain_top_k, len(FEATURE_NAMES)))
+        self._top_k = max(0, min(explain_top_k, _N_FEATURES))
         self._clock = clock
-        self._encoder = ExampleEncoder()
-        self._canary = self._encoder.encode([0.0] * len(FEATURE_NAMES))
+        self._on_invalid_model = on_invalid_model
+        self._canary = np.zeros((1, _N_FEATURES), dtype=np.float32)
         self._canary_ok_until = -math.inf
+        # unbuffered: one write per batch, complete lines even if the process is killed
+        self._trace = open(trace_file, "ab", buffering=0) if trace_file is not None else None  # noqa: SIM115
 
     def __call__(self, records: Sequence[Record]) -> ProcessResult:
-        result = ProcessResult()
-        good: list[tuple[Record, TransactionEvent]] = []
-        for r in records:
-            try:
-                if r.value is None:
-                    raise ContractError(NOT_AN_OBJECT, "record has no value (a tombstone)")
-                good.append((r, TransactionEvent.from_json(r.value)))
-            except ContractError as err:
-                stage = STAGE_CONVERT if err.reason in _DECODE_REASONS else STAGE_VALIDATE
-                result.dead_letters.append(DeadLetter.from_error(
-                    err, key=r.key, value=r.value, topic=r.topic, partition=r.partition, offset=r.offset,
-                    component=COMPONENT, stage=stage))
-            except Exception as exc:  # noqa: BLE001 (a parser bug must not make one record stall the partition)
-                result.dead_letters.append(DeadLetter(
-                    key=r.key, value=r.value, source_topic=r.topic, source_partition=r.partition,
-                    source_offset=r.offset, reason=MALFORMED_JSON, message=f"{type(exc).__name__}: {exc}"[:500],
-                    component=COMPONENT, stage=STAGE_CONVERT, exception_class=type(exc).__qualname__))
-        if good:
-            encode = self._encoder.encode
-            examples = [encode(ev.feature_vector()) for _, ev in good]
-            self._score(good, examples, result)
-        return result
+        return self.submit(records).result()
 
-    def _call(self, examples: Sequence[bytes]) -> Prediction:
-        t0 = self._clock()
+    def submit(self, records: Sequence[Record]) -> PendingResult:
+        polled = time.time()
+        c0 = time.thread_time()
+        cols = decode_transactions([r.value for r in records])
+        result = ProcessResult()
+        for i, err in cols.refused:
+            result.dead_letters.append(_dead_letter(records[i], err))
+        if not len(cols):
+            self._cpu("decode", c0)
+            return Completed(result)
+        with np.errstate(over="ignore"):  # beyond float32: inf, which the model refuses or scores as invalid
+            features = cols.features.astype(np.float32)
+        c1 = time.thread_time()
+        self._metrics.increment(BRIDGE_CPU, c1 - c0, stage="decode")
+        call = self._call(features)
+        self._cpu("request", c1)
+        return _PendingScore(self, records, cols, features, call, result, polled, time.time())
+
+    def _cpu(self, stage: str, since: float) -> None:
+        self._metrics.increment(BRIDGE_CPU, time.thread_time() - since, stage=stage)
+
+    # -- Predict ------------------------------------------------------------------------------------
+
+    def _call(self, features: np.ndarray) -> Call | Exception:
+        """Start a Predict; a failure to start it (e.g. the model's metadata is unavailable) is kept for result()."""
+        self._metrics.observe(PREDICT_BATCH, len(features))
         try:
-            return self._predict(examples)
-        except ModelRejected as exc:
-            self._metrics.increment(PREDICT_ERRORS, code=exc.code)
-            raise
-        except RetriableError as exc:
+            return self._start(features)
+        except (ModelRejected, RetriableError) as exc:
+            self._metrics.increment(PREDICT_ERRORS, code=getattr(exc, "code", "UNKNOWN"))
+            return exc
+
+    def _wait(self, call: Call | Exception, started: float) -> Prediction:
+        if isinstance(call, Exception):
+            raise call
+        try:
+            return call.result()
+        except (ModelRejected, RetriableError) as exc:
             self._metrics.increment(PREDICT_ERRORS, code=getattr(exc, "code", "UNKNOWN"))
             raise
         finally:
-            self._metrics.observe(PREDICT_SECONDS, self._clock() - t0)
-            self._metrics.observe(PREDICT_BATCH, len(examples))
+            answered = getattr(call, "answered_at", None)
+            self._metrics.observe(PREDICT_SECONDS, (answered - started) if answered else time.time() - started)
 
-    def _score(self, good: list[tuple[Record, TransactionEvent]], examples: list[bytes],
-               result: ProcessResult) -> None:
+    def predict(self, features: np.ndarray) -> Prediction:
+        """One Predict, waited for (bisection, the canary)."""
+        return self._wait(self._call(features), time.time())
+
+    def _score(self, rows: np.ndarray, features: np.ndarray, call: Call | Exception | None, started: float,
+               records: Sequence[Record], cols: TransactionColumns, result: ProcessResult,
+               parts: list[tuple[np.ndarray, Prediction]]) -> None:
+        """Score `rows` (indices into cols); refused rows alone become dead letters."""
         try:
-            prediction = self._call(examples)
+            prediction = self._wait(call, started) if call is not None else self.predict(features)
         except ModelRejected as exc:
-            if len(examples) > 1:
-                mid = len(examples) // 2
-                self._score(good[:mid], examples[:mid], result)
-                self._score(good[mid:], examples[mid:], result)
-                return
             self._check_canary(exc)
-            r, ev = good[0]
+            if len(rows) > 1:
+                mid = len(rows) // 2
+                self._score(rows[:mid], features[:mid], None, 0.0, records, cols, result, parts)
+                self._score(rows[mid:], features[mid:], None, 0.0, records, cols, result, parts)
+                return
+            k = int(rows[0])
+            r = records[cols.rows[k]]
             result.dead_letters.append(DeadLetter(
                 key=r.key, value=r.value, source_topic=r.topic, source_partition=r.partition, source_offset=r.offset,
-                reason=MODEL_REJECTED, message=f"the model refused transaction {ev.transaction_id}: {exc}",
+                reason=MODEL_REJECTED, message=f"the model refused transaction {cols.transaction_ids[k]}: {exc}",
                 component=COMPONENT, stage=STAGE_SCORE, exception_class=f"grpc.StatusCode.{exc.code}"))
             return
-        self._emit(good, prediction, result)
+        parts.append((rows, prediction))
 
     def _check_canary(self, exc: ModelRejected) -> None:
         now = self._clock()
         if now < self._canary_ok_until:
             return
         try:
-            self._call([self._canary])
+            self.predict(self._canary)
         except ModelRejected as canary_exc:
+            if self._on_invalid_model is not None:
+                self._on_invalid_model()
             raise RetriableError(f"the model refuses even a valid all-zero example ({canary_exc}); check the "
                                  f"model name, signature and served model; first refusal: {exc}") from None
         self._canary_ok_until = now + _CANARY_TTL_S
 
-    def _emit(self, good: list[tuple[Record, TransactionEvent]], p: Prediction, result: ProcessResult) -> None:
-        n = len(good)
+    # -- score events -------------------------------------------------------------------------------
 
-        def column(name: str, required: bool) -> list | None:
+    def _emit(self, records: Sequence[Record], cols: TransactionColumns, rows: np.ndarray, p: Prediction,
+              result: ProcessResult, now_ms: int) -> None:
+        n = len(rows)
+
+        def column(name: str, required: bool) -> np.ndarray | None:
             arr = p.outputs.get(name)
             if arr is None:
                 if required:
@@ -154,48 +204,145 @@ class Scorer:
                 return None
             if arr.ndim == 0 or arr.shape[0] != n or arr.size != n:
                 raise RetriableError(f"model output '{name}' has shape {arr.shape} for {n} examples")
-            return arr.reshape(n).tolist()
+            return arr.reshape(n)
 
-        scores = column(SCORE, True)
+        scores = column(SCORE, True).astype(np.float64)  # type: ignore[union-attr]
         decisions = column(DECISION, True)
-        thresholds = column(THRESHOLD, True)
+        thresholds = column(THRESHOLD, True).astype(np.float64)  # type: ignore[union-attr]
         errors = column(RECONSTRUCTION_ERROR, False)
-        explain: list[dict[str, float]] | None = None
+        errors64 = errors.astype(np.float64) if errors is not None else None
+        valid = (scores >= 0.0) & (scores <= 1.0) & np.isfinite(thresholds)
+        if errors64 is not None:
+            valid &= np.isfinite(errors64)
+        explanations: list[dict[str, float]] | None = None
         contrib = p.outputs.get(FEATURE_CONTRIBUTIONS)
-        if self._top_k and contrib is not None and contrib.size == n * len(FEATURE_NAMES):
-            c = contrib.reshape(n, len(FEATURE_NAMES)).astype(np.float64)
-            top = np.argsort(-np.abs(c), axis=1, kind="stable")[:, : self._top_k].tolist()
-            values = c.tolist()
-            explain = [{FEATURE_NAMES[j]: values[i][j] for j in top[i]} for i in range(n)]
+        if self._top_k and contrib is not None and contrib.size == n * _N_FEATURES:
+            c = contrib.reshape(n, _N_FEATURES)
+            top = top_k_by_magnitude(c, self._top_k)
+            names = _FEATURE_NAMES[top].tolist()
+            values = np.take_along_axis(c, top, axis=1).astype(np.float64).tolist()
+            explanations = [dict(zip(a, b, strict=True)) for a, b in zip(names, values, strict=True)]
         model_name = p.model_name or self._model_name
         version = p.model_version if p.model_version is not None else 0
-        now_ms = int(time.time() * 1000)
-        positives = emitted = 0
-        outputs = result.outputs
-        for i, (r, ev) in enumerate(good):
-            score = scores[i]
-            err = errors[i] if errors is not None else None
-            if not (0.0 <= score <= 1.0) or not math.isfinite(thresholds[i]) or (err is not None and not math.isfinite(err)):
+        idx = rows.tolist()
+        ok = valid.tolist()
+        if not all(ok):
+            for j in (j for j, good in enumerate(ok) if not good):
+                k = idx[j]
+                r = records[cols.rows[k]]
+                err = errors64[j] if errors64 is not None else None
                 result.dead_letters.append(DeadLetter(
                     key=r.key, value=r.value, source_topic=r.topic, source_partition=r.partition,
                     source_offset=r.offset, reason=MODEL_OUTPUT_INVALID,
-                    message=f"model {model_name} v{version} returned score={score} threshold={thresholds[i]} "
-                            f"reconstruction_error={err} for transaction {ev.transaction_id}",
+                    message=f"model {model_name} v{version} returned score={scores[j]} threshold={thresholds[j]} "
+                            f"reconstruction_error={err} for transaction {cols.transaction_ids[k]}",
                     component=COMPONENT, stage=STAGE_SCORE, exception_class="kafka_bridge.InvalidModelOutput"))
-                continue
-            decision = bool(decisions[i])
-            positives += decision
-            emitted += 1
-            event = ScoreEvent(
-                transaction_id=ev.transaction_id, event_time_ms=ev.event_time_ms, card_id=ev.card_id,
-                score=score, decision=decision, threshold=thresholds[i], model_name=model_name,
-                model_version=version, source_timestamp_ms=r.timestamp_ms, scored_at_ms=now_ms,
-                reconstruction_error=err, explanation=explain[i] if explain is not None else {})
-            outputs.append(Output(self._topic, event.to_json(), ev.transaction_id.encode()))
-        # one observation per call: a histogram observation per event would cost more than the scoring
-        oldest = min(r.timestamp_ms for r, _ in good)
-        self._metrics.observe(SCORE_LATENCY, max(0.0, (now_ms - oldest) / 1000.0))
+            keep = [j for j, good in enumerate(ok) if good]
+        else:
+            keep = list(range(n))
+        if not keep:
+            return
+        ks = [idx[j] for j in keep]
+        ids = [cols.transaction_ids[k] for k in ks]
+        dec = decisions[keep].astype(bool) if len(keep) != n else decisions.astype(bool)
+        values = encode_score_events(
+            transaction_ids=ids,
+            event_times_ms=[cols.event_times_ms[k] for k in ks],
+            card_ids=[cols.card_ids[k] for k in ks],
+            scores=scores[keep].tolist() if len(keep) != n else scores.tolist(),
+            decisions=dec.tolist(),
+            thresholds=thresholds[keep].tolist() if len(keep) != n else thresholds.tolist(),
+            model_name=model_name, model_version=version,
+            source_timestamps_ms=[records[cols.rows[k]].timestamp_ms for k in ks],
+            scored_at_ms=now_ms,
+            reconstruction_errors=(None if errors64 is None else
+                                   (errors64[keep].tolist() if len(keep) != n else errors64.tolist())),
+            explanations=None if explanations is None else [explanations[j] for j in keep])
+        topic, new = self._topic, tuple.__new__  # Output is a named tuple: skip its Python-level __new__
+        result.outputs.extend([new(Output, (topic, v, k.encode(), (), None)) for v, k in zip(values, ids, strict=True)])
+        positives = int(dec.sum())
         if positives:
             self._metrics.increment(SCORED, positives, decision="fraud")
-        if emitted - positives:
-            self._metrics.increment(SCORED, emitted - positives, decision="legit")
+        if len(keep) - positives:
+            self._metrics.increment(SCORED, len(keep) - positives, decision="legit")
+
+    def _trace_line(self, fields: dict[str, Any]) -> None:
+        if self._trace is not None:
+            self._trace.write(orjson.dumps(fields) + b"\n")
+
+    def close(self) -> None:
+        if self._trace is not None:
+            self._trace.close()
+            self._trace = None
+
+
+class _PendingScore:
+    """A batch whose Predict is in flight (fraud.stream.records.PendingResult)."""
+
+    __slots__ = ("_scorer", "_records", "_cols", "_features", "_call", "_result", "_polled", "_sent")
+
+    def __init__(self, scorer: Scorer, records: Sequence[Record], cols: TransactionColumns, features: np.ndarray,
+                 call: Call | Exception, result: ProcessResult, polled: float, sent: float) -> None:
+        self._scorer, self._records, self._cols, self._features = scorer, records, cols, features
+        self._call, self._result, self._polled, self._sent = call, result, polled, sent
+
+    def done(self) -> bool:
+        return isinstance(self._call, Exception) or self._call.done()
+
+    def cancel(self) -> None:
+        if not isinstance(self._call, Exception):
+            self._call.cancel()
+
+    def result(self) -> ProcessResult:
+        s = self._scorer
+        cols, records, result = self._cols, self._records, self._result
+        parts: list[tuple[np.ndarray, Prediction]] = []
+        rows = np.arange(len(cols))
+        s._score(rows, self._features, self._call, self._sent, records, cols, result, parts)
+        waited = time.time()
+        c0 = time.thread_time()
+        now_ms = int(waited * 1000)
+        for part_rows, prediction in parts:  # in row order (bisection keeps it): outputs in input order
+            s._emit(records, cols, part_rows, prediction, result, now_ms)
+        oldest = min(records[i].timestamp_ms for i in cols.rows)
+        s._metrics.observe(SCORE_LATENCY, max(0.0, (now_ms - oldest) / 1000.0))
+        s._cpu("encode", c0)
+        if s._trace is not None:
+            answered = getattr(self._call, "answered_at", None)
+            s._trace_line({"polled": self._polled, "sent": self._sent, "answered": answered, "emitted": time.time(),
+                           "keys": [o.key.decode() for o in result.outputs]})
+        return result
+
+
+_COLUMN_RANK = np.arange(_N_FEATURES - 1, -1, -1, dtype=np.int64)  # earlier feature ranks higher on a tie
+
+
+def top_k_by_magnitude(values: np.ndarray, k: int) -> np.ndarray:
+    """Per row, the column indices of the `k` largest |values|, largest first, ties to the earlier column and
+    NaN last: what `np.argsort(-np.abs(values), axis=1, kind="stable")[:, :k]` gives, without sorting whole
+    rows (a partition on unique integer keys, then a sort of k per row)."""
+    n, width = values.shape
+    k = min(k, width)
+    magnitude = np.abs(values.astype(np.float32, copy=False))
+    # the bits of a non-negative float32 order like its value; the column rank breaks ties
+    key = magnitude.view(np.int32).astype(np.int64) * width + _COLUMN_RANK[-width:]
+    nan = np.isnan(magnitude)
+    if nan.any():
+        key[nan] = np.broadcast_to(_COLUMN_RANK[-width:] - width, key.shape)[nan]
+    if k < width:
+        part = np.argpartition(-key, k - 1, axis=1)[:, :k]
+    else:
+        part = np.broadcast_to(np.arange(width), (n, width))
+    order = np.argsort(-np.take_along_axis(key, part, axis=1), axis=1)
+    return np.take_along_axis(part, order, axis=1)
+
+
+def _dead_letter(r: Record, err: Exception) -> DeadLetter:
+    if isinstance(err, ContractError):
+        stage = STAGE_CONVERT if err.reason in _DECODE_REASONS else STAGE_VALIDATE
+        return DeadLetter.from_error(err, key=r.key, value=r.value, topic=r.topic, partition=r.partition,
+                                     offset=r.offset, component=COMPONENT, stage=stage)
+    # a parser bug must not make one record stall the partition
+    return DeadLetter(key=r.key, value=r.value, source_topic=r.topic, source_partition=r.partition,
+                      source_offset=r.offset, reason=MALFORMED_JSON, message=f"{type(err).__name__}: {err}"[:500],
+                      component=COMPONENT, stage=STAGE_CONVERT, exception_class=type(err).__qualname__)

@@ -36,7 +36,9 @@ from fraud.features import FEATURE_NAMES
 from fraud.signature import (
     DECISION,
     FEATURE_CONTRIBUTIONS,
+    FEATURES_SIGNATURE_NAME,
     INPUT_EXAMPLES,
+    INPUT_FEATURES,
     RECONSTRUCTION_ERROR,
     SCORE,
     SIGNATURE_NAME,
@@ -126,10 +128,12 @@ def save_tensor_model(base_path: str | os.PathLike, version: int) -> Path:
     return final
 
 
-def save_examples_model(base_path: str | os.PathLike, version: int, warmup: Sequence[bytes] | None = None) -> Path:
+def save_examples_model(base_path: str | os.PathLike, version: int, warmup: Sequence[bytes] | None = None,
+                        features_signature: bool = False) -> Path:
     """Write version `version` of a model with the project's signature (threshold = version / 10).
 
     `warmup`: serialized PredictionLog records to ship as assets.extra/tf_serving_warmup_requests.
+    `features_signature`: also `serving_features` (fraud.signature: float32 [N, 30] `features`, same outputs).
     """
     import tensorflow as tf
 
@@ -145,13 +149,21 @@ def save_examples_model(base_path: str | os.PathLike, version: int, warmup: Sequ
 
         def _score(self, examples: Any) -> tuple[Any, Any]:
             parsed = tf.io.parse_example(examples, spec)
-            x = tf.stack([parsed[name] for name in FEATURE_NAMES], axis=1)
+            return self._score_features(tf.stack([parsed[name] for name in FEATURE_NAMES], axis=1))
+
+        def _score_features(self, x: Any) -> tuple[Any, Any]:
             contributions = x * self.w
             return tf.sigmoid(tf.reduce_sum(contributions, axis=1) + self.b), contributions
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=INPUT_EXAMPLES)])
         def serve(self, examples: Any) -> dict:
-            score, contributions = self._score(examples)
+            return self._outputs(*self._score(examples))
+
+        @tf.function(input_signature=[tf.TensorSpec([None, len(FEATURE_NAMES)], tf.float32, name=INPUT_FEATURES)])
+        def serve_features(self, features: Any) -> dict:
+            return self._outputs(*self._score_features(features))
+
+        def _outputs(self, score: Any, contributions: Any) -> dict:
             thresholds = tf.fill(tf.shape(score), self.threshold)
             return {
                 SCORE: score,
@@ -177,8 +189,10 @@ def save_examples_model(base_path: str | os.PathLike, version: int, warmup: Sequ
 
     tmp, final = _atomic_version_dir(base_path, version)
     module = ExamplesModel()
-    tf.saved_model.save(module, str(tmp), signatures={
-        SIGNATURE_NAME: module.serve, "classify": module.classify, "regress": module.regress})
+    signatures = {SIGNATURE_NAME: module.serve, "classify": module.classify, "regress": module.regress}
+    if features_signature:
+        signatures[FEATURES_SIGNATURE_NAME] = module.serve_features
+    tf.saved_model.save(module, str(tmp), signatures=signatures)
     _set_method_names(tmp, {"classify": CLASSIFY_METHOD, "regress": REGRESS_METHOD})
     if warmup:
         write_warmup_file(tmp, warmup)

@@ -17,7 +17,9 @@ from fraud.features import FEATURE_NAMES
 from fraud.signature import (
     DECISION,
     FEATURE_CONTRIBUTIONS,
+    FEATURES_SIGNATURE_NAME,
     INPUT_EXAMPLES,
+    INPUT_FEATURES,
     RECONSTRUCTION_ERROR,
     SCORE,
     SIGNATURE_NAME,
@@ -31,8 +33,10 @@ WEIGHTS = np.linspace(-0.3, 0.3, len(FEATURE_NAMES)).astype(np.float32)
 THRESHOLD_VALUE = 0.7
 
 
-def save_model(base_path: str | os.PathLike, version: int = 1) -> Path:
-    """A model following fraud.signature: parses raw examples, scores sigmoid(w.x), refuses huge values."""
+def save_model(base_path: str | os.PathLike, version: int = 1, features_signature: bool = True) -> Path:
+    """A model following fraud.signature: parses raw examples, scores sigmoid(w.x), refuses huge values. With
+    `features_signature`, also `serving_features` (float32 [N, 30], the bridge's default input) with the
+    same outputs; without, only `serving_default` (the bridge falls back to tf.Examples)."""
     import tensorflow as tf
 
     spec = {name: tf.io.FixedLenFeature([], tf.float32) for name in FEATURE_NAMES}
@@ -42,10 +46,7 @@ def save_model(base_path: str | os.PathLike, version: int = 1) -> Path:
             super().__init__()
             self.w = tf.Variable(WEIGHTS, trainable=False)
 
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=INPUT_EXAMPLES)])
-        def serve(self, examples: Any) -> dict:
-            parsed = tf.io.parse_example(examples, spec)
-            x = tf.stack([parsed[n] for n in FEATURE_NAMES], axis=1)
+        def _outputs(self, x: Any) -> dict:
             check = tf.debugging.assert_less_equal(tf.abs(x), REJECT_ABOVE,
                                                    message="feature value outside the model's range")
             with tf.control_dependencies([check]):
@@ -56,9 +57,21 @@ def save_model(base_path: str | os.PathLike, version: int = 1) -> Path:
                     RECONSTRUCTION_ERROR: tf.reduce_sum(tf.square(contributions), axis=1),
                     FEATURE_CONTRIBUTIONS: contributions}
 
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=INPUT_EXAMPLES)])
+        def serve(self, examples: Any) -> dict:
+            parsed = tf.io.parse_example(examples, spec)
+            return self._outputs(tf.stack([parsed[n] for n in FEATURE_NAMES], axis=1))
+
+        @tf.function(input_signature=[tf.TensorSpec([None, len(FEATURE_NAMES)], tf.float32, name=INPUT_FEATURES)])
+        def serve_features(self, features: Any) -> dict:
+            return self._outputs(features)
+
     path = Path(base_path) / str(version)
     module = Model()
-    tf.saved_model.save(module, str(path), signatures={SIGNATURE_NAME: module.serve})
+    signatures = {SIGNATURE_NAME: module.serve}
+    if features_signature:
+        signatures[FEATURES_SIGNATURE_NAME] = module.serve_features
+    tf.saved_model.save(module, str(path), signatures=signatures)
     return path
 
 

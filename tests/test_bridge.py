@@ -17,7 +17,17 @@ from fraud.signature import DECISION, FEATURE_CONTRIBUTIONS, RECONSTRUCTION_ERRO
 from fraud.stream.config import Delivery
 from fraud.stream.metrics import STREAM_METRICS, RecordingMetrics
 from fraud.stream.records import Record, RetriableError
-from fraud.wire import ExampleEncoder, decode_predict_response, encode_predict_request
+from fraud.wire import (
+    ExampleBatchEncoder,
+    ExampleEncoder,
+    TensorInfo,
+    decode_model_metadata,
+    decode_predict_response,
+    encode_float_matrix,
+    encode_metadata_request,
+    encode_predict_request,
+    encode_predict_request_inputs,
+)
 from kafka_bridge import scoring
 from kafka_bridge.config import BridgeConfig
 from kafka_bridge.predict import ModelRejected, Prediction, PredictUnavailable
@@ -85,26 +95,108 @@ def test_predict_response_decoding_matches_tf_serving_protos(as_content):
     np.testing.assert_array_equal(outputs[DECISION], decision)
 
 
+def test_example_batch_encoder_writes_what_tensorflow_parses():
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2
+
+    rng = np.random.default_rng(3)
+    matrix = (rng.normal(size=(9, len(FEATURE_NAMES))) * 10.0 ** rng.integers(-3, 6, size=(9, 1))).astype(np.float32)
+    batch = ExampleBatchEncoder()
+    examples = batch.examples(matrix)
+    assert examples == [ExampleEncoder().encode(row.tolist()) for row in matrix]
+    request = predict_pb2.PredictRequest.FromString(encode_predict_request_inputs(
+        {"examples": batch.tensor(matrix)}, model_name="fraud", signature_name="serving_default", version=4))
+    assert request.model_spec.version.value == 4 and list(request.inputs["examples"].string_val) == examples
+    assert [d.size for d in request.inputs["examples"].tensor_shape.dim] == [9]
+    parsed = tf.io.parse_example(examples, {n: tf.io.FixedLenFeature([], tf.float32) for n in FEATURE_NAMES})
+    np.testing.assert_array_equal(np.stack([parsed[n].numpy() for n in FEATURE_NAMES], axis=1), matrix)
+    assert batch.examples(np.zeros((0, len(FEATURE_NAMES)), np.float32)) == []
+
+
+def test_feature_matrix_request_is_one_tensor_content_block():
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2
+
+    matrix = np.arange(3 * len(FEATURE_NAMES), dtype=np.float32).reshape(3, -1) / 7
+    request = predict_pb2.PredictRequest.FromString(encode_predict_request_inputs(
+        {"features": encode_float_matrix(matrix)}, model_name="fraud", signature_name="serving_features",
+        version_label="canary"))
+    tensor = request.inputs["features"]
+    assert request.model_spec.signature_name == "serving_features" and request.model_spec.version_label == "canary"
+    assert tensor.dtype == tf.float32.as_datatype_enum and len(tensor.tensor_content) == matrix.nbytes
+    assert not tensor.float_val
+    np.testing.assert_array_equal(tf.make_ndarray(tensor), matrix)
+
+
+def test_model_metadata_is_read_from_tf_servings_response():
+    from tensorflow_serving.apis import get_model_metadata_pb2
+
+    request = get_model_metadata_pb2.GetModelMetadataRequest.FromString(
+        encode_metadata_request("fraud", version=3))
+    assert request.model_spec.version.value == 3 and list(request.metadata_field) == ["signature_def"]
+    response = get_model_metadata_pb2.GetModelMetadataResponse()
+    response.model_spec.name = "fraud"
+    response.model_spec.version.value = 3
+    sigs = get_model_metadata_pb2.SignatureDefMap()
+    features = sigs.signature_def["serving_features"]
+    features.method_name = "tensorflow/serving/predict"
+    features.inputs["features"].dtype = 1
+    for size in (-1, len(FEATURE_NAMES)):
+        features.inputs["features"].tensor_shape.dim.add().size = size
+    features.outputs["score"].dtype = 1
+    features.outputs["score"].tensor_shape.dim.add().size = -1
+    sigs.signature_def["serving_default"].inputs["examples"].dtype = 7
+    sigs.signature_def["serving_default"].inputs["examples"].tensor_shape.unknown_rank = True
+    response.metadata["signature_def"].Pack(sigs)
+    name, version, signatures = decode_model_metadata(response.SerializeToString())
+    assert (name, version, sorted(signatures)) == ("fraud", 3, ["serving_default", "serving_features"])
+    assert signatures["serving_features"].inputs["features"] == TensorInfo(1, (-1, len(FEATURE_NAMES)))
+    assert signatures["serving_features"].method_name == "tensorflow/serving/predict"
+    assert signatures["serving_default"].inputs["examples"] == TensorInfo(7, None)
+    from kafka_bridge.predict import features_signature_fits
+
+    assert features_signature_fits(signatures["serving_features"])
+    assert not features_signature_fits(signatures["serving_default"])
+
+
 # -- the scorer with a fake Predict -------------------------------------------------------------
 
 
+class FakeCall:
+    """A Predict already answered (or failed): `result()` returns or raises."""
+
+    def __init__(self, answer) -> None:
+        self._answer = answer
+
+    def done(self) -> bool:
+        return True
+
+    def cancel(self) -> None:
+        pass
+
+    def result(self):
+        return self._answer()
+
+
 class FakeModel:
-    """Scores the encoded examples like the test model: refuses |x| > REJECT_ABOVE for the whole call."""
+    """Scores the feature matrix like the test model: refuses |x| > REJECT_ABOVE for the whole call."""
 
     def __init__(self) -> None:
         self.calls: list[int] = []
         self.down = False
         self.reject_all = False
         self.nan_for: set[int] = set()
+        self.inputs: list[np.ndarray] = []
 
-    def __call__(self, examples):
-        import tensorflow as tf
+    def start(self, features: np.ndarray) -> FakeCall:
+        assert features.dtype == np.float32 and features.shape[1:] == (len(FEATURE_NAMES),)
+        self.calls.append(len(features))
+        self.inputs.append(features)
+        return FakeCall(lambda: self._answer(features))
 
-        self.calls.append(len(examples))
+    def _answer(self, x: np.ndarray) -> Prediction:
         if self.down:
             raise PredictUnavailable("UNAVAILABLE", "connection refused")
-        x = np.array([[tf.train.Example.FromString(e).features.feature[n].float_list.value[0]
-                       for n in FEATURE_NAMES] for e in examples], np.float32)
         if self.reject_all or (np.abs(x) > REJECT_ABOVE).any():
             raise ModelRejected("INVALID_ARGUMENT", "feature value outside the model's range")
         contributions = x / 1000.0
@@ -124,7 +216,7 @@ def _records(values: list[bytes], topic: str = "fraud.transactions") -> list[Rec
 
 def _scorer(model: FakeModel, top_k: int = 3) -> tuple[scoring.Scorer, RecordingMetrics]:
     metrics = RecordingMetrics(STREAM_METRICS + scoring.BRIDGE_METRICS)
-    return scoring.Scorer(model, output_topic="fraud.scores", metrics=metrics, model_name="cfg-name",
+    return scoring.Scorer(model.start, output_topic="fraud.scores", metrics=metrics, model_name="cfg-name",
                           explain_top_k=top_k), metrics
 
 
@@ -196,21 +288,16 @@ def test_non_finite_model_output_is_dead_lettered():
 
 
 def test_label_is_never_sent_to_the_model():
-    seen = []
-
-    def spy(examples):
-        import tensorflow as tf
-
-        seen.extend(sorted(tf.train.Example.FromString(e).features.feature) for e in examples)
-        raise PredictUnavailable("UNAVAILABLE", "stop here")
-
     event = transaction(3)
     assert event.label is not None
-    scorer = scoring.Scorer(spy, output_topic="s", metrics=RecordingMetrics(STREAM_METRICS + scoring.BRIDGE_METRICS),
-                            model_name="m")
+    model = FakeModel()
+    model.down = True
+    scorer = scoring.Scorer(model.start, output_topic="s",
+                            metrics=RecordingMetrics(STREAM_METRICS + scoring.BRIDGE_METRICS), model_name="m")
     with pytest.raises(RetriableError):
         scorer(_records([event.to_json()]))
-    assert seen == [sorted(FEATURE_NAMES)]
+    # exactly the 30 features, in fraud.features order, as float32: nothing else of the event
+    np.testing.assert_array_equal(model.inputs[0], np.array([event.feature_vector()], dtype=np.float32))
 
 
 # -- config -------------------------------------------------------------------------------------
@@ -287,7 +374,35 @@ def test_grpc_tls_uses_a_secure_channel_with_the_given_files(tmp_path, monkeypat
                         lambda target, creds, options: made.setdefault("channel", (target, creds, dict(options))))
     tls = GrpcTls(tmp_path / "ca.pem", tmp_path / "cert.pem", tmp_path / "key.pem", server_name="model.internal")
     with pytest.raises(AttributeError):  # the recorded "channel" is a tuple: no unary_unary; we only check wiring
-        PredictClient("model:8500", model_name="fraud", signature_name="s", input_key="examples", tls=tls)
+        PredictClient("model:8500", model_name="fraud", signature_name="s", tls=tls)
     assert made["creds"] == (b"ca-bytes", b"key-bytes", b"cert-bytes")
     target, _, options = made["channel"]
     assert target == "model:8500" and options["grpc.ssl_target_name_override"] == "model.internal"
+
+
+@pytest.mark.parametrize("k", [1, 5, 30])
+def test_top_k_by_magnitude_is_a_stable_argsort_with_ties_and_nan(k):
+    rng = np.random.default_rng(11)
+    values = rng.normal(size=(300, 30)).astype(np.float32)
+    values[:50, :10] = 0.0  # ties among zeros
+    values[50:100, 3] = values[50:100, 7] = -values[50:100, 5]  # ties across signs
+    values[100:120, 2] = np.nan
+    values[120:130] = np.nan
+    values[130:140] = np.inf * np.sign(values[130:140])
+    want = np.argsort(-np.abs(values.astype(np.float64)), axis=1, kind="stable")[:, :k]
+    np.testing.assert_array_equal(scoring.top_k_by_magnitude(values, k), want)
+
+
+def test_readme_configuration_table_lists_every_flag_with_its_default():
+    from pathlib import Path
+
+    from kafka_bridge.config import ENV_PREFIX, all_options
+
+    text = (Path(__file__).resolve().parents[1] / "kafka_bridge" / "README.md").read_text()
+    table = text[text.index("## Configuration"):text.index("## Tests and benchmark")]
+    rows = {line.split("|")[1].strip(" `"): line for line in table.splitlines() if line.startswith("| `--")}
+    for opt in all_options():
+        assert opt.flag in rows, f"{opt.flag} missing from kafka_bridge/README.md's configuration table"
+        assert f"`{opt.env_name(ENV_PREFIX)}`" in rows[opt.flag]
+        if opt.default not in (None, "") and not isinstance(opt.default, bool) and opt.name != "instance_id":
+            assert f"`{opt.default}`" in rows[opt.flag], (opt.flag, opt.default)

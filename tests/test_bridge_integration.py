@@ -90,8 +90,13 @@ def running_bridge(env: dict[str, str]) -> Iterator:
     finally:
         processor.request_stop()
         thread.join(60)
+        if thread.is_alive():  # say where it is stuck
+            import traceback
+
+            stacks = "\n".join(f"--- {t.name}\n" + "".join(traceback.format_stack(sys._current_frames()[t.ident]))
+                               for t in threading.enumerate() if t.ident in sys._current_frames())
+            raise AssertionError(f"bridge did not stop; threads:\n{stacks}")
         client.close()
-        assert not thread.is_alive(), "bridge did not stop"
         if errors:
             raise errors[0]
 
@@ -256,6 +261,64 @@ def test_two_bridges_rebalance_exactly_once(kafka_broker, kafka_topic, server):
     assert score_ids(msgs) == Counter(e.transaction_id for e in events)
 
 
+def test_features_signature_when_the_model_has_it_tf_examples_otherwise_rechecked_on_a_new_version(
+        kafka_broker, kafka_topic, tmp_path, caplog):
+    """Version 1 has only serving_default (tf.Example): the bridge falls back to it. Version 2 adds
+    serving_features: the first response from version 2 makes the bridge read the metadata again and send
+    the float32 matrix from then on. Scores are the model's either way."""
+    import logging
+
+    from bridge_helpers import THRESHOLD_VALUE, WEIGHTS
+
+    base = tmp_path / "models" / "fraud"
+    save_model(base, 1, features_signature=False)
+    topics = _topics(kafka_topic)
+    caplog.set_level(logging.INFO, logger="kafka_bridge")
+
+    def expected(ev) -> float:
+        import numpy as np
+
+        x = np.array(ev.feature_vector(), dtype=np.float32)
+        return float(1 / (1 + np.exp(-np.sum(np.tanh(x / np.float32(100.0)) * WEIGHTS))))
+
+    def signatures_logged() -> list[tuple[int, str]]:
+        return [(r.fields["version"], r.fields["signature"]) for r in caplog.records
+                if r.getMessage() == "model_signature"]
+
+    first = [transaction(i) for i in range(40)]
+    with model_server(base) as srv:
+        env = bridge_env(kafka_broker, srv.grpc_port, topics, delivery="at_least_once", instance_id="sig-0")
+        with running_bridge(env):
+            produce(kafka_broker, topics["input"], [(e.transaction_id.encode(), e.to_json()) for e in first])
+            msgs = read_topic(kafka_broker, topics["output"], lambda out: len(out) >= len(first))
+            assert signatures_logged() == [(1, "serving_default")]
+            save_model(base, 2, features_signature=True)
+            # a few events at a time until one is scored by version 2 (the server polls every second)
+            later, i, deadline = [], 100, time.monotonic() + 90
+            while time.monotonic() < deadline:
+                chunk = [transaction(j) for j in range(i, i + 5)]
+                i += 5
+                later += chunk
+                produce(kafka_broker, topics["input"], [(e.transaction_id.encode(), e.to_json()) for e in chunk])
+                want = len(first) + len(later)
+                msgs = read_topic(kafka_broker, topics["output"], lambda out, want=want: len(out) >= want)
+                if ScoreEvent.from_json(msgs[-1].value()).model_version == 2:
+                    break
+            second = [transaction(j) for j in range(1000, 1040)]  # after the switch
+            produce(kafka_broker, topics["input"], [(e.transaction_id.encode(), e.to_json()) for e in second])
+            msgs = read_topic(kafka_broker, topics["output"],
+                              lambda out: len(out) >= len(first) + len(later) + len(second))
+    assert signatures_logged()[0] == (1, "serving_default")
+    assert (2, "serving_features") in signatures_logged()
+    by_id = {e.transaction_id: e for e in first + later + second}
+    scores = [ScoreEvent.from_json(m.value()) for m in msgs]
+    assert {s.model_version for s in scores} == {1, 2}
+    assert {s.model_version for s in scores if s.transaction_id in {e.transaction_id for e in second}} == {2}
+    for s in scores:
+        assert s.score == pytest.approx(expected(by_id[s.transaction_id]), rel=1e-5, abs=1e-6)
+        assert s.threshold == pytest.approx(THRESHOLD_VALUE)
+
+
 # -- chaos ---------------------------------------------------------------------------------------
 
 
@@ -266,12 +329,24 @@ class BridgeProcess:
         self.env = {**os.environ, **env}
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
+        self.starts = 0
 
     def start(self) -> None:
         log = open(self.log_path, "ab")  # noqa: SIM115 (the child owns it)
         self.proc = subprocess.Popen([sys.executable, "-m", "kafka_bridge"], env=self.env, stdout=log,
                                      stderr=subprocess.STDOUT)
         log.close()
+        self.starts += 1
+
+    def wait_started(self, timeout_s: float = 120.0) -> None:
+        """Until this start has logged stream_starting (on a loaded machine the imports alone take seconds:
+        a kill before that would test nothing)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+            if text.count('"event":"stream_starting"') >= self.starts:
+                return
+            time.sleep(0.2)
 
     def kill(self) -> None:
         assert self.proc is not None
@@ -361,6 +436,7 @@ def run_chaos(kafka_broker, kafka_topic, model_base: Path, tmp_path: Path, *, de
             if what == "kill":
                 victim = bridges[kill_count % instances]
                 kill_count += 1
+                victim.wait_started()
                 victim.kill()
                 victim.start()
             elif what == "server_stop":

@@ -22,11 +22,12 @@ from fraud.stream.options import Option, parse_bool
 class Delivery(str, enum.Enum):
     """How input offsets are committed relative to the outputs."""
 
-    #: produce outputs and dead letters, wait for every ack (flush), then commit offsets. A crash between
-    #: the flush and the commit replays the batch: outputs can be duplicated, never lost.
+    #: produce outputs and dead letters; once they are acknowledged, commit the offsets. A crash before the
+    #: commit replays those batches: outputs can be duplicated, never lost.
     AT_LEAST_ONCE = "at_least_once"
-    #: outputs, dead letters and input offsets in one Kafka transaction; consumers of the outputs read
-    #: with isolation.level=read_committed and see each output exactly once.
+    #: outputs, dead letters and input offsets in one Kafka transaction (spanning the batches of up to
+    #: `commit_interval_ms`); consumers of the outputs read with isolation.level=read_committed and see each
+    #: output exactly once.
     EXACTLY_ONCE = "exactly_once"
 
 
@@ -48,7 +49,16 @@ class StreamConfig:
     delivery: Delivery = Delivery.AT_LEAST_ONCE
     client: ClientKind = ClientKind.CONFLUENT
     batch_max_size: int = 500
-    batch_max_wait_ms: int = 10
+    #: 0 (default): a micro-batch is what is ready when the loop asks, never a wait while idle; batches grow
+    #: only under load (while one is being scored the next fills). > 0 waits that long to fill one.
+    batch_max_wait_ms: int = 0
+    #: Exactly-once: a transaction spans the batches of up to this long (it also commits when the loop is
+    #: idle), which bounds when read_committed consumers see an output. At-least-once: the longest offsets
+    #: wait for their (background) commit.
+    commit_interval_ms: int = 100
+    #: Batches submitted to a staged process function (a Predict in flight) while the one before is
+    #: delivered: 1 = pipelined, 0 = one batch at a time.
+    pipeline_depth: int = 1
     instance_id: str = field(default_factory=lambda: _default_instance_id())
     transactional_id_prefix: str = ""  # default: "<group_id>"
     static_membership: bool = False  # group.instance.id = instance_id (restart without a rebalance)
@@ -79,6 +89,11 @@ class StreamConfig:
             raise FraudError(f"stream: transactional id prefix {self.transactional_id_prefix!r} has bad characters")
         if self.batch_max_size < 1 or self.batch_max_wait_ms < 0:
             raise FraudError("stream: batch max size must be >= 1 and batch max wait >= 0 ms")
+        if self.commit_interval_ms < 1 or self.pipeline_depth < 0:
+            raise FraudError("stream: commit interval must be >= 1 ms and pipeline depth >= 0")
+        if self.exactly_once and self.commit_interval_ms >= self.transaction_timeout_ms:
+            raise FraudError(f"stream: commit interval {self.commit_interval_ms} ms must be shorter than the "
+                             f"transaction timeout {self.transaction_timeout_ms} ms")
         if self.auto_offset_reset not in ("earliest", "latest"):
             raise FraudError(f"stream: auto offset reset {self.auto_offset_reset!r} is not earliest or latest")
         if self.http_port is not None and not 0 <= self.http_port < 65536:
@@ -119,7 +134,7 @@ def _default_instance_id() -> str:
 
 
 def stream_options(*, group_id: str = "", http_port: int = -1, batch_max_size: int = 500,
-                   batch_max_wait_ms: int = 10) -> tuple[Option, ...]:
+                   batch_max_wait_ms: int = 0, commit_interval_ms: int = 100) -> tuple[Option, ...]:
     """The flags every stream job has (defaults may differ per job)."""
     return (
         Option("delivery", str, Delivery.AT_LEAST_ONCE.value, "delivery guarantee",
@@ -131,7 +146,12 @@ def stream_options(*, group_id: str = "", http_port: int = -1, batch_max_size: i
         Option("transactional_id_prefix", str, "", "transactional id prefix (default: the group id)"),
         Option("static_membership", parse_bool, False, "join the group as a static member (group.instance.id)"),
         Option("batch_max_size", int, batch_max_size, "records per micro-batch at most", minimum=1),
-        Option("batch_max_wait_ms", int, batch_max_wait_ms, "longest wait to fill a micro-batch", minimum=0),
+        Option("batch_max_wait_ms", int, batch_max_wait_ms, "wait to fill a micro-batch (0: take what is ready, "
+               "never wait)", minimum=0),
+        Option("commit_interval_ms", int, commit_interval_ms, "longest a transaction stays open (exactly-once: "
+               "bounds when read_committed readers see an output) or offsets wait to be committed", minimum=1),
+        Option("pipeline_depth", int, 1, "batches in flight (e.g. Predict) while the one before is delivered",
+               minimum=0),
         Option("auto_offset_reset", str, "earliest", "where a group without offsets starts",
                choices=["earliest", "latest"]),
         Option("session_timeout_ms", int, 10_000, "consumer group session timeout", minimum=1),

@@ -34,12 +34,14 @@ rdkafka_log = logging.getLogger("fraud.stream.librdkafka")
 def records_from_messages(msgs: list, fatal: Callable[[str], Exception]) -> list[Record]:
     """confluent_kafka Messages as Records: partition-EOF events skipped, other consumer errors logged and
     skipped, a fatal one raised as `fatal(message)`."""
-    from confluent_kafka import KafkaError
-
-    out = []
+    out: list[Record] = []
+    append = out.append
+    new = tuple.__new__  # Record is a named tuple: skip its Python-level __new__ on the hot path
     for m in msgs:
         err = m.error()
         if err is not None:
+            from confluent_kafka import KafkaError
+
             if err.code() == KafkaError._PARTITION_EOF:
                 continue
             if err.fatal():
@@ -48,8 +50,8 @@ def records_from_messages(msgs: list, fatal: Callable[[str], Exception]) -> list
                       partition=m.partition())
             continue
         hs = m.headers()
-        out.append(Record(m.topic(), m.partition(), m.offset(), m.key(), m.value(), m.timestamp()[1],
-                          tuple(hs) if hs else ()))
+        append(new(Record, (m.topic(), m.partition(), m.offset(), m.key(), m.value(), m.timestamp()[1],
+                            tuple(hs) if hs else ())))
     return out
 
 
@@ -89,26 +91,48 @@ def _raise(exc: Exception, what: str) -> None:
     raise RetriableError(f"{what}: {exc}") from exc
 
 
-class _Delivery:
-    __slots__ = ("pending", "errors", "_producer")
-
-    def __init__(self, n: int, producer: Any) -> None:
-        self.pending = n
-        self.errors: list[str] = []
-        self._producer = producer
-
-    def callback(self, err: Any, msg: Any) -> None:
-        self.pending -= 1
-        if err is not None:
-            self.errors.append(f"{msg.topic()}: {err.str()}")
-
-    def done(self) -> bool:
-        if self.pending > 0:
-            self._producer.poll(0)  # delivery callbacks only run inside poll
-        return self.pending <= 0
+#: Client settings chosen for latency (and why), before `client_overrides`. See kafka_bridge/README.md.
+CONSUMER_LATENCY_SETTINGS: dict[str, Any] = {
+    # Small requests on loopback and LAN: Nagle's algorithm would hold a fetch request or a commit back
+    # until the previous segment is acknowledged (up to a delayed-ACK timeout, 40 ms on Linux).
+    "socket.nagle.disable": True,
+    # The broker answers a fetch as soon as fetch.min.bytes (1) are there; this only bounds how long an idle
+    # fetch is parked on the broker. Short, so a partition that becomes readable (an upstream transaction
+    # committed, a new leader) is fetched again within 10 ms.
+    "fetch.min.bytes": 1,
+    "fetch.wait.max.ms": 10,
+    # Pre-fetch at most ~16 MB / 20,000 records per consumer (a backlog is not worth gigabytes of heap), and
+    # when that queue was full, fetch again 10 ms after it drained instead of librdkafka's default second.
+    "queued.max.messages.kbytes": 16_384,
+    "queued.min.messages": 20_000,
+    "fetch.queue.backoff.ms": 10,
+    "fetch.error.backoff.ms": 100,
+}
+PRODUCER_LATENCY_SETTINGS: dict[str, Any] = {
+    "socket.nagle.disable": True,
+    # The processor produces a batch's outputs in one burst (~1 us per record): 1 ms of linger sends a
+    # burst as a few requests (one per partition), not one request per record, and costs at most 1 ms.
+    "linger.ms": 1,
+    # A Python call per acknowledgement costs as much as the produce itself: only failures are reported
+    # (to the producer-wide callback); success is counted (`len(producer)` = records not yet acknowledged).
+    "delivery.report.only.error": True,
+    # Exactly-once: right after a transaction commits, the coordinator answers the next transaction's first
+    # AddPartitionsToTxn / AddOffsetsToTxn with CONCURRENT_TRANSACTIONS until its markers are written, a few
+    # ms. librdkafka retries after retry.backoff.ms, 100 ms by default: that fixed wait was most of each
+    # transaction's cost (send_offsets_to_transaction took ~120 ms; 10 ms with this). Failures that last
+    # still back off exponentially up to retry.backoff.max.ms.
+    "retry.backoff.ms": 10,
+    # Bound the local queue (the processor waits for acknowledgements when it is full).
+    "queue.buffering.max.messages": 200_000,
+    "queue.buffering.max.kbytes": 262_144,
+    "compression.type": "none",  # CPU is the scarce resource on the bridge's host, not bandwidth
+}
 
 
 class ConfluentClient:
+    #: commit_transaction may run on another thread while this one polls (librdkafka is thread-safe)
+    background_commit = True
+
     def __init__(self, config: StreamConfig) -> None:
         from confluent_kafka import Consumer
 
@@ -124,7 +148,7 @@ class ConfluentClient:
             "session.timeout.ms": config.session_timeout_ms,
             "heartbeat.interval.ms": max(100, config.session_timeout_ms // 3),
             "max.poll.interval.ms": config.max_poll_interval_ms,
-            "fetch.wait.max.ms": 100,
+            **CONSUMER_LATENCY_SETTINGS,
             "error_cb": self._on_error,
             "logger": rdkafka_log,
             "on_commit": self._on_commit,
@@ -146,7 +170,8 @@ class ConfluentClient:
             "client.id": c.client_id,
             "acks": "all",
             "enable.idempotence": True,
-            "linger.ms": 2,
+            **PRODUCER_LATENCY_SETTINGS,
+            "on_delivery": self._delivered,
             "error_cb": self._on_error,
             "logger": rdkafka_log,
         })
@@ -258,59 +283,62 @@ class ConfluentClient:
     # -- producer ------------------------------------------------------------------------------
 
     def _delivered(self, err: Any, msg: Any) -> None:
+        # producer-wide, failures only (delivery.report.only.error)
         if err is not None:
             self._failures.append(f"{msg.topic()}: {err.str()}")
 
-    def produce(self, out: Output) -> None:
-        kwargs: dict[str, Any] = {"key": out.key, "on_delivery": self._delivered}
-        if out.headers:
-            kwargs["headers"] = list(out.headers)
-        if out.partition is not None:
-            kwargs["partition"] = out.partition
+    def _produce(self, topic: str, value: bytes | None, key: bytes | None, headers: Any = None,
+                 partition: int | None = None) -> None:
+        produce = self._producer.produce
         while True:
             try:
-                self._producer.produce(out.topic, out.value, **kwargs)
+                if headers is None and partition is None:
+                    produce(topic, value, key)
+                else:
+                    produce(topic, value, key, -1 if partition is None else partition, headers=headers)
                 return
             except BufferError:  # local queue full: let librdkafka send, then retry
                 self._producer.poll(0.05)
             except Exception as exc:  # noqa: BLE001
-                _raise(exc, f"produce to {out.topic}")
+                _raise(exc, f"produce to {topic}")
 
-    def produce_batch(self, outs: Sequence[Output]) -> _Delivery:
-        delivery = _Delivery(len(outs), self._producer)
+    def produce(self, out: Output) -> None:
+        self._produce(out.topic, out.value, out.key, list(out.headers) if out.headers else None, out.partition)
+
+    def produce_many(self, outs: Sequence[Output]) -> None:
         produce = self._producer.produce
-        for out in outs:
-            kwargs: dict[str, Any] = {"key": out.key, "on_delivery": delivery.callback}
-            if out.headers:
-                kwargs["headers"] = list(out.headers)
-            if out.partition is not None:
-                kwargs["partition"] = out.partition
-            while True:
+        try:
+            for topic, value, key, headers, partition in outs:
+                if headers or partition is not None:
+                    self._produce(topic, value, key, list(headers) if headers else None, partition)
+                    continue
                 try:
-                    produce(out.topic, out.value, **kwargs)
-                    break
+                    produce(topic, value, key)
                 except BufferError:
-                    self._producer.poll(0.05)
-                except Exception as exc:  # noqa: BLE001
-                    _raise(exc, f"produce to {out.topic}")
-        self._producer.poll(0)
-        return delivery
+                    self._produce(topic, value, key)
+        except (FatalError, RetriableError):
+            raise
+        except Exception as exc:  # noqa: BLE001
+            _raise(exc, "produce")
+        self._producer.poll(0)  # serve failure reports (and error callbacks) without waiting
 
-    def wait(self, delivery: _Delivery, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not delivery.done():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise RetriableError(f"{delivery.pending} records not acknowledged after {timeout_s:g} s")
-            self._producer.poll(min(left, 0.05))
-        if delivery.errors:
-            raise RetriableError(f"{len(delivery.errors)} records not acknowledged, e.g. {delivery.errors[0]}")
+    def _check_failures(self) -> None:
+        if self._failures:
+            failures, self._failures = self._failures, []
+            raise RetriableError(f"{len(failures)} records not acknowledged, e.g. {failures[0]}")
+
+    def acknowledged(self) -> bool:
+        # len(producer): records queued or in flight, plus reports and callbacks not yet served
+        if len(self._producer) == 0:
+            self._check_failures()
+            return True
+        self._producer.poll(0)
+        self._check_failures()
+        return len(self._producer) == 0
 
     def flush(self, timeout_s: float) -> None:
         left = self._producer.flush(timeout_s)
-        failures, self._failures = self._failures, []
-        if failures:
-            raise RetriableError(f"{len(failures)} records not acknowledged, e.g. {failures[0]}")
+        self._check_failures()
         if left:
             raise RetriableError(f"{left} records not acknowledged after {timeout_s:g} s")
 
@@ -327,12 +355,16 @@ class ConfluentClient:
         except Exception as exc:  # noqa: BLE001
             _raise(exc, "begin transaction")
 
-    def send_offsets_to_transaction(self, offsets: Mapping[TopicPartition, int], timeout_s: float) -> None:
+    def group_metadata(self) -> Any:
+        return self._consumer.consumer_group_metadata()
+
+    def send_offsets_to_transaction(self, offsets: Mapping[TopicPartition, int], timeout_s: float,
+                                    group_metadata: Any = None) -> None:
         from confluent_kafka import TopicPartition as TP
 
+        meta = group_metadata if group_metadata is not None else self._consumer.consumer_group_metadata()
         try:
-            self._producer.send_offsets_to_transaction(
-                [TP(t, p, o) for (t, p), o in offsets.items()], self._consumer.consumer_group_metadata(), timeout_s)
+            self._producer.send_offsets_to_transaction([TP(t, p, o) for (t, p), o in offsets.items()], meta, timeout_s)
         except Exception as exc:  # noqa: BLE001
             _raise(exc, "send offsets to transaction")
 

@@ -37,17 +37,10 @@ def _raise(exc: Exception, what: str) -> None:
     raise RetriableError(detail) from exc
 
 
-class _Delivery:
-    __slots__ = ("futures",)
-
-    def __init__(self, futures: list[Any]) -> None:
-        self.futures = futures
-
-    def done(self) -> bool:
-        return all(f.is_done for f in self.futures)
-
-
 class KafkaPythonClient:
+    #: kafka-python's consumer is not thread-safe (send_offsets_to_transaction reads its group metadata)
+    background_commit = False
+
     def __init__(self, config: StreamConfig) -> None:
         from kafka import KafkaConsumer
 
@@ -61,7 +54,7 @@ class KafkaPythonClient:
             session_timeout_ms=config.session_timeout_ms,
             heartbeat_interval_ms=max(100, config.session_timeout_ms // 3),
             max_poll_interval_ms=config.max_poll_interval_ms,
-            fetch_max_wait_ms=100,
+            fetch_max_wait_ms=10,  # as librdkafka's fetch.wait.max.ms (confluent_client): see there
         )
         if config.static_membership:
             kwargs["group_instance_id"] = config.instance_id
@@ -76,7 +69,7 @@ class KafkaPythonClient:
 
         c = self._config
         kwargs = c.kafka.producer_kwargs(
-            client_id=c.client_id, acks="all", enable_idempotence=True, linger_ms=2,
+            client_id=c.client_id, acks="all", enable_idempotence=True, linger_ms=1,
             max_block_ms=int(c.operation_timeout_s * 1000),
         )
         if c.exactly_once:
@@ -183,21 +176,20 @@ class KafkaPythonClient:
             _raise(exc, f"produce to {out.topic}")
         self._futures.append(fut)
 
-    def produce_batch(self, outs: Sequence[Output]) -> _Delivery:
+    def produce_many(self, outs: Sequence[Output]) -> None:
         for out in outs:
             self.produce(out)
-        futures, self._futures = self._futures, []
-        return _Delivery(futures)
 
-    def wait(self, delivery: _Delivery, timeout_s: float) -> None:
-        import time
-
-        deadline = time.monotonic() + timeout_s
-        for f in delivery.futures:
-            try:
-                f.get(timeout=max(0.0, deadline - time.monotonic()))
-            except Exception as exc:  # noqa: BLE001
-                raise RetriableError(f"records not acknowledged: {type(exc).__name__}: {exc}") from exc
+    def acknowledged(self) -> bool:
+        futures = self._futures
+        if any(not f.is_done for f in futures):
+            failed = [f for f in futures if f.is_done and f.exception is not None]
+            if failed:
+                self._futures = []
+                raise RetriableError(f"{len(failed)} records not acknowledged, e.g. {failed[0].exception!r}")
+            return False
+        self._check_futures()
+        return True
 
     def _check_futures(self) -> None:
         futures, self._futures = self._futures, []
@@ -231,13 +223,18 @@ class KafkaPythonClient:
         except Exception as exc:  # noqa: BLE001
             _raise(exc, "begin transaction")
 
-    def send_offsets_to_transaction(self, offsets: Mapping[TopicPartition, int], timeout_s: float) -> None:
+    def group_metadata(self) -> Any:
+        return self._consumer.group_metadata()
+
+    def send_offsets_to_transaction(self, offsets: Mapping[TopicPartition, int], timeout_s: float,
+                                    group_metadata: Any = None) -> None:
         from kafka.structs import OffsetAndMetadata
 
+        meta = group_metadata if group_metadata is not None else self._consumer.group_metadata()
         try:
             self._await(self._producer._transaction_manager.send_offsets_to_transaction(
-                {self._tp(tp): OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()},
-                self._consumer.group_metadata()), timeout_s, "send offsets to transaction")
+                {self._tp(tp): OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()}, meta),
+                timeout_s, "send offsets to transaction")
         except ProducerNeedsReset:
             raise
         except Exception as exc:  # noqa: BLE001

@@ -42,12 +42,16 @@ BATCH_SIZE = MetricDef("batch_size", Kind.HISTOGRAM, "Records per micro-batch", 
 PROCESS_SECONDS = MetricDef("batch_process_seconds", Kind.HISTOGRAM, "Time in the process function per batch",
                             buckets=LATENCY_BUCKETS)
 DELIVER_SECONDS = MetricDef("batch_deliver_seconds", Kind.HISTOGRAM,
-                            "Time to produce, flush and commit (or commit the transaction) per batch",
+                            "Time to hand a batch's outputs to the producer (or the open transaction)",
                             buckets=LATENCY_BUCKETS)
+COMMIT_SECONDS = MetricDef("commit_wait_seconds", Kind.HISTOGRAM,
+                           "From a batch handed to the producer to its offsets committed (at-least-once: "
+                           "acknowledged and committed in the background; exactly-once: its transaction committed)",
+                           buckets=LATENCY_BUCKETS)
 RECORD_AGE_SECONDS = MetricDef("record_age_at_commit_seconds", Kind.HISTOGRAM,
                                "Age of each batch's oldest record (since its Kafka timestamp) when committed",
                                buckets=LATENCY_BUCKETS)
-COMMITS = MetricDef("commits_total", Kind.COUNTER, "Batches committed (offsets or transactions)")
+COMMITS = MetricDef("commits_total", Kind.COUNTER, "Batches committed (their offsets, or in a transaction)")
 ABORTS = MetricDef("transactions_aborted_total", Kind.COUNTER, "Transactions aborted")
 RETRIES = MetricDef("retries_total", Kind.COUNTER, "Batches retried after a transient failure", ("stage",))
 REBALANCES = MetricDef("rebalances_total", Kind.COUNTER, "Partition assignment changes", ("event",))
@@ -55,7 +59,8 @@ ASSIGNED = MetricDef("assigned_partitions", Kind.GAUGE, "Partitions currently as
 LAG = MetricDef("consumer_lag", Kind.GAUGE, "High watermark minus the next offset to process",
                 ("topic", "partition"))
 STREAM_METRICS: tuple[MetricDef, ...] = (
-    CONSUMED, PRODUCED, DEAD_LETTERED, BATCH_SIZE, PROCESS_SECONDS, DELIVER_SECONDS, RECORD_AGE_SECONDS,
+    CONSUMED, PRODUCED, DEAD_LETTERED, BATCH_SIZE, PROCESS_SECONDS, DELIVER_SECONDS, COMMIT_SECONDS,
+    RECORD_AGE_SECONDS,
     COMMITS, ABORTS, RETRIES, REBALANCES, ASSIGNED, LAG,
 )
 

@@ -1,25 +1,30 @@
 """The consume-process-produce loop: micro-batches in, outputs and dead letters out, offsets committed
-per the delivery mode, with retries that never skip a record.
+by the delivery mode (fraud.stream.delivery), with retries that never skip a record.
 
-One batch at a time, on one thread:
+Each turn of the loop, on one thread:
 
-1. collect up to `batch_max_size` records, waiting at most `batch_max_wait_ms` after the first one;
-2. call the job's process function (records in -> outputs + dead letters out);
-3. deliver: at-least-once = produce everything, and commit the batch's offsets once every record of it
-   is acknowledged; meanwhile the next batch is already being processed (at most
-   `MAX_INFLIGHT_BATCHES` batches await their acknowledgements; offsets commit in batch order, in the
-   background, confirmed by a synchronous commit on revoke and close);
-   exactly-once = one transaction holding the outputs, the dead letters and the input offsets
-   (sent with the consumer's group metadata, so a member that lost its partitions is fenced).
+1. let the delivery mode confirm and commit what is due (acknowledgements, an interval, an idle loop);
+2. collect a micro-batch: what the client has ready now, up to `batch_max_size` records. Nothing is waited
+   for while anything is in flight; when the loop is idle it blocks until the first record arrives (or a
+   commit is due) and takes it at once, so batches grow only under load (`batch_max_wait_ms` > 0 waits to
+   fill one instead);
+3. submit it to the process function. A staged one (`StagedProcess`, the scoring bridge) starts its work
+   (a Predict call) and returns; the batch before it is finished and delivered while that is in flight
+   (`pipeline_depth` batches in flight). A plain function runs to completion here;
+4. deliver finished batches in order: the delivery mode produces their outputs and dead letters (at-least-
+   once: committed once acknowledged; exactly-once: into a transaction spanning the batches of up to
+   `commit_interval_ms`, committed with the input offsets).
 
-Any transient failure (`RetriableError` from the process function or the client) aborts the open
-transaction, marks the batch's partitions for a rewind and backs off; before the next poll the loop seeks
-them back to their committed offsets, so the batch is redone from exactly where the last commit left it:
-nothing is committed past a record that was not delivered, and nothing committed is redone in
-exactly-once mode. Rebalance callbacks only run inside poll, when no transaction is open; records of a
-revoked or lost partition are dropped from the batch being collected (their new owner reads them from the
-committed offset). A signal handler only sets a flag: the loop finishes (and commits) the batch at hand,
-then closes the clients.
+Any transient failure (`RetriableError` from the process function or the client) drops every batch in
+flight, makes the delivery mode abandon what it has not committed (aborting an open transaction), marks
+their partitions for a rewind and backs off; before the next poll the loop seeks them back to their
+committed offsets, so the batches are redone from exactly where the last commit left them: nothing is
+committed past a record that was not delivered, and nothing committed is redone in exactly-once mode.
+Rebalance callbacks run inside poll: on revoke the batches in flight are dropped (their records are read
+again from the committed offset by whoever owns the partition), and what was delivered is committed (the
+open transaction, or the acknowledged offsets) before the partitions move; on loss nothing more of those
+partitions is committed. A signal handler only sets a flag: the loop finishes and commits the batches at
+hand, then closes the clients.
 """
 
 from __future__ import annotations
@@ -37,19 +42,22 @@ from fraud.logs import log_event
 from fraud.stream import metrics as m
 from fraud.stream.clients import StreamClient, make_client
 from fraud.stream.config import StreamConfig
+from fraud.stream.delivery import AtLeastOnce, Delivered, DeliveryMode, make_delivery
 from fraud.stream.health import HealthServer
 from fraud.stream.metrics import Metrics, PrometheusMetrics
 from fraud.stream.records import (
+    Completed,
     FatalError,
     Output,
+    PendingResult,
     ProcessFn,
     ProcessResult,
     ProducerNeedsReset,
     Record,
     RetriableError,
+    StagedProcess,
     TopicPartition,
     first_offsets,
-    next_offsets,
 )
 from fraud.stream.signals import install_stop_handlers
 
@@ -58,22 +66,29 @@ log = logging.getLogger("fraud.stream")
 #: Producer resets (fenced, expired transaction) tolerated within FENCE_WINDOW_S before giving up: more
 #: means another live instance shares this transactional id.
 MAX_RESETS = 5
-#: At-least-once: batches whose records may still await acknowledgement while the next one is processed.
-MAX_INFLIGHT_BATCHES = 1
 FENCE_WINDOW_S = 120.0
+#: Longest a poll blocks while idle (the loop turns to serve the health endpoint, the stop flag and lag).
 _IDLE_POLL_S = 0.2
+
+
+def _merge_rewind(into: dict[TopicPartition, int], starts: dict[TopicPartition, int]) -> None:
+    for tp, offset in starts.items():
+        if tp not in into or offset < into[tp]:
+            into[tp] = offset
 
 
 class StreamProcessor:
     """Runs `process` over the input topics until `request_stop()` (or SIGTERM/SIGINT when installed)."""
 
-    def __init__(self, config: StreamConfig, process: ProcessFn, *, client: StreamClient | None = None,
-                 metrics: Metrics | None = None, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] | None = None,
+    def __init__(self, config: StreamConfig, process: ProcessFn | StagedProcess, *,
+                 client: StreamClient | None = None, metrics: Metrics | None = None,
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] | None = None,
                  on_committed: Callable[[Sequence[Record], ProcessResult], None] | None = None) -> None:
-        """`on_committed(batch, result)`, if given, runs after each batch is delivered and committed (once per
+        """`process` is a function (records -> ProcessResult) or a `StagedProcess` (pipelined).
+        `on_committed(batch, result)`, if given, runs after each batch is delivered and committed (once per
         committed batch, never for a failed attempt): for a job's own counts, e.g. what it filtered."""
         self.config = config
+        self._staged: StagedProcess | None = process if isinstance(process, StagedProcess) else None
         self._process = process
         self._on_committed = on_committed
         self._client = client
@@ -82,23 +97,23 @@ class StreamProcessor:
         self._stop = threading.Event()
         self._sleep = sleep or (lambda s: self._stop.wait(s))
         self._assigned: set[TopicPartition] = set()
-        self._pending: list[Record] = []
+        self._pending: list[Record] = []  # the batch being collected (rebalance callbacks filter it)
+        self._rebalanced = False
         self._needs_rewind: dict[TopicPartition, int] = {}
         self._producer_ready = not config.exactly_once
         self._resets: deque[float] = deque()
         self._attempt = 0
         self._committed_next: dict[TopicPartition, int] = {}
-        self._async_offsets: dict[TopicPartition, int] = {}  # at-least-once: committed in the background
-        # at-least-once: (offsets to commit, delivery, first offsets, batch, result) of the batches awaiting
-        # their acknowledgements, oldest first
-        self._inflight: deque[tuple[dict[TopicPartition, int], Any, dict[TopicPartition, int], Sequence[Record],
-                                    ProcessResult]] = deque()
+        #: submitted batches not yet delivered, oldest first: (records, pending result, submitted at)
+        self._inflight: deque[tuple[list[Record], PendingResult, float]] = deque()
+        self._mode: DeliveryMode | None = None
         self._last_lag = 0.0
         self._heartbeat = clock()
         self._last_commit: float | None = None
         self._state = "starting"
         self.http: HealthServer | None = None
         self.batches_committed = 0
+        self._single_topic = config.input_topics[0] if len(config.input_topics) == 1 else None
 
     # -- control -------------------------------------------------------------------------------
 
@@ -140,27 +155,28 @@ class StreamProcessor:
         if self._client is None:
             self._client = make_client(c)
         client = self._client
+        self._mode = make_delivery(client, c, self._clock, self._confirmed, lambda exc: self._reset_producer(None))
         log_event(log, logging.INFO, "stream_starting", component=c.component, topics=list(c.input_topics),
                   group_id=c.group_id, instance_id=c.instance_id, delivery=c.delivery.value, client=c.client.value,
-                  transactional_id=c.transactional_id if c.exactly_once else None)
+                  transactional_id=c.transactional_id if c.exactly_once else None,
+                  commit_interval_ms=c.commit_interval_ms, pipelined=self._staged is not None and c.pipeline_depth > 0)
         try:
             client.subscribe(c.input_topics, self._on_assign, self._on_revoke, self._on_lost)
             self._state = "running"
             while not self._stop.is_set():
                 self._loop_once(client)
             self._state = "stopping"
-            try:
-                self._settle(client, keep=0)
-            except RetriableError as exc:
-                self._inflight.clear()  # not committed: delivered again after a restart
-                log_event(log, logging.WARNING, "final_delivery_failed", error=str(exc))
-            self._commit_sync(client, list(self._async_offsets))
+            self._drain()
             log_event(log, logging.INFO, "stream_stopping", batches_committed=self.batches_committed)
         except BaseException:
             self._state = "failed"
+            for _, pending, _ in self._inflight:
+                pending.cancel()
             raise
         finally:
             try:
+                if self._mode is not None:
+                    self._mode.close()
                 client.close(c.operation_timeout_s)
             finally:
                 if self._state != "failed":
@@ -169,8 +185,25 @@ class StreamProcessor:
                     self.http.close()
                 log_event(log, logging.INFO, "stream_stopped", state=self._state)
 
+    def _drain(self) -> None:
+        """On stop: finish and deliver the batches in flight, then commit everything delivered."""
+        assert self._mode is not None
+        while self._inflight:
+            if not self._finish():
+                break  # failed: not committed, redone after a restart
+        try:
+            if self._mode.uncommitted:
+                self._mode.commit_all()
+            elif isinstance(self._mode, AtLeastOnce):
+                self._mode.commit_sync(list(self._mode.async_offsets))
+        except RetriableError as exc:
+            self._mode.abandon()  # not committed: delivered again after a restart
+            log_event(log, logging.WARNING, "final_delivery_failed", error=str(exc))
+
     def _loop_once(self, client: StreamClient) -> None:
-        self._heartbeat = self._clock()
+        self._heartbeat = now = self._clock()
+        mode = self._mode
+        assert mode is not None
         if not self._producer_ready:
             try:
                 client.init_transactions(self.config.operation_timeout_s)
@@ -183,12 +216,8 @@ class StreamProcessor:
             except RetriableError as exc:
                 self._retry_later("init_transactions", exc)
                 return
-        if self._inflight:
-            try:
-                self._settle(client, keep=MAX_INFLIGHT_BATCHES)
-            except RetriableError as exc:
-                self._fail([], "deliver", exc)
-                return
+        if mode.uncommitted and not self._service(now, idle=False):
+            return
         if self._needs_rewind:
             try:
                 self._rewind(client)
@@ -196,130 +225,136 @@ class StreamProcessor:
                 self._retry_later("rewind", exc)
                 return
             self._recovered()
-        batch = self._collect(client)
+        if self._inflight:
+            timeout = 0.0
+        else:
+            timeout = _IDLE_POLL_S
+            due = mode.until_due(now)
+            if due is not None:
+                timeout = min(timeout, due)
+        batch = self._collect(client, timeout)
         self._report_lag(client)
         if batch:
-            self._run_batch(client, batch)
+            self._inflight.append((batch, self._submit(batch), self._clock()))
+        depth = self.config.pipeline_depth if self._staged is not None else 0
+        while self._inflight and (not batch or len(self._inflight) > depth or self._inflight[0][1].done()):
+            if not self._finish():
+                return
+        if not batch and not self._inflight and mode.uncommitted:
+            self._service(self._clock(), idle=True)  # nothing else to do: commit now rather than later
 
-    def _collect(self, client: StreamClient) -> list[Record]:
+    def _service(self, now: float, idle: bool) -> bool:
+        assert self._mode is not None
+        try:
+            self._mode.service(now, idle)
+        except ProducerNeedsReset as exc:
+            self._fail([], "commit", exc, reset=True)
+            return False
+        except RetriableError as exc:
+            self._fail([], "commit", exc)
+            return False
+        return True
+
+    def _submit(self, batch: list[Record]) -> PendingResult:
+        try:
+            if self._staged is not None:
+                return self._staged.submit(batch)
+            return Completed(self._process(batch))  # type: ignore[operator]
+        except RetriableError as exc:
+            return Completed(error=exc)
+
+    def _collect(self, client: StreamClient, timeout: float) -> list[Record]:
         c = self.config
-        self._pending = []
-        deadline: float | None = None
-        while len(self._pending) < c.batch_max_size and not self._stop.is_set():
-            if deadline is None:
-                timeout = _IDLE_POLL_S
-            else:
-                timeout = deadline - self._clock()
-                if timeout <= 0:
+        self._rebalanced = False
+        records = client.poll(c.batch_max_size, timeout)
+        if records and c.batch_max_wait_ms > 0:  # asked to wait for a fuller batch
+            self._pending = records
+            deadline = self._clock() + c.batch_max_wait_ms / 1000.0
+            while len(self._pending) < c.batch_max_size and not self._stop.is_set():
+                left = deadline - self._clock()
+                if left <= 0:
                     break
-            records = client.poll(c.batch_max_size - len(self._pending), timeout)
-            if records:
-                if deadline is None:
-                    deadline = self._clock() + c.batch_max_wait_ms / 1000.0
-                self._pending.extend(records)
+                more = client.poll(c.batch_max_size - len(self._pending), left)
+                if not more:
+                    break
+                self._pending.extend(more)
+            records, self._pending = self._pending, []
+        if self._rebalanced and records:  # records of partitions revoked or lost during this poll
+            records = [r for r in records if (r[0], r[1]) in self._assigned]
+        if records:
+            if self._single_topic is not None:
+                self.metrics.increment(m.CONSUMED, len(records), topic=self._single_topic)
+            else:
                 for topic, n in Counter(r.topic for r in records).items():
                     self.metrics.increment(m.CONSUMED, n, topic=topic)
-            elif deadline is None:
-                break
-        batch, self._pending = self._pending, []
-        return batch
+        return records
 
-    def _run_batch(self, client: StreamClient, batch: list[Record]) -> None:
-        t0 = self._clock()
+    def _finish(self) -> bool:
+        """Wait for the oldest batch in flight and deliver it; False if that failed (already handled)."""
+        assert self._mode is not None
+        batch, pending, t0 = self._inflight.popleft()
         try:
-            result = self._process(batch)
+            result = pending.result()
         except RetriableError as exc:
             self._fail(batch, "process", exc)
-            return
+            return False
         t1 = self._clock()
+        outputs = result.outputs
+        if result.dead_letters:
+            outputs = outputs + [self._dead_letter_output(d) for d in result.dead_letters]
         try:
-            self._deliver(client, batch, result)
+            self._mode.deliver(batch, result, outputs)
         except ProducerNeedsReset as exc:
             self._fail(batch, "deliver", exc, reset=True)
-            return
+            return False
         except RetriableError as exc:
             self._fail(batch, "deliver", exc)
-            return
+            return False
         t2 = self._clock()
         self._recovered()
         met = self.metrics
         met.observe(m.BATCH_SIZE, len(batch))
         met.observe(m.PROCESS_SECONDS, t1 - t0)
         met.observe(m.DELIVER_SECONDS, t2 - t1)
-        met.observe(m.RECORD_AGE_SECONDS, max(0.0, time.time() - min(r.timestamp_ms for r in batch) / 1000.0))
-        if self.config.exactly_once:
-            self._committed(next_offsets(batch), t2, batch, result)
+        return True
 
-    def _committed(self, offsets: dict[TopicPartition, int], now: float, batch: Sequence[Record],
-                   result: ProcessResult) -> None:
-        """Book-keeping for a batch whose outputs are delivered and whose offsets are committed (at-least-once:
+    def _confirmed(self, delivered: list[Delivered], offsets: dict[TopicPartition, int], now: float) -> None:
+        """Book-keeping for batches whose outputs are delivered and whose offsets are committed (at-least-once:
         the commit is issued), once per batch, never for a failed attempt."""
         self._last_commit = now
-        self.batches_committed += 1
         self._committed_next.update(offsets)
         met = self.metrics
-        met.increment(m.COMMITS)
-        for topic, n in Counter(o.topic for o in result.outputs).items():
-            met.increment(m.PRODUCED, n, topic=topic)
-        for reason, n in Counter(d.reason for d in result.dead_letters).items():
-            met.increment(m.DEAD_LETTERED, n, reason=reason)
-        if result.dead_letters:
-            met.increment(m.PRODUCED, len(result.dead_letters), topic=self.config.dlq_topic)
-        for d in result.dead_letters:
-            log_event(log, logging.WARNING, "dead_letter", key=_text(d.key), reason=d.reason, field=d.field,
-                      message=d.message, topic=d.source_topic, partition=d.source_partition, offset=d.source_offset)
-        if self._on_committed is not None:
-            self._on_committed(batch, result)
+        wall_ms = time.time() * 1000.0
+        for d in delivered:
+            self.batches_committed += 1
+            batch, result = d.batch, d.result
+            met.increment(m.COMMITS)
+            met.observe(m.COMMIT_SECONDS, max(0.0, now - d.at))
+            outputs = result.outputs
+            if outputs:
+                first = outputs[0].topic
+                if all(o.topic == first for o in outputs):
+                    met.increment(m.PRODUCED, len(outputs), topic=first)
+                else:
+                    for topic, n in Counter(o.topic for o in outputs).items():
+                        met.increment(m.PRODUCED, n, topic=topic)
+            if result.dead_letters:
+                for reason, n in Counter(dl.reason for dl in result.dead_letters).items():
+                    met.increment(m.DEAD_LETTERED, n, reason=reason)
+                met.increment(m.PRODUCED, len(result.dead_letters), topic=self.config.dlq_topic)
+                for dl in result.dead_letters:
+                    log_event(log, logging.WARNING, "dead_letter", key=_text(dl.key), reason=dl.reason,
+                              field=dl.field, message=dl.message, topic=dl.source_topic,
+                              partition=dl.source_partition, offset=dl.source_offset)
+            if batch:
+                met.observe(m.RECORD_AGE_SECONDS, max(0.0, (wall_ms - min(r.timestamp_ms for r in batch)) / 1000.0))
+            if self._on_committed is not None:
+                self._on_committed(batch, result)
 
     def _dead_letter_output(self, d: DeadLetter) -> Output:
         return Output(self.config.dlq_topic, d.value, d.key, tuple(d.headers()))
 
-    def _deliver(self, client: StreamClient, batch: Sequence[Record], result: ProcessResult) -> None:
-        c = self.config
-        offsets = next_offsets(batch)
-        dead = [self._dead_letter_output(d) for d in result.dead_letters]
-        if not c.exactly_once:
-            delivery = client.produce_batch(result.outputs + dead)
-            self._inflight.append((offsets, delivery, first_offsets(batch), batch, result))
-            self._settle(client, keep=MAX_INFLIGHT_BATCHES)
-            return
-        client.begin_transaction()
-        try:
-            for out in result.outputs:
-                client.produce(out)
-            for out in dead:
-                client.produce(out)
-            client.send_offsets_to_transaction(offsets, c.operation_timeout_s)
-            client.commit_transaction(c.operation_timeout_s)
-        except RetriableError:
-            self._abort(client)
-            raise
-
-    def _settle(self, client: StreamClient, keep: int) -> None:
-        """At-least-once: commit the offsets of in-flight batches whose records are all acknowledged, in
-        batch order, waiting for the oldest ones until at most `keep` remain. A failed delivery raises
-        RetriableError; the caller rewinds every in-flight batch (none of them gets committed)."""
-        while self._inflight:
-            offsets, delivery, _, batch, result = self._inflight[0]
-            if len(self._inflight) <= keep and not delivery.done():
-                return
-            client.wait(delivery, self.config.operation_timeout_s)
-            self._inflight.popleft()
-            # Acknowledged: the commit can go in the background (a lost commit only means those records
-            # are delivered again); a synchronous commit follows on revoke and close.
-            client.commit(offsets, self.config.operation_timeout_s, asynchronous=True)
-            self._async_offsets.update(offsets)
-            self._committed(offsets, self._clock(), batch, result)
-
-    def _abort(self, client: StreamClient) -> None:
-        try:
-            client.abort_transaction(self.config.operation_timeout_s)
-            self.metrics.increment(m.ABORTS)
-        except RetriableError as exc:
-            # The outcome of the transaction is unknown (e.g. the broker went away mid-commit). A new
-            # producer's init_transactions completes or aborts it; the rewind then reads the committed offsets.
-            log_event(log, logging.WARNING, "abort_failed", error=str(exc))
-            self._reset_producer(None)
+    # -- failures ------------------------------------------------------------------------------
 
     def _reset_producer(self, exc: Exception | None) -> None:
         now = self._clock()
@@ -335,18 +370,30 @@ class StreamProcessor:
         self._client.reset_producer()
         self._producer_ready = not self.config.exactly_once
 
-    def _abandon_inflight(self, batch: Sequence[Record]) -> None:
-        """Mark `batch` and every batch awaiting acknowledgements for a redo (none of them is committed:
-        committing a later batch would skip an earlier one)."""
-        firsts = [first_offsets(batch)] + [entry[2] for entry in self._inflight]
-        self._inflight.clear()
-        for starts in firsts:
-            for tp, offset in starts.items():
-                if tp not in self._needs_rewind or offset < self._needs_rewind[tp]:
-                    self._needs_rewind[tp] = offset
+    def _abandon(self, batch: Sequence[Record], keep_delivered: bool) -> None:
+        """Mark `batch` and every batch in flight for a redo, and what the delivery mode has not committed:
+        with `keep_delivered` (the failure was not the delivery's) that is committed first if it can be,
+        else it is redone too (nothing is committed past a batch that is redone)."""
+        rewind = first_offsets(batch) if batch else {}
+        _merge_rewind(rewind, self._drop_inflight())
+        mode = self._mode
+        if mode is not None and mode.uncommitted:
+            committed = False
+            if keep_delivered:
+                try:
+                    mode.commit_all()
+                    committed = True
+                except RetriableError as exc:
+                    log_event(log, logging.WARNING, "commit_before_retry_failed", error=str(exc))
+            if not committed:
+                _merge_rewind(rewind, mode.abandon())
+        _merge_rewind(self._needs_rewind, rewind)
 
     def _fail(self, batch: Sequence[Record], stage: str, exc: Exception, reset: bool = False) -> None:
-        self._abandon_inflight(batch)
+        aborts = getattr(self._mode, "aborts", 0)
+        self._abandon(batch, keep_delivered=stage == "process" and not reset)
+        if getattr(self._mode, "aborts", 0) > aborts:
+            self.metrics.increment(m.ABORTS)
         if reset:
             self._reset_producer(exc)
         self._retry_later(stage, exc, records=len(batch))
@@ -392,23 +439,23 @@ class StreamProcessor:
     # -- rebalance callbacks (run inside client.poll) -------------------------------------------
 
     def _on_assign(self, partitions: list[TopicPartition]) -> None:
+        self._rebalanced = True
         self._assigned |= set(partitions)
         self.metrics.increment(m.REBALANCES, event="assigned")
         self.metrics.gauge(m.ASSIGNED, len(self._assigned))
         log_event(log, logging.INFO, "partitions_assigned", partitions=_names(partitions),
                   total=len(self._assigned))
 
-    def _commit_sync(self, client: StreamClient, partitions: list[TopicPartition]) -> None:
-        """Confirm background commits (at-least-once) before partitions move or the job stops."""
-        offsets = {tp: self._async_offsets.pop(tp) for tp in partitions if tp in self._async_offsets}
-        if not offsets:
-            return
-        try:
-            client.commit(offsets, self.config.operation_timeout_s)
-        except RetriableError as exc:  # their records will be delivered again: allowed in at-least-once
-            log_event(log, logging.WARNING, "final_commit_failed", error=str(exc), partitions=_names(list(offsets)))
+    def _drop_inflight(self) -> dict[TopicPartition, int]:
+        rewind: dict[TopicPartition, int] = {}
+        for records, pending, _ in self._inflight:
+            pending.cancel()
+            _merge_rewind(rewind, first_offsets(records))
+        self._inflight.clear()
+        return rewind
 
     def _drop(self, partitions: list[TopicPartition], event: str) -> None:
+        self._rebalanced = True
         gone = set(partitions)
         self._assigned -= gone
         before = len(self._pending)
@@ -422,20 +469,29 @@ class StreamProcessor:
                   dropped_uncommitted=before - len(self._pending), total=len(self._assigned))
 
     def _on_revoke(self, partitions: list[TopicPartition]) -> None:
-        if self._client is not None:
+        # Batches in flight are dropped (not delivered): their records are read again from the committed
+        # offset, by this member for the partitions it keeps (a rewind), by the new owner for the others.
+        rewind = self._drop_inflight()
+        mode = self._mode
+        if mode is not None:
             try:
-                self._settle(self._client, keep=0)
+                mode.commit_all()  # what was delivered is committed before the partitions move
             except RetriableError as exc:
                 log_event(log, logging.WARNING, "delivery_failed_on_revoke", error=str(exc))
-                self._abandon_inflight([])
-            self._commit_sync(self._client, partitions)
+                _merge_rewind(rewind, mode.abandon())
+                if isinstance(exc, ProducerNeedsReset):
+                    self._reset_producer(exc)
+        _merge_rewind(self._needs_rewind, rewind)
         self._drop(partitions, "revoked")
 
     def _on_lost(self, partitions: list[TopicPartition]) -> None:
-        if any(tp in entry[0] for entry in self._inflight for tp in partitions):
-            self._abandon_inflight([])
-        for tp in partitions:  # no longer ours: committing them would be refused
-            self._async_offsets.pop(tp, None)
+        rewind = self._drop_inflight()
+        mode = self._mode
+        if mode is not None:
+            mode.forget(partitions)  # no longer ours: committing them would be refused
+            if mode.uncommitted:
+                _merge_rewind(rewind, mode.abandon())
+        _merge_rewind(self._needs_rewind, rewind)
         self._drop(partitions, "lost")
 
 

@@ -3,13 +3,15 @@
 A process function takes a batch of `Record`s (consumed, in offset order per partition) and returns a
 `ProcessResult`: the `Output`s to produce and the `DeadLetter`s for records it could not handle. The
 processor produces both and commits the input offsets according to the delivery mode; the process
-function never talks to Kafka itself.
+function never talks to Kafka itself. A `StagedProcess` (the scoring bridge) splits that in two, submit
+now and result later, so the processor can keep a batch in flight while it collects and delivers others.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple, Protocol, runtime_checkable
 
 from fraud.contract import DeadLetter
 
@@ -19,9 +21,9 @@ TopicPartition = tuple[str, int]
 PartitionsCallback = Callable[[list[TopicPartition]], None]
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One consumed Kafka record."""
+class Record(NamedTuple):
+    """One consumed Kafka record. A named tuple, not a dataclass: the hot path makes one per event, and a
+    tuple is built in a third of the time of a frozen dataclass."""
 
     topic: str
     partition: int
@@ -36,8 +38,7 @@ class Record:
         return (self.topic, self.partition)
 
 
-@dataclass(frozen=True, slots=True)
-class Output:
+class Output(NamedTuple):
     """One record to produce. `partition` None means the producer's partitioner (by key)."""
 
     topic: str
@@ -58,6 +59,49 @@ class ProcessResult:
 
 #: The user function plugged into the processor.
 ProcessFn = Callable[[Sequence[Record]], ProcessResult]
+
+
+class PendingResult(Protocol):
+    """A batch handed to a staged process function, whose result is not needed yet (e.g. a Predict call in
+    flight). `result()` blocks until it is there; it may raise RetriableError like a process function."""
+
+    def done(self) -> bool: ...
+
+    def result(self) -> ProcessResult: ...
+
+    def cancel(self) -> None:
+        """The batch is abandoned (a failure before it, a rebalance): drop what is in flight."""
+
+
+@runtime_checkable
+class StagedProcess(Protocol):
+    """A process function in two steps, so the processor can pipeline batches: `submit(batch)` starts the
+    work (decode, send a request) and returns at once; the processor collects and submits the next batch,
+    and delivers the one before, while this one is in flight."""
+
+    def submit(self, records: Sequence[Record]) -> PendingResult: ...
+
+
+class Completed:
+    """The PendingResult of work already done (a plain process function, or a result known at submit)."""
+
+    __slots__ = ("_result", "_error")
+
+    def __init__(self, result: ProcessResult | None = None, error: BaseException | None = None) -> None:
+        self._result = result
+        self._error = error
+
+    def done(self) -> bool:
+        return True
+
+    def result(self) -> ProcessResult:
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result
+
+    def cancel(self) -> None:
+        pass
 
 
 class RetriableError(Exception):
