@@ -572,7 +572,6 @@ def _run(args: argparse.Namespace, run_dir: Path) -> int:
         if args.model_dir is not None:
             model, model_label = model_base_of(args.model_dir), f"--model-dir {args.model_dir}"
         else:
-            sys.path.insert(0, str(Path(__file__).resolve().parent))
             from shipped_model import shipped_model_base
 
             model, model_label = shipped_model_base(), "the shipped model (pipeline on the shipped sample)"
