@@ -337,6 +337,124 @@ class EventProducer:
         self._producer.flush(timeout_s)
 
 
+class TransactionalProducer:
+    """A producer whose records become visible together, at `commit()`: the monitor's dead letters, alerts
+    and checkpoint of one interval are one Kafka transaction. A transaction is always open (the next begins
+    when one commits or aborts); `close()` aborts what is open. One `transactional_id` per job: a new
+    instance fences the old one (whose open transaction the broker then aborts).
+
+    `commit` raises RetriableError when the transaction could not be committed; it was aborted then (or
+    will be, by the broker), and the caller must go back to the state of its last commit.
+    """
+
+    def __init__(self, kafka: KafkaClientConfig, transactional_id: str, *, timeout_s: float = 30.0,
+                 transaction_timeout_ms: int = 60_000) -> None:
+        self._kafka = kafka
+        self._transactional_id = transactional_id
+        self._timeout_s = timeout_s
+        self._transaction_timeout_ms = transaction_timeout_ms
+        self._failures: list[str] = []
+        self._producer: Any = None
+        self._start()
+
+    def _start(self) -> None:
+        from confluent_kafka import KafkaException, Producer
+
+        self._producer = Producer(self._kafka.confluent(**{
+            "transactional.id": self._transactional_id, "transaction.timeout.ms": self._transaction_timeout_ms,
+            "acks": "all", "enable.idempotence": True, "linger.ms": 5, "logger": rdkafka_log}))
+        deadline = time.monotonic() + self._timeout_s * 4
+        while True:
+            try:
+                self._producer.init_transactions(self._timeout_s)
+                break
+            except KafkaException as exc:  # a broker bounce while the coordinator moves: try again
+                if time.monotonic() > deadline or not _retriable(exc):
+                    raise FraudError(f"cannot start a Kafka transaction as {self._transactional_id}: {exc}") from None
+                time.sleep(0.5)
+        self._producer.begin_transaction()
+
+    def _delivered(self, err: Any, msg: Any) -> None:
+        if err is not None:
+            self._failures.append(f"{msg.topic()}: {err.str()}")
+
+    def send(self, topic: str, value: bytes | None, key: bytes | None = None,
+             headers: Iterable[tuple[str, bytes]] | None = None) -> None:
+        while True:
+            try:
+                self._producer.produce(topic, value, key=key, headers=list(headers) if headers else None,
+                                       on_delivery=self._delivered)
+                return
+            except BufferError:
+                self._producer.poll(0.1)
+
+    def send_dead_letter(self, topic: str, dead: DeadLetter) -> None:
+        self.send(topic, dead.value, dead.key, dead.headers())
+
+    def flush(self, timeout_s: float = 30.0) -> None:
+        """Nothing to do: records are delivered with the transaction, at `commit`."""
+
+    def commit(self) -> None:
+        """Commit what was sent since the last commit; then a new transaction is open."""
+        from confluent_kafka import KafkaException
+
+        try:
+            remaining = self._producer.flush(self._timeout_s)
+            failures, self._failures = self._failures, []
+            if remaining or failures:
+                raise RetriableError(f"{remaining} records unacknowledged, {len(failures)} failed "
+                                     f"{failures[:1]}")
+            self._producer.commit_transaction(self._timeout_s)
+        except (KafkaException, RetriableError) as exc:
+            self._recover(exc)
+            raise RetriableError(f"transaction not committed: {exc}") from None
+        self._producer.begin_transaction()
+
+    def abort(self) -> None:
+        """Drop what was sent since the last commit."""
+        from confluent_kafka import KafkaException
+
+        try:
+            self._producer.abort_transaction(self._timeout_s)
+            self._failures = []
+            self._producer.begin_transaction()
+        except KafkaException as exc:
+            self._recover(exc)
+
+    def _recover(self, exc: BaseException) -> None:
+        """After a failed commit: abort if the library allows, else start over with a new producer (its
+        init_transactions fences and aborts what the old one left open)."""
+        from confluent_kafka import KafkaException
+
+        log_event(log, logging.WARNING, "transaction_failed", error=str(exc))
+        self._failures = []
+        err = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
+        if err is not None and not err.fatal():
+            try:
+                self._producer.abort_transaction(self._timeout_s)
+                self._producer.begin_transaction()
+                return
+            except KafkaException as again:
+                log_event(log, logging.WARNING, "transaction_abort_failed", error=str(again))
+        self._producer = None
+        self._start()
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        if self._producer is None:
+            return
+        try:
+            self._producer.abort_transaction(timeout_s)
+        except Exception as exc:  # noqa: BLE001 (closing anyway: the broker aborts it on timeout)
+            log_event(log, logging.DEBUG, "transaction_abort_on_close_failed", error=str(exc))
+        self._producer.flush(timeout_s)
+        self._producer = None
+
+
+def _retriable(exc: Any) -> bool:
+    err = exc.args[0] if getattr(exc, "args", None) else None
+    return bool(err is not None and hasattr(err, "retriable") and (err.retriable() or not err.fatal()))
+
+
 def read_all(kafka: KafkaClientConfig, topic: str, *, group_id: str, idle_s: float = 2.0,
              timeout_s: float = 60.0, since_ms: int | None = None) -> list[Record]:
     """Every committed record of `topic` (from `since_ms` if given) until nothing new arrives for `idle_s`."""
