@@ -71,10 +71,10 @@ def cluster_for(brokers: int, state_dir: Path) -> Iterator[ChaosCluster]:
 
 def table(results: list[Result]) -> str:
     head = ("run", "events in", "out (scored)", "in warehouse", "dead-lettered", "lost", "duplicated", "faults",
-            "leader moves", "seconds", "verdict")
+            "leader moves", "crash restarts", "seconds", "verdict")
     rows = [(str(r.run), f"{r.events_in:,}", f"{r.scored:,}", f"{r.warehouse:,}", f"{r.dead_lettered:,}",
-             str(r.lost), str(r.duplicated), str(len(r.faults)), str(r.leader_moves), f"{r.seconds:.0f}",
-             "clean" if r.clean else "NOT CLEAN") for r in results]
+             str(r.lost), str(r.duplicated), str(len(r.faults)), str(r.leader_moves), str(len(r.unexpected_exits)),
+             f"{r.seconds:.0f}", "clean" if r.clean else "NOT CLEAN") for r in results]
     widths = [max(len(x) for x in col) for col in zip(head, *rows, strict=True)]
     lines = [" | ".join(x.ljust(w) for x, w in zip(row, widths, strict=True)) for row in (head, *rows)]
     lines.insert(1, "-+-".join("-" * w for w in widths))
