@@ -214,7 +214,7 @@ class Feeder(threading.Thread):
             for send in self.corpus.schedule:
                 delay = start + send.due - time.monotonic()
                 if delay > 0.002:
-                    self.producer._producer.poll(0)
+                    self.producer.poll()
                     time.sleep(delay)
                 value = send.value
                 if send.label is not None:

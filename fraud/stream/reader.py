@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from fraud.contract import DeadLetter
 from fraud.errors import FraudError
 from fraud.kafka_config import KafkaClientConfig
 from fraud.logs import log_event
+from fraud.stream.admin import KafkaAdmin
 from fraud.stream.confluent_client import rdkafka_log, records_from_messages
 from fraud.stream.records import PartitionsCallback, Record, RetriableError, TopicPartition
 
@@ -43,7 +44,7 @@ class _Reader:
     """What both readers share: one confluent-kafka consumer, read_committed, manual commits."""
 
     def __init__(self, kafka: KafkaClientConfig, topics: Sequence[str], *, group_id: str, timeout_s: float,
-                 settings: Mapping[str, Any] | None = None) -> None:
+                 settings: Mapping[str, Any] | None = None, read_committed: bool = True) -> None:
         from confluent_kafka import Consumer
 
         self.topics = tuple(topics)
@@ -52,7 +53,7 @@ class _Reader:
             "group.id": group_id,
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
-            "isolation.level": "read_committed",
+            "isolation.level": "read_committed" if read_committed else "read_uncommitted",
             "fetch.wait.max.ms": 100,
             "error_cb": self._on_error,
             "logger": rdkafka_log,
@@ -102,8 +103,19 @@ class _Reader:
             self._position[(t, p)] = o
 
     def positions(self) -> dict[TopicPartition, int]:
-        """Next offset to read per assigned partition that has been read from (or sought)."""
-        return {tp: o for tp, o in self._position.items() if tp in self._assigned}
+        """Next offset to read per assigned partition whose position is known: past the last record handed
+        out, or past transaction markers the consumer has skipped (which no record reports)."""
+        from confluent_kafka import TopicPartition as TP
+
+        out = {tp: o for tp, o in self._position.items() if tp in self._assigned}
+        try:
+            for tp in self._consumer.position([TP(t, p) for t, p in sorted(self._assigned)]):
+                if tp.offset >= 0:
+                    key = (tp.topic, tp.partition)
+                    out[key] = max(out.get(key, tp.offset), tp.offset)
+        except Exception as exc:  # noqa: BLE001 (the tracked positions are still right, only maybe behind)
+            log_event(log, logging.DEBUG, "position_failed", error=str(exc))
+        return out
 
     def commit_advisory(self, offsets: Mapping[TopicPartition, int]) -> None:
         """Tell the group how far we are, for lag tools only; failures are logged, never fatal."""
@@ -168,13 +180,14 @@ class PartitionReader(_Reader):
     """Reads every partition of `topics` from explicit start offsets (confluent-kafka, manual assignment).
 
     `start`: next offset per partition; a partition without one starts at `default_start`, which is
-    "earliest", "latest", or a Kafka timestamp in ms (the first record at or after it).
+    "earliest", "latest", or a Kafka timestamp in ms (the first record at or after it). `read_committed`
+    False also reads records of open and aborted transactions (e.g. to scan everything in the log).
     """
 
     def __init__(self, kafka: KafkaClientConfig, topics: Sequence[str], *, group_id: str,
                  start: Mapping[TopicPartition, int] | None = None, default_start: str | int = "earliest",
-                 timeout_s: float = 30.0) -> None:
-        super().__init__(kafka, topics, group_id=group_id, timeout_s=timeout_s)
+                 timeout_s: float = 30.0, read_committed: bool = True) -> None:
+        super().__init__(kafka, topics, group_id=group_id, timeout_s=timeout_s, read_committed=read_committed)
         self._start = dict(start or {})
         self._default_start = default_start
         self._last_refresh = 0.0
@@ -299,13 +312,14 @@ class GroupReader(_Reader):
 
 
 class EventProducer:
-    """Idempotent acks=all producer for dead letters and alerts; `flush` raises RetriableError on failure."""
+    """Idempotent acks=all producer (dead letters, alerts, and every job that writes records outside the
+    stream loop: replay, the users table, test data); `flush` raises RetriableError on failure."""
 
-    def __init__(self, kafka: KafkaClientConfig) -> None:
+    def __init__(self, kafka: KafkaClientConfig, **settings: Any) -> None:
         from confluent_kafka import Producer
 
         self._producer = Producer(kafka.confluent(**{"acks": "all", "enable.idempotence": True, "linger.ms": 5,
-                                                     "logger": rdkafka_log}))
+                                                     "logger": rdkafka_log, **settings}))
         self._failures: list[str] = []
 
     def _delivered(self, err: Any, msg: Any) -> None:
@@ -313,14 +327,20 @@ class EventProducer:
             self._failures.append(f"{msg.topic()}: {err.str()}")
 
     def send(self, topic: str, value: bytes | None, key: bytes | None = None,
-             headers: Iterable[tuple[str, bytes]] | None = None) -> None:
+             headers: Iterable[tuple[str, bytes]] | None = None, timestamp_ms: int | None = None) -> None:
+        """Queue one record (waiting while the local queue is full); delivery is checked at `flush`."""
+        extra = {} if timestamp_ms is None else {"timestamp": timestamp_ms}
         while True:
             try:
                 self._producer.produce(topic, value, key=key, headers=list(headers) if headers else None,
-                                       on_delivery=self._delivered)
+                                       on_delivery=self._delivered, **extra)
                 return
             except BufferError:
                 self._producer.poll(0.1)
+
+    def poll(self) -> None:
+        """Serve delivery callbacks (a long sending loop calls this now and then)."""
+        self._producer.poll(0)
 
     def send_dead_letter(self, topic: str, dead: DeadLetter) -> None:
         self.send(topic, dead.value, dead.key, dead.headers())
@@ -453,6 +473,38 @@ class TransactionalProducer:
 def _retriable(exc: Any) -> bool:
     err = exc.args[0] if getattr(exc, "args", None) else None
     return bool(err is not None and hasattr(err, "retriable") and (err.retriable() or not err.fatal()))
+
+
+def read_to_end(kafka: KafkaClientConfig, topics: Sequence[str], *, group_id: str,
+                start: Mapping[TopicPartition, int] | None = None, read_committed: bool = True,
+                timeout_s: float = 60.0) -> Iterator[Record]:
+    """Every record of `topics` from `start` (default: the log start) up to the end offsets of when it was
+    called (the last stable offset when `read_committed`), in order per partition; FraudError if that
+    takes longer than `timeout_s`. Ends by position, not by record count: transaction markers and
+    compacted-away records take offsets no record reports."""
+    ends = {tp: o for tp, o in KafkaAdmin(kafka, timeout_s=timeout_s).end_offsets(
+        topics, committed=read_committed).items()}
+    begin = dict(start or {})
+    todo = {tp: end for tp, end in ends.items() if begin.get(tp, 0) < end}
+    if not todo:
+        return
+    reader = PartitionReader(kafka, sorted({t for t, _ in todo}), group_id=group_id, start=begin,
+                             default_start="earliest", timeout_s=timeout_s, read_committed=read_committed)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while todo:
+            for rec in reader.poll(5000, 0.5):
+                end = ends.get(rec.tp)
+                if end is not None and rec.offset < end:
+                    yield rec
+            positions = reader.positions()
+            todo = {tp: end for tp, end in todo.items() if positions.get(tp, -1) < end}
+            if todo and time.monotonic() > deadline:
+                left = {f"{t}[{p}]": (positions.get((t, p)), end) for (t, p), end in sorted(todo.items())}
+                raise FraudError(f"{', '.join(topics)}: not read to the end in {timeout_s:g} s "
+                                 f"(position, end: {left})")
+    finally:
+        reader.close()
 
 
 def read_all(kafka: KafkaClientConfig, topic: str, *, group_id: str, idle_s: float = 2.0,
