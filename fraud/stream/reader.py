@@ -181,13 +181,16 @@ class PartitionReader(_Reader):
 
     `start`: next offset per partition; a partition without one starts at `default_start`, which is
     "earliest", "latest", or a Kafka timestamp in ms (the first record at or after it). `read_committed`
-    False also reads records of open and aborted transactions (e.g. to scan everything in the log).
+    False also reads records of open and aborted transactions (e.g. to scan everything in the log). `only`
+    restricts it to some partitions of the topics.
     """
 
     def __init__(self, kafka: KafkaClientConfig, topics: Sequence[str], *, group_id: str,
                  start: Mapping[TopicPartition, int] | None = None, default_start: str | int = "earliest",
-                 timeout_s: float = 30.0, read_committed: bool = True) -> None:
+                 timeout_s: float = 30.0, read_committed: bool = True,
+                 only: Iterable[TopicPartition] | None = None) -> None:
         super().__init__(kafka, topics, group_id=group_id, timeout_s=timeout_s, read_committed=read_committed)
+        self._only = None if only is None else set(only)
         self._start = dict(start or {})
         self._default_start = default_start
         self._last_refresh = 0.0
@@ -202,7 +205,7 @@ class PartitionReader(_Reader):
         if not force and now - self._last_refresh < PARTITION_REFRESH_S:
             return []
         self._last_refresh = now
-        new = [tp for tp in self._partitions() if tp not in self._assigned]
+        new = [tp for tp in self._partitions() if tp not in self._assigned and (self._only is None or tp in self._only)]
         if not new:
             return []
         targets = []
@@ -489,7 +492,8 @@ def read_to_end(kafka: KafkaClientConfig, topics: Sequence[str], *, group_id: st
     if not todo:
         return
     reader = PartitionReader(kafka, sorted({t for t, _ in todo}), group_id=group_id, start=begin,
-                             default_start="earliest", timeout_s=timeout_s, read_committed=read_committed)
+                             default_start="earliest", timeout_s=timeout_s, read_committed=read_committed,
+                             only=todo)
     deadline = time.monotonic() + timeout_s
     try:
         while todo:
