@@ -6,7 +6,7 @@
 2. The job on a real broker: records/s through `PreprocessJob` (at-least-once and exactly-once) against a
    pass-through process function on the same `StreamProcessor` and client (copy each value to the output):
    what the rules cost on top of the shared machinery.
-3. Ingestion: lines/s through Kafka Connect (`ingest_file`) against a bare kafka-python producer sending
+3. Ingestion: lines/s through Kafka Connect (`ingest_file`) against a bare producer (fraud.stream.reader.EventProducer) sending
    the same lines; then the job on those CSV lines (2. again, CSV source).
 
     .venv/bin/python bench/bench_preprocess.py                # the sample; throwaway embedded broker and Connect

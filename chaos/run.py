@@ -42,9 +42,9 @@ from chaos.verify import (
     read_until_quiescent,
     tally,
 )
-from fraud.kafka_config import ensure_topics
 from fraud.logs import log_event
 from fraud.replay import CardPool
+from fraud.stream.admin import ensure_topics
 from fraud.stream.reader import EventProducer
 from fraud.topics import MONITOR_STATE, TopicSpec
 from warehouse.store import open_readonly
