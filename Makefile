@@ -4,7 +4,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo demo-stop test test-slow lint lock images compose-up compose-down kfp-compile
+.PHONY: setup demo demo-stop test test-slow test-chaos lint lock images compose-up compose-down kfp-compile
 
 setup:
 	@scripts/setup-env.sh
@@ -20,6 +20,12 @@ test: setup
 
 test-slow: setup
 	@$(PY) -m pytest -m slow
+
+# End-to-end chaos (chaos/README.md): five runs of 100,000 events through every service on a 3-broker
+# embedded cluster, with kill -9s, broker bounces and a model server outage. Not part of `make test`.
+CHAOS_ARGS ?=
+test-chaos: setup
+	@$(PY) -m chaos $(CHAOS_ARGS)
 
 lint: setup
 	@$(VENV)/bin/ruff check .

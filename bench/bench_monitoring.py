@@ -21,8 +21,9 @@ import time
 from pathlib import Path
 
 from fraud.embedded.testing import given_or_temporary_broker
-from fraud.kafka_config import KafkaClientConfig, ensure_topics
+from fraud.kafka_config import KafkaClientConfig
 from fraud.logs import configure_logging
+from fraud.stream.admin import ensure_topics
 from fraud.stream.reader import PartitionReader
 from fraud.topics import TopicSpec
 from monitoring.config import GRANULARITIES, MonitorConfig, Thresholds

@@ -6,7 +6,7 @@
 2. The job on a real broker: records/s through `PreprocessJob` (at-least-once and exactly-once) against a
    pass-through process function on the same `StreamProcessor` and client (copy each value to the output):
    what the rules cost on top of the shared machinery.
-3. Ingestion: lines/s through Kafka Connect (`ingest_file`) against a bare kafka-python producer sending
+3. Ingestion: lines/s through Kafka Connect (`ingest_file`) against a bare producer (fraud.stream.reader.EventProducer) sending
    the same lines; then the job on those CSV lines (2. again, CSV source).
 
     .venv/bin/python bench/bench_preprocess.py                # the sample; throwaway embedded broker and Connect
@@ -69,17 +69,14 @@ def bench_rules(rows: int) -> None:
 
 
 def _produce(kafka: KafkaClientConfig, topic: str, values: list[bytes]) -> float:
-    from kafka import KafkaProducer
+    from fraud.stream.reader import EventProducer
 
-    producer = KafkaProducer(**kafka.producer_kwargs(acks="all", enable_idempotence=True, linger_ms=5,
-                                                     batch_size=256 * 1024))
+    producer = EventProducer(kafka, **{"batch.size": 256 * 1024})
     t0 = time.perf_counter()
     for i, v in enumerate(values):
-        producer.send(topic, key=f"k{i}".encode(), value=v)
-    producer.flush()
-    took = time.perf_counter() - t0
-    producer.close()
-    return took
+        producer.send(topic, v, f"k{i}".encode())
+    producer.flush(120)
+    return time.perf_counter() - t0
 
 
 def _run_until(processor_run, stop, done, n: int, timeout_s: float = 600.0) -> float:
@@ -140,7 +137,7 @@ def bench_ingest(kafka: KafkaClientConfig, bootstrap: str, file: Path, make_topi
     topic = make_topic("ingest", 1)
     with temporary_connect(state / "connect", bootstrap) as worker:
         result = ingest_file(worker, kafka, checked.path, topic, staging_dir=state / "staging", timeout_s=1800)
-    print(f"[ingest] {len(lines):,} lines: bare kafka-python producer {len(lines) / base:,.0f} lines/s, Connect "
+    print(f"[ingest] {len(lines):,} lines: bare producer (fraud.stream, confluent-kafka) {len(lines) / base:,.0f} lines/s, Connect "
           f"FileStreamSource {result.lines_per_s:,.0f} lines/s = {result.seconds / base:.2f}x the producer time "
           f"(connector start included)")
     return topic, result.sent

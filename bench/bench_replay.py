@@ -1,7 +1,7 @@
 """How fast `fraudctl replay` produces to a real broker, and how exactly it holds a target rate.
 
-Ratios against a baseline measured in the same run on the same broker: a bare kafka-python producer
-(same settings: acks=all, idempotent, linger 5 ms) sending ready-made records of the same size, two
+Ratios against a baseline measured in the same run on the same broker: replay's own producer (fraud.stream's
+EventProducer, confluent-kafka; acks=all, idempotent, linger 5 ms) sending ready-made records of the same size, two
 per row like replay (transaction + label). That is the client's ceiling; replay adds reading the CSV,
 building and validating-by-construction the events, card lookup and label scheduling.
 
@@ -20,9 +20,10 @@ from pathlib import Path
 
 from fraud.dataset import iter_rows
 from fraud.embedded.testing import given_or_temporary_broker
-from fraud.kafka_config import KafkaClientConfig, ensure_topics
+from fraud.kafka_config import KafkaClientConfig
 from fraud.paths import SAMPLE_CSV
 from fraud.replay import CardPool, KafkaSink, ReplayConfig, run_replay, transaction_event
+from fraud.stream.admin import ensure_topics
 from fraud.topics import TopicSpec
 
 

@@ -333,64 +333,39 @@ def replay_rows(rows: Iterable[Row], sink: Sink, config: ReplayConfig, *, clock:
 
 
 class KafkaSink:
-    """A kafka-python producer (acks=all, idempotent, batched) that records delivery failures."""
+    """fraud.stream's idempotent acks=all producer, batched for throughput; delivery failures counted."""
 
-    def __init__(self, kafka: KafkaClientConfig, **overrides: object) -> None:
-        from kafka import KafkaProducer
-        from kafka.errors import KafkaError
+    def __init__(self, kafka: KafkaClientConfig, *, timeout_s: float = 10.0, **settings: object) -> None:
+        from fraud.stream.reader import EventProducer
 
-        settings: dict[str, object] = dict(acks="all", enable_idempotence=True, linger_ms=5, batch_size=256 * 1024,
-                                           bootstrap_timeout_ms=10_000)
-        settings.update(overrides)
         self.bootstrap = kafka.bootstrap
         self._kafka = kafka
-        try:
-            self._producer = KafkaProducer(**kafka.producer_kwargs(**settings))
-        except KafkaError as exc:
-            raise FraudError(f"cannot reach Kafka at {self.bootstrap}: {exc}") from None
-        self.failed = 0
-        self.first_error: str | None = None
+        self._timeout_s = timeout_s
+        # Larger batches than the default: replay sends as fast as it may, and a label is sent with each event.
+        self._producer = EventProducer(kafka, **{"linger.ms": 5, "batch.size": 256 * 1024, **settings})
 
     def check_topics(self, names: Iterable[str]) -> None:
-        """Fail fast, in one line, if a topic is missing (a send would otherwise block for max_block_ms)."""
-        from kafka import KafkaAdminClient
-        from kafka.errors import KafkaError
+        """Fail fast, in one line, if a topic is missing (a send would otherwise wait for its metadata)."""
+        from fraud.stream.admin import KafkaAdmin
 
         names = list(names)
-        try:
-            admin = KafkaAdminClient(**self._kafka.admin_kwargs())
-            try:
-                found = {t["name"] for t in admin.describe_topics(names) if t.get("error_code", 0) == 0}
-            finally:
-                admin.close()
-        except KafkaError as exc:
-            raise FraudError(f"cannot describe topics on {self.bootstrap}: {exc}") from None
+        with KafkaAdmin(self._kafka, timeout_s=self._timeout_s) as admin:
+            found = set(admin.describe(names))
         missing = [n for n in names if n not in found]
         if missing:
             raise FraudError(f"topic {', '.join(missing)} does not exist on {self.bootstrap} "
                              f"(`fraudctl topics` creates the project's topics)")
 
-    def _on_error(self, exc: BaseException) -> None:
-        self.failed += 1
-        if self.first_error is None:
-            self.first_error = f"{type(exc).__name__}: {exc}"
-
     def send(self, topic: str, key: bytes, value: bytes, timestamp_ms: int) -> None:
-        from kafka.errors import KafkaError
-
-        try:
-            future = self._producer.send(topic, value=value, key=key, timestamp_ms=timestamp_ms)
-        except KafkaError as exc:
-            raise FraudError(f"cannot send to {topic} at {self.bootstrap}: {exc}") from None
-        future.add_errback(self._on_error)
+        self._producer.send(topic, value, key, timestamp_ms=timestamp_ms)
 
     def close(self) -> None:
+        from fraud.stream.records import RetriableError
+
         try:
-            self._producer.flush()
-        finally:
-            self._producer.close()
-        if self.failed:
-            raise FraudError(f"{self.failed} records were not delivered to {self.bootstrap}: {self.first_error}")
+            self._producer.flush(120)
+        except RetriableError as exc:
+            raise FraudError(f"records were not delivered to {self.bootstrap}: {exc}") from None
 
 
 def _progress_bar(total: int | None, enabled: bool):

@@ -32,6 +32,11 @@ DLQ_BRIDGE = TopicSpec("fraud.dlq.bridge", 1)
 DLQ_MONITORING = TopicSpec("fraud.dlq.monitoring", 1)
 #: Monitoring alerts (drift, alert-rate, precision/recall thresholds broken).
 ALERTS = TopicSpec("fraud.alerts", 1)
+#: The monitor's checkpoints (its windows and the offsets it read them up to), compacted by key. Small
+#: segments and an eager cleaner, so a restarted monitor reads little more than the last checkpoint.
+MONITOR_STATE = TopicSpec("fraud.monitor.state", 1, MappingProxyType({
+    "cleanup.policy": "compact", "segment.ms": "600000", "min.cleanable.dirty.ratio": "0.1",
+    "delete.retention.ms": "3600000"}))
 #: Reference table for enrichment (the seed's users table), compacted by key.
 USERS = TopicSpec("fraud.users", 1, MappingProxyType({"cleanup.policy": "compact"}))
 
@@ -45,5 +50,6 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
     DLQ_BRIDGE,
     DLQ_MONITORING,
     ALERTS,
+    MONITOR_STATE,
     USERS,
 )

@@ -41,8 +41,9 @@ from fraud.embedded.broker import BrokerConfig, KafkaBroker, running_bootstrap
 from fraud.embedded.connect import ConnectConfig, ConnectStandalone
 from fraud.embedded.process import PythonService
 from fraud.errors import FraudError
-from fraud.kafka_config import KafkaClientConfig, ensure_topics
+from fraud.kafka_config import KafkaClientConfig
 from fraud.paths import SAMPLE_CSV, Paths, load_paths
+from fraud.stream.admin import KafkaAdmin, ensure_topics
 from kafka_bridge.config import DEFAULT_GROUP as BRIDGE_GROUP
 from monitoring.report import load_snapshot
 from pipeline.report import artifact_property, latest_run
@@ -219,62 +220,19 @@ def _client(paths: Paths, client_id: str):
     return KafkaClientConfig(bootstrap_servers=(_bootstrap(paths),), client_id=client_id)
 
 
-def _group_offsets(admin, group: str, attempts: int = 20) -> dict:
-    """The group's committed offsets; retried while the broker is still electing the group coordinator
-    (a fresh broker creates __consumer_offsets on first use)."""
-    from kafka.errors import KafkaError
-
-    for attempt in range(attempts):
-        try:
-            return admin.list_group_offsets({group: None}).get(group, {})
-        except KafkaError as exc:
-            if not getattr(exc, "retriable", False) or attempt == attempts - 1:
-                raise
-            time.sleep(0.5)
-    return {}
-
-
 def caught_up(paths: Paths, group: str, topics: Sequence[str]) -> bool:
-    """True when `group` has committed every committed record of `topics`.
-
-    End offsets are no measure under transactions (commit markers take offsets), so this reads, as a
-    read_committed consumer, from the group's committed offsets: caught up means nothing is there.
-    """
-    from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
-
-    config = _client(paths, "fraud-demo")
-    admin = KafkaAdminClient(**config.admin_kwargs())
-    consumer = KafkaConsumer(**config.consumer_kwargs(isolation_level="read_committed"))
-    try:
-        committed = _group_offsets(admin, group)
-        parts = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
-        consumer.assign(parts)
-        begin = consumer.beginning_offsets(parts)
-        for tp in parts:
-            consumer.seek(tp, committed[tp].offset if tp in committed else begin[tp])
-        return not any(consumer.poll(timeout_ms=1500, max_records=1).values())
-    finally:
-        consumer.close()
-        admin.close()
+    """True when `group` has committed every committed record of `topics` (see KafkaAdmin.caught_up: end
+    offsets alone are no measure under transactions)."""
+    with KafkaAdmin(_client(paths, "fraud-demo")) as admin:
+        return admin.caught_up(group, topics)
 
 
 def commit_at_end(paths: Paths, group: str, topic: str) -> bool:
     """Commit `group` at the current end of `topic` if the group has no offsets yet (skip the history)."""
-    from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
-    from kafka.structs import OffsetAndMetadata
-
-    config = _client(paths, "fraud-demo")
-    admin = KafkaAdminClient(**config.admin_kwargs())
-    consumer = KafkaConsumer(**config.consumer_kwargs())
-    try:
-        if _group_offsets(admin, group):
+    with KafkaAdmin(_client(paths, "fraud-demo")) as admin:
+        if admin.group_offsets(group, [topic]):
             return False
-        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        ends = consumer.end_offsets(parts)
-        admin.alter_group_offsets(group, {tp: OffsetAndMetadata(ends[tp], "", -1) for tp in parts})
-    finally:
-        consumer.close()
-        admin.close()
+        admin.set_group_offsets(group, admin.end_offsets([topic]))
     return True
 
 

@@ -25,7 +25,7 @@ from fraud.stream.options import (
     parse_path,
     resolve_options,
 )
-from fraud.topics import ALERTS, DLQ_MONITORING, LABELS, SCORES, TRANSACTIONS
+from fraud.topics import ALERTS, DLQ_MONITORING, LABELS, MONITOR_STATE, SCORES, TRANSACTIONS
 
 MONITOR_ENV = "FRAUD_MONITOR_"
 
@@ -115,6 +115,10 @@ MONITOR_OPTIONS: tuple[Option, ...] = (
            minimum=0),
     Option("max_latency_p99_ms", _opt_float, 1000.0, "alert when p99 scoring latency exceeds ('off')"),
     Option("publish_interval_s", float, 5.0, "how often gauges and the report snapshot are refreshed", minimum=0.1),
+    Option("state_topic", str, MONITOR_STATE.name, "compacted topic of the monitor's checkpoints"),
+    Option("checkpoint_interval_s", float, 10.0, "how often the windows are checkpointed, with the offsets read, "
+           "in one Kafka transaction with the alerts and dead letters since the last (0: never; a restart then "
+           "replays --lookback-hours)", minimum=0),
     Option("snapshot_path", parse_path, None, "where the report's data is written (default <FRAUD_HOME>/"
            "monitor/snapshot.json)", metavar="PATH"),
     *READER_SERVICE_OPTIONS,
@@ -142,6 +146,9 @@ class MonitorConfig:
     drift_window: str = "1h"
     thresholds: Thresholds = Thresholds()
     publish_interval_s: float = 5.0
+    #: 0 (the default in code, e.g. tests on fakes): no checkpoints; `fraudctl monitor run` defaults to 10 s.
+    checkpoint_interval_s: float = 0.0
+    state_topic: str = MONITOR_STATE.name
     stop_when_idle_s: float = 0.0
     http_host: str = "127.0.0.1"
     http_port: int | None = None
@@ -156,7 +163,7 @@ class MonitorConfig:
         inputs = {self.scores_topic, self.labels_topic, self.transactions_topic}
         if len(inputs) != 3:
             raise FraudError("scores, labels and transactions must be three different topics")
-        for out in (self.alerts_topic, self.dlq_topic):
+        for out in (self.alerts_topic, self.dlq_topic, self.state_topic):
             if out in inputs:
                 raise FraudError(f"output topic {out} is also an input topic")
 
@@ -187,7 +194,8 @@ class MonitorConfig:
             retention_ms=int(v["retention_hours"] * HOUR_MS), allowed_lateness_ms=int(v["allowed_lateness_s"] * 1000),
             training_stats=v["training_stats"], schema_path=v["schema_path"], drift=v["drift"],
             drift_features=tuple(v["drift_features"]), drift_window=v["drift_window"], thresholds=thresholds,
-            publish_interval_s=v["publish_interval_s"], stop_when_idle_s=v["stop_when_idle_s"],
+            publish_interval_s=v["publish_interval_s"], checkpoint_interval_s=v["checkpoint_interval_s"],
+            state_topic=v["state_topic"], stop_when_idle_s=v["stop_when_idle_s"],
             http_host=v["http_host"], http_port=None if port < 0 else port, log_level=v["log_level"],
         )
         kwargs.update(overrides)

@@ -156,6 +156,10 @@ class DriftResult:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> DriftResult:
+        return cls(**d)
+
 
 _COMPARATOR_REASONS = ("COMPARATOR_JENSEN_SHANNON_DIVERGENCE_HIGH", "COMPARATOR_L_INFTY_HIGH",
                        "COMPARATOR_NORMALIZED_ABSOLUTE_DIFFERENCE_HIGH")
@@ -284,6 +288,31 @@ class DriftWindows:
         self._open.setdefault(k, []).append(tx.feature_vector())
         if self.watermark_ms is None or tx.event_time_ms > self.watermark_ms:
             self.watermark_ms = tx.event_time_ms
+
+    def state(self) -> tuple[dict, dict[str, np.ndarray]]:
+        """(JSON-able fields, arrays): the open windows' rows, the control window's statistics (serialized)."""
+        keys = sorted(self._open)
+        arrays = {f"open.{k}": np.asarray(self._open[k], dtype=np.float64) for k in keys}
+        control_name = None
+        if self._control is not None:
+            stats, control_name = self._control
+            arrays["control"] = np.frombuffer(stats.SerializeToString(), dtype=np.uint8)
+        meta = {"watermark_ms": self.watermark_ms, "open": keys, "checked_until": self._checked_until,
+                "control_name": control_name, "late": self.late, "skipped": [list(x) for x in self.skipped]}
+        return meta, arrays
+
+    def restore(self, meta: dict, arrays: dict[str, np.ndarray]) -> None:
+        from tensorflow_metadata.proto.v0 import statistics_pb2
+
+        self.watermark_ms = meta["watermark_ms"]
+        self._open = {int(k): arrays[f"open.{k}"].tolist() for k in meta["open"]}
+        self._checked_until = int(meta["checked_until"])
+        self.late = int(meta["late"])
+        self.skipped = [(int(a), int(b)) for a, b in meta["skipped"]]
+        self._control = None
+        if meta["control_name"] is not None:
+            stats = statistics_pb2.DatasetFeatureStatisticsList.FromString(arrays["control"].tobytes())
+            self._control = (stats, meta["control_name"])
 
     @property
     def pending_rows(self) -> int:

@@ -24,6 +24,10 @@ MON_DEAD_LETTERS = MetricDef("dead_letters_total", Kind.COUNTER, "Records sent t
                              ("reason",))
 MON_LAG = MetricDef("consumer_lag", Kind.GAUGE, "High watermark minus the next offset to read",
                     ("topic", "partition"))
+MON_CHECKPOINT_SECONDS = MetricDef("checkpoint_seconds", Kind.HISTOGRAM, "Time to encode, stage and commit one "
+                                   "checkpoint", buckets=LATENCY_BUCKETS)
+MON_CHECKPOINT_BYTES = MetricDef("checkpoint_bytes", Kind.GAUGE, "Size of the last checkpoint's encoded state")
+MON_REWINDS = MetricDef("rewinds_total", Kind.COUNTER, "Transactions not committed: state back to the last checkpoint")
 
 # -- monitor: per window (window = "1m" or "1h": the latest closed window of that size) -----------
 WIN_EVENTS = MetricDef("window_events", Kind.GAUGE, "Score events in the latest closed window", ("window",))
@@ -59,6 +63,7 @@ DRIFT_WINDOW_ROWS = MetricDef("drift_window_rows", Kind.GAUGE, "Transactions in 
 ALERTS_RAISED = MetricDef("alerts_total", Kind.COUNTER, "Alerts sent to the alerts topic", ("kind", "severity"))
 MONITOR_METRICS: tuple[MetricDef, ...] = (
     MON_SCORED, MON_FLAGGED, MON_LABELS, MON_TRANSACTIONS, MON_SCORE, MON_LATENCY, MON_DEAD_LETTERS, MON_LAG,
+    MON_CHECKPOINT_SECONDS, MON_CHECKPOINT_BYTES, MON_REWINDS,
     WIN_EVENTS, WIN_EVENT_RATE, WIN_ALERT_RATE, WIN_SCORE_MEAN, WIN_SCORE_P99, WIN_LATENCY, WIN_PRECISION,
     WIN_RECALL, WIN_AUPRC, WIN_LABEL_COVERAGE, WIN_END,
     DRIFT_JSD, SKEW_JSD, DRIFT_THRESHOLD, DRIFTED_FEATURES, DRIFT_WINDOW_ROWS, ALERTS_RAISED,

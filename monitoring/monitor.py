@@ -1,14 +1,21 @@
 """The live monitor: score, label and transaction events in; windowed metrics, drift/skew, alerts and a
 snapshot for the report out.
 
-State is rebuilt on start instead of checkpointed: the reader starts every partition at the first record
-of `lookback` ago (Kafka time) and replays it through the same code, so a restarted monitor has the same
-windows as one that never stopped (given Kafka retains that much). Alerts it raised before are read back
-from the alerts topic, so replaying history does not raise them again (alert ids are deterministic).
+State survives restarts through checkpoints (monitoring.checkpoint): every `checkpoint_interval_s` the
+windows, the drift collector, the alerts raised and the offsets read so far are written to a compacted
+topic, in one Kafka transaction with the dead letters and alerts produced since the previous checkpoint.
+A restarted monitor (kill -9 included) loads the last checkpoint and reads on from its offsets, so it
+neither replays hours of history nor produces an alert or a dead letter twice. If a transaction cannot be
+committed (a broker bounce), the monitor goes back to its last checkpoint and reads from there again.
+
+Without a checkpoint (the first start, or `--checkpoint-interval-s 0`) state is rebuilt instead: the
+reader starts every partition at the first record of `lookback` ago (Kafka time) and replays it through
+the same code, and alerts raised before are read back from the alerts topic so they are not raised
+again (alert ids are deterministic).
 
 Every `publish_interval_s` (and at exit): closed drift windows are checked, alert rules run over closed
-windows, new alerts are produced and flushed, Prometheus gauges are set from the latest closed windows,
-entries older than the retention are dropped, and the report's snapshot is written (atomically).
+windows, new alerts are produced, Prometheus gauges are set from the latest closed windows, entries older
+than the retention are dropped, and the report's snapshot is written (atomically).
 """
 
 from __future__ import annotations
@@ -38,11 +45,12 @@ from fraud.errors import FraudError
 from fraud.logs import log_event
 from fraud.stream.health import HealthServer
 from fraud.stream.metrics import Metrics, PrometheusMetrics
-from fraud.stream.reader import EventProducer, PartitionReader, read_all
-from fraud.stream.records import Record
+from fraud.stream.reader import EventProducer, PartitionReader, TransactionalProducer, read_all
+from fraud.stream.records import Record, RetriableError
 from fraud.stream.signals import install_stop_handlers
 from monitoring import metrics as m
 from monitoring.alerts import AlertBook, drift_alerts, window_alerts
+from monitoring.checkpoint import Checkpoint, CheckpointStore, Part, decode, encode
 from monitoring.config import DRIFT_WINDOWS, GRANULARITIES, MonitorConfig
 from monitoring.drift import DriftChecker, DriftResult, DriftWindows, find_training_statistics
 from monitoring.windows import WindowedMetrics
@@ -61,6 +69,12 @@ class MonitorStats:
     dead_letters: int = 0
     drift_windows_checked: int = 0
     alerts: int = 0
+    checkpoints: int = 0  # written by this process
+    rewinds: int = 0  # transactions that failed: back to the last checkpoint
+    records_read: int = 0  # by this process (the rest of the state came from a checkpoint)
+
+    #: Counters of this process, not of the state: never checkpointed or restored.
+    PROCESS_LOCAL = ("checkpoints", "rewinds", "records_read")
 
     def summary(self) -> str:
         return (f"{self.scores} scores ({self.duplicate_scores} duplicates), {self.labels} labels, "
@@ -83,9 +97,16 @@ class MonitorJob:
     def __init__(self, config: MonitorConfig, *, checker: DriftChecker | None = None, metrics: Metrics | None = None,
                  reader_factory: Callable[..., Any] | None = None, producer: Any = None,
                  clock_ms: Callable[[], int] | None = None,
-                 alert_history: Callable[[int], list[str]] | None = None) -> None:
-        """`alert_history(since_ms)` gives the ids of alerts raised before (default: read the alerts topic)."""
+                 alert_history: Callable[[int], list[str]] | None = None,
+                 checkpoints: CheckpointStore | None = None) -> None:
+        """`alert_history(since_ms)` gives the ids of alerts raised before (default: read the alerts topic);
+        `checkpoints` where checkpoints go (default: the state topic, when `checkpoint_interval_s` > 0)."""
         self.config = config
+        if checkpoints is None and config.checkpoint_interval_s > 0:
+            checkpoints = CheckpointStore(config.kafka, config.state_topic, config.group_id)
+        self.checkpoints = checkpoints
+        self.restored: Checkpoint | None = None  # the checkpoint this run started from
+        self._last_checkpoint: Checkpoint | None = None
         self._alert_history = alert_history or self._alerts_on_topic
         self.checker = checker
         self.metrics: Metrics = metrics if metrics is not None else PrometheusMetrics(m.MONITOR_NAMESPACE,
@@ -130,6 +151,73 @@ class MonitorJob:
     def health(self) -> tuple[bool, bool, dict[str, Any]]:
         healthy = time.monotonic() - self._heartbeat < 120 and self._state not in ("failed", "stopped")
         return healthy, healthy and self._state == "running", {"state": self._state, **vars(self.stats)}
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    def state(self) -> tuple[dict, dict[str, Part]]:
+        """Everything a restarted monitor needs: (fields, parts with arrays), for monitoring.checkpoint."""
+        meta = {
+            "model_name": self.model_name,
+            "stats": {k: v for k, v in vars(self.stats).items() if k not in MonitorStats.PROCESS_LOCAL},
+            "drift_results": [r.to_dict() for r in self.drift_results[-500:]],
+            "alerts_seen": sorted(self.book._seen),
+            "alerts_raised": [orjson.loads(a.to_json()) for a in self.book.raised[-1000:]],
+            "label_progress": self.label_progress,
+        }
+        parts: dict[str, Part] = {"windows": self.windows.state()}
+        if self.drift is not None:
+            parts["drift"] = self.drift.state()
+        return meta, parts
+
+    def restore(self, meta: dict, parts: dict[str, Part]) -> None:
+        self._reset()
+        self.model_name = meta["model_name"]
+        for k, v in meta["stats"].items():
+            setattr(self.stats, k, v)
+        self.drift_results = [DriftResult.from_dict(d) for d in meta["drift_results"]]
+        self.book = AlertBook(meta["alerts_seen"])
+        self.book.raised = [AlertEvent.from_json(orjson.dumps(a)) for a in meta["alerts_raised"]]
+        self.label_progress = list(meta["label_progress"])
+        self.windows.restore(*parts["windows"])
+        if self.drift is not None and "drift" in parts:
+            self.drift.restore(*parts["drift"])
+
+    def _reset(self) -> None:
+        """Empty state, as at a first start."""
+        c = self.config
+        self.windows = WindowedMetrics(GRANULARITIES, c.retention_ms)
+        if self.checker is not None:
+            self.drift = DriftWindows(self.checker, DRIFT_WINDOWS[c.drift_window], c.allowed_lateness_ms)
+        self.drift_results = []
+        self.book = AlertBook()
+        self.label_progress = []
+        self.model_name = None
+        kept = {k: getattr(self.stats, k) for k in MonitorStats.PROCESS_LOCAL}
+        self.stats = MonitorStats(**kept)
+
+    def _checkpoint(self, reader: Any, producer: Any) -> None:
+        """Stage the state and offsets and commit them with everything produced since the last checkpoint."""
+        assert self.checkpoints is not None
+        t0 = time.monotonic()
+        blob = encode(*self.state())
+        staged = self.checkpoints.stage(producer, blob, reader.positions())
+        producer.commit()  # RetriableError: nothing of this interval happened; the caller rewinds
+        self._last_checkpoint = staged
+        self.stats.checkpoints += 1
+        self.metrics.observe(m.MON_CHECKPOINT_SECONDS, time.monotonic() - t0)
+        self.metrics.gauge(m.MON_CHECKPOINT_BYTES, len(blob))
+        log_event(log, logging.DEBUG, "checkpoint", id=staged.id, bytes=len(blob),
+                  seconds=round(time.monotonic() - t0, 3))
+
+    def _start_state(self, since: int) -> dict:
+        """Restore the last checkpoint, or get ready to rebuild from `since`; returns the start offsets."""
+        checkpoint = self._last_checkpoint
+        if checkpoint is None:
+            self._reset()
+            self.book = AlertBook(self._alert_history(since))
+            return {}
+        self.restore(*decode(checkpoint.blob))
+        return dict(checkpoint.offsets)
 
     def _alerts_on_topic(self, since_ms: int) -> list[str]:
         c = self.config
@@ -297,47 +385,32 @@ class MonitorJob:
             self.http_port = http.port
             log_event(log, logging.INFO, "http_listening", host=c.http_host, port=http.port)
         since = self._now_ms() - c.lookback_ms
-        known = self._alert_history(since)
-        self.book = AlertBook(known)
-        reader = self._reader_factory(c.kafka, [c.scores_topic, c.labels_topic, c.transactions_topic],
-                                      group_id=c.group_id, default_start=since)
-        producer = self._producer or EventProducer(c.kafka)
-        log_event(log, logging.INFO, "monitor_starting", lookback_ms=c.lookback_ms, known_alerts=len(known),
-                  drift=self.checker is not None)
-        self._state = "running"
-        last_publish = 0.0
-        last_record = time.monotonic()
+        producer = self._producer
+        reader = None
         try:
-            while not self._stop.is_set():
-                self._heartbeat = time.monotonic()
-                records = reader.poll(2000, 0.2)
-                if records:
-                    last_record = time.monotonic()
-                    dead = self.handle(records)
-                    for d in dead:
-                        producer.send_dead_letter(c.dlq_topic, d)
-                        self.metrics.increment(m.MON_DEAD_LETTERS, reason=d.reason)
-                    self.stats.dead_letters += len(dead)
-                idle = bool(c.stop_when_idle_s and time.monotonic() - last_record >= c.stop_when_idle_s
-                            and (not hasattr(reader, "caught_up") or reader.caught_up()))
-                if idle or time.monotonic() - last_publish >= c.publish_interval_s:
-                    last_publish = time.monotonic()
-                    self._emit(producer, final=idle)
-                    for (t, p), lag in reader.lag().items():
-                        self.metrics.gauge(m.MON_LAG, lag, topic=t, partition=str(p))
-                if idle:
-                    log_event(log, logging.INFO, "idle_stop", idle_s=c.stop_when_idle_s)
-                    break
-            else:
-                self._emit(producer, final=False)
+            if self.checkpoints is not None:
+                self.restored = self._last_checkpoint = self.checkpoints.load()
+                if producer is None:
+                    producer = TransactionalProducer(c.kafka, f"{c.group_id}.monitor")
+            producer = producer or EventProducer(c.kafka)
+            start = self._start_state(since)
+            reader = self._open_reader(start, since)
+            log_event(log, logging.INFO, "monitor_starting", lookback_ms=c.lookback_ms, known_alerts=len(self.book._seen),
+                      drift=self.checker is not None, checkpoint=None if self.restored is None else self.restored.id,
+                      checkpoint_age_s=None if self.restored is None else
+                      round((self._now_ms() - self.restored.created_ms) / 1000, 1),
+                      scores=self.stats.scores)
+            self._state = "running"
+            reader = self._loop(reader, producer, since)
             self._state = "stopping"
         except BaseException:
             self._state = "failed"
             raise
         finally:
             try:
-                reader.close()
-                if self._producer is None:
+                if reader is not None:
+                    reader.close()
+                if producer is not None and self._producer is None:
                     producer.close()
             finally:
                 if http is not None:
@@ -346,6 +419,66 @@ class MonitorJob:
                     self._state = "stopped"
                 log_event(log, logging.INFO, "monitor_stopped", state=self._state, **vars(self.stats))
         return self.stats
+
+    def _open_reader(self, start: dict, since: int) -> Any:
+        c = self.config
+        return self._reader_factory(c.kafka, [c.scores_topic, c.labels_topic, c.transactions_topic],
+                                    group_id=c.group_id, start=start, default_start=since)
+
+    def _loop(self, reader: Any, producer: Any, since: int) -> Any:
+        """Poll, handle, publish and checkpoint until stopped or idle; returns the reader (a rewind makes a
+        new one)."""
+        c = self.config
+        last_publish = 0.0
+        last_checkpoint = time.monotonic()
+        last_record = time.monotonic()
+        while True:
+            stopping = self._stop.is_set()
+            idle = False
+            if not stopping:
+                self._heartbeat = time.monotonic()
+                records = reader.poll(2000, 0.2)
+                if records:
+                    self.stats.records_read += len(records)
+                    last_record = time.monotonic()
+                    dead = self.handle(records)
+                    for d in dead:
+                        producer.send_dead_letter(c.dlq_topic, d)
+                        self.metrics.increment(m.MON_DEAD_LETTERS, reason=d.reason)
+                    self.stats.dead_letters += len(dead)
+                idle = bool(c.stop_when_idle_s and time.monotonic() - last_record >= c.stop_when_idle_s
+                            and (not hasattr(reader, "caught_up") or reader.caught_up()))
+            if stopping or idle or time.monotonic() - last_publish >= c.publish_interval_s:
+                last_publish = time.monotonic()
+                self._emit(producer, final=idle)
+                for (t, p), lag in reader.lag().items():
+                    self.metrics.gauge(m.MON_LAG, lag, topic=t, partition=str(p))
+            if self.checkpoints is not None and (
+                    stopping or idle or time.monotonic() - last_checkpoint >= c.checkpoint_interval_s):
+                last_checkpoint = time.monotonic()
+                try:
+                    self._checkpoint(reader, producer)
+                except RetriableError as exc:
+                    reader = self._rewind(reader, since, exc)
+                    if stopping:
+                        return reader  # the next start resumes from the last checkpoint
+                    continue
+            if idle:
+                log_event(log, logging.INFO, "idle_stop", idle_s=c.stop_when_idle_s)
+                return reader
+            if stopping:
+                return reader
+
+    def _rewind(self, reader: Any, since: int, exc: BaseException) -> Any:
+        """A transaction failed: what it held was not committed. Back to the last checkpoint's state and
+        offsets (or to the start when there is none), with a new reader."""
+        self.stats.rewinds += 1
+        self.metrics.increment(m.MON_REWINDS)
+        log_event(log, logging.WARNING, "rewind_to_checkpoint", error=str(exc),
+                  checkpoint=None if self._last_checkpoint is None else self._last_checkpoint.id)
+        reader.close()
+        start = self._start_state(since)
+        return self._open_reader(start, since)
 
     def _emit(self, producer: Any, *, final: bool) -> None:
         fresh = self.evaluate(final=final)

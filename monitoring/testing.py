@@ -14,6 +14,7 @@ import numpy as np
 
 from fraud.contract import LabelEvent, ScoreEvent, TransactionEvent
 from fraud.kafka_config import KafkaClientConfig
+from fraud.stream.reader import EventProducer
 
 BASE_TIME_MS = 1_377_993_600_000  # 2013-09-01T00:00:00Z, as fraud.replay uses
 
@@ -72,32 +73,17 @@ def sample_transactions(rows: Sequence[Mapping[str, float]], *, start_ms: int, s
 def produce(kafka: KafkaClientConfig, records: Iterable[tuple[str, bytes | None, bytes | None]],
             *, rate: float = 0.0) -> int:
     """Produce (topic, key, value) records (acks=all, idempotent), optionally paced at `rate` per second."""
-    from confluent_kafka import Producer
-
-    producer = Producer(kafka.confluent(**{"acks": "all", "enable.idempotence": True, "linger.ms": 5}))
-    failures: list[str] = []
-
-    def delivered(err, msg) -> None:  # noqa: ANN001
-        if err is not None:
-            failures.append(err.str())
-
+    producer = EventProducer(kafka)
     start = time.monotonic()
     sent = 0
     for topic, key, value in records:
-        while True:
-            try:
-                producer.produce(topic, value, key=key, on_delivery=delivered)
-                break
-            except BufferError:
-                producer.poll(0.05)
+        producer.send(topic, value, key)
         sent += 1
         if rate:
             due = start + sent / rate
             delay = due - time.monotonic()
             if delay > 0.002:
-                producer.poll(0)
+                producer.poll()
                 time.sleep(delay)
-    remaining = producer.flush(60)
-    if remaining or failures:
-        raise RuntimeError(f"{remaining} records unacknowledged, failures: {failures[:3]}")
+    producer.flush(60)
     return sent

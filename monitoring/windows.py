@@ -217,6 +217,42 @@ class WindowedMetrics:
                 del self._cache[g][idx]
         return len(old)
 
+    # -- checkpoint ----------------------------------------------------------------------------
+
+    def state(self) -> tuple[dict, dict[str, np.ndarray]]:
+        """What a restarted monitor needs to carry on: (JSON-able fields, columns as arrays)."""
+        live = [i for i, alive in enumerate(self._live) if alive]
+        label_tx = list(self._labels)
+        label_cols = np.asarray([self._labels[tx] for tx in label_tx], dtype=np.int64).reshape(-1, 3)
+        arrays = {
+            "tx": np.asarray([self._tx[i] for i in live], dtype=str),
+            "t": np.asarray([self._t[i] for i in live], dtype=np.int64),
+            "score": np.asarray([self._score[i] for i in live], dtype=np.float64),
+            "decision": np.asarray([self._decision[i] for i in live], dtype=bool),
+            "latency": np.asarray([self._latency[i] for i in live], dtype=np.int64),
+            "version": np.asarray([self._version[i] for i in live], dtype=np.int64),
+            "label_tx": np.asarray(label_tx, dtype=str),
+            "labels": label_cols,
+        }
+        return {"watermark_ms": self.watermark_ms, "duplicates": self.duplicates}, arrays
+
+    def restore(self, meta: dict, arrays: dict[str, np.ndarray]) -> None:
+        """Back to a `state()`; every window is recomputed on the next read."""
+        self.watermark_ms = meta["watermark_ms"]
+        self.duplicates = int(meta["duplicates"])
+        self._tx = [str(x) for x in arrays["tx"]]
+        self._t = [int(x) for x in arrays["t"]]
+        self._score = [float(x) for x in arrays["score"]]
+        self._decision = [bool(x) for x in arrays["decision"]]
+        self._latency = [int(x) for x in arrays["latency"]]
+        self._version = [int(x) for x in arrays["version"]]
+        self._live = [True] * len(self._tx)
+        self._index = {tx: i for i, tx in enumerate(self._tx)}
+        self._labels = {str(tx): (int(row[0]), int(row[1]), int(row[2]))
+                        for tx, row in zip(arrays["label_tx"], arrays["labels"], strict=True)}
+        self._cache = {g: {} for g in self.granularities}
+        self._dirty = {g: {t // size for t in self._t} for g, size in self.granularities.items()}
+
     # -- output --------------------------------------------------------------------------------
 
     @property

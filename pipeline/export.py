@@ -38,6 +38,8 @@ from fraud.errors import FraudError
 from fraud.kafka_config import KafkaClientConfig
 from fraud.paths import load_paths
 from fraud.replay import CardPool, transaction_event
+from fraud.stream.admin import KafkaAdmin
+from fraud.stream.reader import PartitionReader
 from fraud.topics import TRANSACTIONS
 
 DEFAULT_ROWS_PER_FILE = 100_000
@@ -219,53 +221,46 @@ class ExportSource(Protocol):
 
 
 class KafkaExportSource:
-    """ExportSource over kafka-python: assigned partitions (no consumer group), read_committed."""
+    """ExportSource over fraud.stream: offsets from its admin, records from its reader (read_committed, the
+    partition assigned explicitly: no consumer group)."""
 
-    def __init__(self, client_config: Any, poll_timeout_ms: int = 1000, idle_timeout_s: float = 60.0) -> None:
-        from kafka import KafkaConsumer
-
-        self._consumer = KafkaConsumer(**client_config.consumer_kwargs(
-            group_id=None, isolation_level="read_committed",
-            auto_offset_reset="none", max_poll_records=5000))
-        self._poll_timeout_ms = poll_timeout_ms
+    def __init__(self, client_config: KafkaClientConfig, poll_timeout_ms: int = 1000, idle_timeout_s: float = 60.0) -> None:
+        self._kafka = client_config
+        self._admin = KafkaAdmin(client_config)
+        self._poll_timeout_s = poll_timeout_ms / 1000.0
         self._idle_timeout_s = idle_timeout_s
 
     def partitions(self, topic: str) -> list[int]:
-        parts = self._consumer.partitions_for_topic(topic)
-        if not parts:
-            raise FraudError(f"topic {topic} does not exist (or has no partitions)")
-        return sorted(parts)
-
-    def _tps(self, topic: str, partitions: list[int]) -> list[Any]:
-        from kafka import TopicPartition
-
-        return [TopicPartition(topic, p) for p in partitions]
+        return self._admin.partitions(topic)
 
     def beginning_offsets(self, topic: str, partitions: list[int]) -> dict[int, int]:
-        return {tp.partition: o for tp, o in self._consumer.beginning_offsets(self._tps(topic, partitions)).items()}
+        return {p: o for (_t, p), o in self._admin.start_offsets([(topic, p) for p in partitions]).items()}
 
     def end_offsets(self, topic: str, partitions: list[int]) -> dict[int, int]:
-        return {tp.partition: o for tp, o in self._consumer.end_offsets(self._tps(topic, partitions)).items()}
+        return {p: o for (_t, p), o in self._admin.end_offsets([(topic, p) for p in partitions]).items()}
 
     def read(self, topic: str, partition: int, start: int, end: int) -> Iterator[Record]:
-        (tp,) = self._tps(topic, [partition])
-        self._consumer.assign([tp])
-        self._consumer.seek(tp, start)
-        idle_since = time.monotonic()
-        while self._consumer.position(tp) < end:
-            batch = self._consumer.poll(timeout_ms=self._poll_timeout_ms).get(tp, [])
-            if batch:
-                idle_since = time.monotonic()
-            elif time.monotonic() - idle_since > self._idle_timeout_s:
-                raise FraudError(f"{topic}[{partition}]: no progress for {self._idle_timeout_s:.0f}s at offset "
-                                 f"{self._consumer.position(tp)} (planned end {end})")
-            for msg in batch:
-                if msg.offset >= end:
-                    return
-                yield Record(partition, msg.offset, msg.key, msg.value)
+        tp = (topic, partition)
+        reader = PartitionReader(self._kafka, [topic], group_id=f"{self._kafka.client_id}-export", start={tp: start},
+                                 only=[tp])
+        try:
+            idle_since = time.monotonic()
+            while reader.positions().get(tp, start) < end:
+                batch = reader.poll(5000, self._poll_timeout_s)
+                if batch:
+                    idle_since = time.monotonic()
+                elif time.monotonic() - idle_since > self._idle_timeout_s:
+                    raise FraudError(f"{topic}[{partition}]: no progress for {self._idle_timeout_s:.0f}s at offset "
+                                     f"{reader.positions().get(tp, start)} (planned end {end})")
+                for msg in batch:
+                    if msg.offset >= end:
+                        return
+                    yield Record(partition, msg.offset, msg.key, msg.value)
+        finally:
+            reader.close()
 
     def close(self) -> None:
-        self._consumer.close()
+        self._admin.close()
 
 
 # ---------------------------------------------------------------------------------------------

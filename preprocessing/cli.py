@@ -10,10 +10,11 @@ from pathlib import Path
 from fraud.embedded.broker import running_bootstrap
 from fraud.embedded.connect import ConnectConfig, ConnectStandalone
 from fraud.errors import FraudError
-from fraud.kafka_config import KafkaClientConfig, ensure_topics
+from fraud.kafka_config import KafkaClientConfig
 from fraud.logs import configure_logging
 from fraud.paths import SAMPLE_CSV, load_paths
 from fraud.replay import DEFAULT_CARDS, DEFAULT_SEED, CardPool
+from fraud.stream.admin import KafkaAdmin, ensure_topics
 from fraud.topics import ALERTS, DLQ_BRIDGE, DLQ_PREPROCESS, INGEST_CSV, LABELS, SCORES, TRANSACTIONS, USERS, TopicSpec
 
 #: Topics downstream of preprocessing: none may hold a raw card or customer id.
@@ -204,20 +205,11 @@ def _privacy(args: argparse.Namespace) -> int:
     findings = []
     topics: list[str] = []
     if not args.skip_topics:
-        from kafka import KafkaAdminClient
-        from kafka.errors import KafkaError
-
         kafka = _kafka(args, "fraudctl-privacy")
         topics = args.topics
         if topics is None:
-            try:
-                admin = KafkaAdminClient(**kafka.admin_kwargs())
-                try:
-                    existing = set(admin.list_topics())
-                finally:
-                    admin.close()
-            except KafkaError as exc:
-                raise FraudError(f"cannot list topics on {kafka.bootstrap}: {exc}") from None
+            with KafkaAdmin(kafka) as admin:
+                existing = admin.topics()
             topics = [t for t in DOWNSTREAM_TOPICS if t in existing]
     for topic in topics:
         n, found = scan_topic(kafka, topic, scanner)

@@ -34,6 +34,7 @@ from fraud.embedded.connect import ConnectStandalone, file_source_config
 from fraud.errors import FraudError
 from fraud.features import CSV_COLUMNS
 from fraud.kafka_config import KafkaClientConfig
+from fraud.stream.admin import KafkaAdmin
 
 _GZIP_MAGIC = b"\x1f\x8b"
 
@@ -144,12 +145,9 @@ def _lines_after(path: Path, position: int) -> int:
     return _count_line_ends(rest)[0]
 
 
-def _end_offset(kafka: KafkaClientConfig, topic: str, consumer: Any) -> int:
-    from kafka import TopicPartition
-
-    parts = consumer.partitions_for_topic(topic) or set()
-    tps = [TopicPartition(topic, p) for p in parts]
-    return sum(consumer.end_offsets(tps).values()) if tps else 0
+def _end_offset(admin: KafkaAdmin, topic: str) -> int:
+    """Records in `topic` so far (Connect's producer is not transactional: the high watermark counts them)."""
+    return sum(admin.end_offsets([topic], committed=False).values())
 
 
 def ingest_file(worker: ConnectStandalone, kafka: KafkaClientConfig, file: Path, topic: str, *,
@@ -157,18 +155,12 @@ def ingest_file(worker: ConnectStandalone, kafka: KafkaClientConfig, file: Path,
                 timeout_s: float = 600.0, on_progress: Callable[[int, int], None] | None = None,
                 poll_s: float = 0.25) -> IngestResult:
     """Ingest `file` into `topic` through the running Connect `worker`; see the module docstring."""
-    from kafka import KafkaConsumer
-    from kafka.errors import KafkaError
-
     checked = check_file(file, staging_dir)
     name = name or connector_name(checked.path)
     config = file_source_config(checked.path, topic)
+    admin = KafkaAdmin(kafka.with_client_id(f"{kafka.client_id}-ingest"))
     try:
-        consumer = KafkaConsumer(**kafka.consumer_kwargs(None, client_id=f"{kafka.client_id}-ingest"))
-    except KafkaError as exc:
-        raise FraudError(f"cannot reach Kafka at {kafka.bootstrap}: {exc}") from None
-    try:
-        if not consumer.partitions_for_topic(topic):
+        if not admin.describe([topic]):
             raise FraudError(f"topic {topic} does not exist on {kafka.bootstrap} (`fraudctl topics` creates it)")
         if name in worker.connectors():
             worker.delete_connector(name)
@@ -180,7 +172,7 @@ def ingest_file(worker: ConnectStandalone, kafka: KafkaClientConfig, file: Path,
             expected = _lines_after(checked.path, start)
             if expected == 0 and not follow:
                 return IngestResult(checked.path, topic, name, start, 0, 0, 0.0, False, checked.incomplete_last_line)
-            base = _end_offset(kafka, topic, consumer)
+            base = _end_offset(admin, topic)
             started = time.monotonic()
             _rest(worker, "PUT", f"/connectors/{name}/resume")
             worker.wait_running(name, timeout_s=min(timeout_s, 60.0))
@@ -190,7 +182,7 @@ def ingest_file(worker: ConnectStandalone, kafka: KafkaClientConfig, file: Path,
                     raise FraudError(f"ingest of {checked.path}: {sent} of {expected} lines reached {topic} in "
                                      f"{timeout_s:g} s (connector {name}; see {worker.log_file})")
                 time.sleep(poll_s)
-                sent = _end_offset(kafka, topic, consumer) - base
+                sent = _end_offset(admin, topic) - base
                 if on_progress is not None:
                     on_progress(min(sent, expected), expected)
                 if sent < expected:
@@ -205,7 +197,7 @@ def ingest_file(worker: ConnectStandalone, kafka: KafkaClientConfig, file: Path,
         return IngestResult(checked.path, topic, name, start, expected, sent, seconds, follow,
                             checked.incomplete_last_line)
     finally:
-        consumer.close()
+        admin.close()
 
 
 def _raise_if_failed(worker: ConnectStandalone, name: str) -> None:

@@ -27,6 +27,8 @@ from typing import Any
 from fraud.errors import FraudError
 from fraud.kafka_config import KafkaClientConfig
 from fraud.replay import CardPool
+from fraud.stream.reader import read_to_end
+from fraud.stream.records import Record
 from preprocessing.anonymize import mask
 
 _MAX_SHAPES = 64
@@ -126,31 +128,11 @@ def read_ids_file(path: Path) -> dict[str, str]:
 
 
 def iter_topic(kafka: KafkaClientConfig, topic: str, timeout_s: float = 60.0,
-               isolation_level: str = "read_uncommitted") -> Iterator[Any]:
+               isolation_level: str = "read_uncommitted") -> Iterator[Record]:
     """Every record of `topic` from the log start to its current end (by default read_uncommitted: records of
     aborted transactions too, since they sit in the log as well)."""
-    import time
-
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(**kafka.consumer_kwargs(None, client_id=f"{kafka.client_id}-privacy",
-                                                     isolation_level=isolation_level))
-    try:
-        parts = consumer.partitions_for_topic(topic)
-        if not parts:
-            raise FraudError(f"topic {topic} does not exist on {kafka.bootstrap}")
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        end = consumer.end_offsets(tps)
-        deadline = time.monotonic() + timeout_s
-        while any(consumer.position(tp) < end[tp] for tp in tps):
-            if time.monotonic() > deadline:
-                raise FraudError(f"topic {topic}: not read to its end in {timeout_s:g} s")
-            for records in consumer.poll(timeout_ms=500, max_records=5000).values():
-                yield from records
-    finally:
-        consumer.close()
+    return read_to_end(kafka, [topic], group_id=f"{kafka.client_id}-privacy", timeout_s=timeout_s,
+                       read_committed=isolation_level == "read_committed")
 
 
 def scan_topic(kafka: KafkaClientConfig, topic: str, scanner: IdScanner) -> tuple[int, list[Finding]]:

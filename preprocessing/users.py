@@ -28,6 +28,9 @@ from fraud.errors import FraudError
 from fraud.kafka_config import KafkaClientConfig
 from fraud.logs import log_event
 from fraud.replay import CardPool
+from fraud.stream.admin import KafkaAdmin
+from fraud.stream.reader import EventProducer, PartitionReader
+from fraud.stream.records import Record, RetriableError, TopicPartition
 
 log = logging.getLogger("preprocessing.users")
 
@@ -87,12 +90,11 @@ class UsersTable(Mapping[str, Mapping[str, str]]):
         self.topic = topic
         self.fields = fields
         self._rows: dict[str, dict[str, str]] = {}
-        self._consumer: Any = None
+        self._reader: PartitionReader | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
-        self._poll_timeout_ms = int(poll_timeout_s * 1000)
-        self._tps: list[Any] = []
-        self._end: dict[Any, int] = {}
+        self._poll_timeout_s = poll_timeout_s
+        self._end: dict[TopicPartition, int] = {}
         self.loaded = threading.Event()
         self.load_error: str | None = None
         self.bad_records = 0
@@ -115,7 +117,7 @@ class UsersTable(Mapping[str, Mapping[str, str]]):
 
     # -- loading ---------------------------------------------------------------------------------
 
-    def _apply(self, records: list[Any]) -> None:
+    def _apply(self, records: list[Record]) -> None:
         for rec in records:
             if rec.key is None:
                 self.bad_records += 1
@@ -137,47 +139,33 @@ class UsersTable(Mapping[str, Mapping[str, str]]):
 
     def open(self, timeout_s: float = 60.0) -> UsersTable:
         """Connect and position at the start of the topic (FraudError at once if it does not exist)."""
-        from kafka import KafkaConsumer, TopicPartition
-        from kafka.errors import KafkaError
-
-        started = time.monotonic()
         try:
-            consumer = KafkaConsumer(**self.kafka.consumer_kwargs(
-                None, client_id=f"{self.kafka.client_id}-users", isolation_level="read_committed",
-                request_timeout_ms=max(int(timeout_s * 1000), 5000)))
-        except KafkaError as exc:
+            with KafkaAdmin(self.kafka, timeout_s=timeout_s) as admin:
+                if not admin.describe([self.topic]):
+                    raise FraudError(f"users topic {self.topic} does not exist on {self.kafka.bootstrap} "
+                                     f"(`fraudctl topics` creates it, `fraudctl preprocess users` fills it)")
+                self._end = admin.end_offsets([self.topic])
+        except FraudError as exc:
+            if "users topic" in str(exc):
+                raise
             raise FraudError(f"cannot reach Kafka at {self.kafka.bootstrap} for the users table: {exc}") from None
-        try:
-            parts = None
-            while not parts and time.monotonic() - started < min(timeout_s, 10.0):
-                parts = consumer.partitions_for_topic(self.topic)
-                if not parts:
-                    time.sleep(0.5)
-            if not parts:
-                raise FraudError(f"users topic {self.topic} does not exist on {self.kafka.bootstrap} "
-                                 f"(`fraudctl topics` creates it, `fraudctl preprocess users` fills it)")
-            tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
-            consumer.assign(tps)
-            consumer.seek_to_beginning(*tps)
-            self._end = consumer.end_offsets(tps)
-        except BaseException:
-            consumer.close()
-            raise
-        self._consumer = consumer
-        self._tps = tps
+        self._reader = PartitionReader(self.kafka, [self.topic], group_id=f"{self.kafka.client_id}-users",
+                                       default_start="earliest", timeout_s=timeout_s)
         return self
 
     def _load(self, timeout_s: float) -> None:
         """Read up to the end offsets seen at `open`."""
-        consumer, tps, end = self._consumer, self._tps, self._end
+        reader, end = self._reader, self._end
         started = time.monotonic()
-        while any(consumer.position(tp) < end[tp] for tp in tps):
+        while True:
+            positions = reader.positions()
+            if all(positions.get(tp, -1) >= o for tp, o in end.items() if o > 0):
+                break
             if time.monotonic() - started > timeout_s:
-                have = sum(consumer.position(tp) for tp in tps)
+                have = sum(max(0, positions.get(tp, 0)) for tp in end)
                 raise FraudError(f"users topic {self.topic}: read {have} of {sum(end.values())} records in "
                                  f"{timeout_s:g} s")
-            for records in consumer.poll(timeout_ms=self._poll_timeout_ms, max_records=5000).values():
-                self._apply(records)
+            self._apply(reader.poll(5000, self._poll_timeout_s))
         log_event(log, logging.INFO, "users_table_loaded", topic=self.topic, rows=len(self._rows),
                   bad_records=self.bad_records, seconds=round(time.monotonic() - started, 3))
         self.loaded.set()
@@ -213,11 +201,10 @@ class UsersTable(Mapping[str, Mapping[str, str]]):
         return self
 
     def _follow(self) -> None:
-        consumer = self._consumer
+        reader = self._reader
         while not self._stop.is_set():
             try:
-                for records in consumer.poll(timeout_ms=self._poll_timeout_ms, max_records=5000).values():
-                    self._apply(records)
+                self._apply(reader.poll(5000, self._poll_timeout_s))
             except Exception as exc:  # the table stays as it was; the job keeps running and says so
                 self.error = f"{type(exc).__name__}: {exc}"
                 log_event(log, logging.ERROR, "users_table_error", error=self.error)
@@ -227,28 +214,18 @@ class UsersTable(Mapping[str, Mapping[str, str]]):
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5.0)
-        if self._consumer is not None:
-            self._consumer.close()
-            self._consumer = None
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
 
 
 def load_users(kafka: KafkaClientConfig, topic: str, users: Mapping[str, Mapping[str, str]]) -> int:
     """Write `users` to the users topic (key = customer id); returns how many were sent."""
-    from kafka import KafkaProducer
-    from kafka.errors import KafkaError
-
+    producer = EventProducer(kafka)
+    for customer, row in users.items():
+        producer.send(topic, orjson.dumps(dict(row)), customer.encode("utf-8"))
     try:
-        producer = KafkaProducer(**kafka.producer_kwargs(acks="all", enable_idempotence=True, linger_ms=5))
-    except KafkaError as exc:
-        raise FraudError(f"cannot reach Kafka at {kafka.bootstrap}: {exc}") from None
-    failed: list[str] = []
-    try:
-        for customer, row in users.items():
-            producer.send(topic, key=customer.encode("utf-8"), value=orjson.dumps(dict(row))).add_errback(
-                lambda exc: failed.append(f"{type(exc).__name__}: {exc}"))
-        producer.flush()
-    finally:
-        producer.close()
-    if failed:
-        raise FraudError(f"{len(failed)} users records were not delivered to {topic}: {failed[0]}")
+        producer.flush(120)
+    except RetriableError as exc:
+        raise FraudError(f"users records were not delivered to {topic} on {kafka.bootstrap}: {exc}") from None
     return len(users)

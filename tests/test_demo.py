@@ -74,14 +74,13 @@ def test_service_commands_are_real_commands_on_shifted_ports(tmp_path):
 @pytest.mark.integration
 def test_caught_up_holds_under_transactions(kafka_broker, kafka_topic, tmp_path):
     """End offsets count transaction markers; caught_up must not (a group at the last record is done)."""
-    from kafka import KafkaAdminClient
+    from confluent_kafka import Producer
 
     from fraud.kafka_config import KafkaClientConfig
+    from fraud.stream.admin import KafkaAdmin
 
     topic = kafka_topic(partitions=2)
     config = KafkaClientConfig(bootstrap_servers=(kafka_broker.bootstrap,), client_id="test-demo")
-    from confluent_kafka import Producer
-
     producer = Producer(config.confluent(**{"transactional.id": f"{topic}-tx"}))
     producer.init_transactions(30)
     producer.begin_transaction()
@@ -99,18 +98,13 @@ def test_caught_up_holds_under_transactions(kafka_broker, kafka_topic, tmp_path)
         assert demo.caught_up(paths, group, [topic])
         assert not demo.commit_at_end(paths, group, topic)  # a group with offsets is left alone
         # Committed at the last record, before the commit marker: caught up too.
-        admin = KafkaAdminClient(**config.admin_kwargs())
-        try:
-            from kafka import TopicPartition
-            from kafka.structs import OffsetAndMetadata
-
-            committed = admin.list_group_offsets({group: None})[group]
-            admin.alter_group_offsets(group, {tp: OffsetAndMetadata(o.offset - 1, "", -1) for tp, o in committed.items()})
+        with KafkaAdmin(config) as admin:
+            committed = admin.group_offsets(group, [topic])
+            assert committed == {(topic, 0): 6, (topic, 1): 6}  # 5 records and a marker in each
+            admin.set_group_offsets(group, {tp: o - 1 for tp, o in committed.items()})
             assert demo.caught_up(paths, group, [topic])
-            admin.alter_group_offsets(group, {TopicPartition(topic, 0): OffsetAndMetadata(0, "", -1)})
+            admin.set_group_offsets(group, {(topic, 0): 0})
             assert not demo.caught_up(paths, group, [topic])
-        finally:
-            admin.close()
     finally:
         demo._bootstrap = original
 

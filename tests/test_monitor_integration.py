@@ -24,6 +24,7 @@ from fraud.contract import AlertEvent
 from fraud.features import FEATURE_NAMES
 from fraud.paths import SAMPLE_CSV
 from fraud.stream.reader import read_all
+from fraud.topics import MONITOR_STATE
 from monitoring.testing import produce, sample_transactions, synthetic_scores
 
 pytestmark = pytest.mark.integration
@@ -35,7 +36,8 @@ def monitor(bootstrap: str, topics: dict[str, str], snapshot: Path, *extra: str)
     cmd = [sys.executable, "-m", "fraudctl.cli", "monitor", "run", "--bootstrap", bootstrap,
            "--scores-topic", topics["scores"], "--labels-topic", topics["labels"],
            "--transactions-topic", topics["transactions"], "--alerts-topic", topics["alerts"],
-           "--dlq-topic", topics["dlq"], "--snapshot-path", str(snapshot), "--stop-when-idle-s", "4",
+           "--dlq-topic", topics["dlq"], "--state-topic", topics["state"], "--snapshot-path", str(snapshot),
+           "--stop-when-idle-s", "4",
            "--group-id", f"mon-{topics['scores']}", *extra]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ})
     assert done.returncode == 0, done.stderr[-3000:]
@@ -45,7 +47,7 @@ def monitor(bootstrap: str, topics: dict[str, str], snapshot: Path, *extra: str)
 def make_topics(kafka_topic) -> dict[str, str]:
     return {"scores": kafka_topic(partitions=4), "labels": kafka_topic(partitions=2),
             "transactions": kafka_topic(partitions=2), "alerts": kafka_topic(partitions=1),
-            "dlq": kafka_topic(partitions=1)}
+            "dlq": kafka_topic(partitions=1), "state": kafka_topic(partitions=1, config=dict(MONITOR_STATE.config))}
 
 
 def alerts_of(kafka, topic: str) -> list[AlertEvent]:
@@ -100,7 +102,7 @@ def test_precision_recall_per_window_equal_the_offline_computation(kafka_broker,
     dead = read_all(kafka_client_config, topics["dlq"], group_id="check-dlq")
     assert [r.value for r in dead] == [b"[1, 2]"]
 
-    # A restart replays the same history: the same windows, and no alert is sent twice.
+    # A restart resumes from the checkpoint written at the idle stop: the same windows, no alert sent twice.
     monitor(kafka_broker.bootstrap, topics, snapshot, "--drift", "0", "--min-precision", "0.82",
             "--min-recall", "off", "--max-alert-rate", "off", "--max-latency-p99-ms", "off")
     again = orjson.loads(snapshot.read_bytes())

@@ -283,5 +283,7 @@ def test_cli_data_fetch_refuses_a_wrong_file(tmp_path: Path, capsys, monkeypatch
 
 
 def test_kafka_sink_reports_an_unreachable_broker_in_one_line():
-    with pytest.raises(FraudError, match="cannot reach Kafka at 127.0.0.1:1"):
-        replay.KafkaSink(KafkaClientConfig(bootstrap_servers=("127.0.0.1:1",)), bootstrap_timeout_ms=500)
+    sink = replay.KafkaSink(KafkaClientConfig(bootstrap_servers=("127.0.0.1:1",)), timeout_s=1.0)
+    with pytest.raises(FraudError, match="cannot reach Kafka at 127.0.0.1:1") as err:
+        sink.check_topics(["fraud.transactions.raw"])
+    assert "\n" not in str(err.value)

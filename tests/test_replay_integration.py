@@ -13,39 +13,16 @@ from fraud.dataset import iter_rows
 from fraud.kafka_config import KafkaClientConfig
 from fraud.paths import SAMPLE_CSV
 from fraud.replay import CardPool, ReplayConfig, event_time_ms, run_replay, transaction_id
+from fraud.stream.reader import read_to_end
 
 pytestmark = pytest.mark.integration
 
 PARTITIONS = 4
 
 
-def _consume_all(kafka: KafkaClientConfig, topic: str, expected: int, timeout_s: float = 60.0) -> list:
-    """Every record of `topic` from the beginning; waits for `expected` records, then 1 s more for extras."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(**kafka.consumer_kwargs(auto_offset_reset="earliest"))
-    try:
-        deadline = time.monotonic() + timeout_s
-        partitions = None
-        while not partitions and time.monotonic() < deadline:
-            partitions = consumer.partitions_for_topic(topic)
-            if not partitions:
-                time.sleep(0.2)
-        assert partitions, f"topic {topic} not found"
-        consumer.assign([TopicPartition(topic, p) for p in sorted(partitions)])
-        consumer.seek_to_beginning()
-        records: list = []
-        settle_until = None
-        while time.monotonic() < deadline:
-            for batch in consumer.poll(timeout_ms=500).values():
-                records.extend(batch)
-            if len(records) >= expected:
-                settle_until = settle_until or time.monotonic() + 1.0
-                if time.monotonic() >= settle_until:
-                    break
-        return records
-    finally:
-        consumer.close()
+def _consume_all(kafka: KafkaClientConfig, topic: str) -> list:
+    """Every record of `topic` from its beginning to its end."""
+    return list(read_to_end(kafka, [topic], group_id=f"check-{topic}"))
 
 
 def test_replay_sends_every_row_once_with_labels_after_the_delay(kafka_topic, kafka_client_config):
@@ -61,8 +38,8 @@ def test_replay_sends_every_row_once_with_labels_after_the_delay(kafka_topic, ka
     assert (stats.events, stats.labels, stats.frauds) == (limit, limit, frauds)
     assert stats.seconds >= (limit - 1) / 400.0  # paced, not as fast as possible
 
-    txs = _consume_all(kafka_client_config, topic, limit)
-    labels = _consume_all(kafka_client_config, labels_topic, limit)
+    txs = _consume_all(kafka_client_config, topic)
+    labels = _consume_all(kafka_client_config, labels_topic)
     assert len(txs) == limit and len(labels) == limit  # nothing lost, nothing duplicated
     assert {r.key.decode() for r in txs} == set(rows) == {r.key.decode() for r in labels}
 
@@ -77,7 +54,7 @@ def test_replay_sends_every_row_once_with_labels_after_the_delay(kafka_topic, ka
         assert event.event_time_ms == event_time_ms(row.features["Time"])
         card = cards.card_for_row(row.index)
         assert (event.card_id, event.customer_id) == (card.card_id, card.customer_id)
-        tx_ts[event.transaction_id] = record.timestamp
+        tx_ts[event.transaction_id] = record.timestamp_ms
 
     fraud_labels = 0
     for record in labels:
@@ -86,8 +63,8 @@ def test_replay_sends_every_row_once_with_labels_after_the_delay(kafka_topic, ka
         assert record.key.decode() == label.transaction_id
         assert label.label == row.label
         assert label.event_time_ms == event_time_ms(row.features["Time"])
-        assert record.timestamp == label.labelled_at_ms
-        assert record.timestamp - tx_ts[label.transaction_id] >= delay_s * 1000  # never earlier than the delay
+        assert record.timestamp_ms == label.labelled_at_ms
+        assert record.timestamp_ms - tx_ts[label.transaction_id] >= delay_s * 1000  # never earlier than the delay
         fraud_labels += label.label
     assert fraud_labels == frauds
 
@@ -100,8 +77,8 @@ def test_fraudctl_replay_command_against_the_broker(kafka_broker, kafka_topic, k
         capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
     assert f"replayed 120 events (rows 0..119) to {topic}, 120 labels to {labels_topic}, 0 frauds" in proc.stdout
-    assert len(_consume_all(kafka_client_config, topic, 120)) == 120
-    labels = _consume_all(kafka_client_config, labels_topic, 120)
+    assert len(_consume_all(kafka_client_config, topic)) == 120
+    labels = _consume_all(kafka_client_config, labels_topic)
     assert len(labels) == 120  # --flush-labels: sent at the end, long before the 30 s delay
 
 

@@ -38,12 +38,34 @@ def test_parse_batch_splits_rows_and_dead_letters_and_covers_every_offset():
 
 
 class Reader:
-    def __init__(self, batches: list[list[Record]]) -> None:
+    """A fake consumer-group member: at the first poll the group assigns `partitions` (the sink claims them
+    and says where each starts), then the batches are served from there."""
+
+    def __init__(self, batches: list[list[Record]], partitions: list | None = None) -> None:
         self.batches = batches
+        self.partitions = partitions if partitions is not None else sorted({r.tp for b in batches for r in b})
         self.committed: list[dict] = []
+        self.starts: dict | None = None
+        self.claim = self.on_revoke = None
+        self.generation = 0
+
+    def bind(self, kafka, topics, *, group_id, claim, on_revoke, group_instance_id=None, session_timeout_ms=10_000,
+             max_poll_interval_ms=300_000):
+        assert topics == [S, L]
+        self.claim, self.on_revoke = claim, on_revoke
+        return self
 
     def poll(self, max_records: int, timeout_s: float) -> list[Record]:
-        return self.batches.pop(0) if self.batches else []
+        if self.starts is None:
+            self.starts = dict(self.claim(self.partitions))
+        while self.batches:
+            got = [r for r in self.batches.pop(0) if r.offset >= self.starts.get(r.tp, 0)]
+            if got:
+                return got
+        return []
+
+    def seek(self, offsets: dict) -> None:
+        self.seeks = getattr(self, "seeks", []) + [dict(offsets)]
 
     def lag(self) -> dict:
         return {}
@@ -79,12 +101,12 @@ class FlakyWarehouse(DuckDBWarehouse):
         self.failures = failures
         self.log = log
 
-    def write(self, batch: WarehouseBatch) -> WriteResult:
+    def write(self, batch: WarehouseBatch, epochs=None) -> WriteResult:
         self.log.append("write")
         if self.failures:
             self.failures -= 1
             raise RetriableError("warehouse unavailable")
-        return super().write(batch)
+        return super().write(batch, epochs)
 
 
 def config(tmp_path: Path, **kw) -> SinkConfig:
@@ -99,7 +121,7 @@ def test_dead_letters_are_flushed_before_the_write_and_a_failed_write_is_retried
     metrics = RecordingMetrics(m.SINK_METRICS)
     sleeps: list[float] = []
     wh = FlakyWarehouse(tmp_path / "wh.duckdb", failures=2, log=log)
-    job = SinkJob(config(tmp_path), wh, metrics=metrics, reader_factory=lambda *a, **k: reader, producer=producer,
+    job = SinkJob(config(tmp_path), wh, metrics=metrics, reader_factory=reader.bind, producer=producer,
                   sleep=sleeps.append)
     stats = job.run()
     assert log == ["dead_letter", "dead_letter", "flush", "write"] * 3
@@ -118,28 +140,65 @@ def test_dead_letters_are_flushed_before_the_write_and_a_failed_write_is_retried
 def test_stop_during_a_retry_commits_nothing(tmp_path: Path):
     log: list[str] = []
     wh = FlakyWarehouse(tmp_path / "wh.duckdb", failures=100, log=log)
-    job = SinkJob(config(tmp_path), wh, reader_factory=lambda *a, **k: Reader([records()]), producer=Producer(log),
+    job = SinkJob(config(tmp_path), wh, reader_factory=Reader([records()]).bind, producer=Producer(log),
                   sleep=lambda s: job.request_stop())
     stats = job.run()
     assert stats.batches == 0
     reopened = DuckDBWarehouse(tmp_path / "wh.duckdb")
     reopened.open()
-    assert reopened.stored_offsets() == {}
+    assert set(reopened.stored_offsets().values()) == {0}  # claimed, nothing written
     reopened.close()
 
 
 def test_sink_resumes_from_the_offsets_stored_with_the_rows(tmp_path: Path):
-    starts: list[dict] = []
-
-    def factory(kafka, topics, *, group_id, start, default_start):
-        starts.append(dict(start))
-        assert topics == [S, L] and default_start == "earliest"
-        return Reader([records()] if not start else [])
-
+    readers = []
     for _ in range(2):
-        SinkJob(config(tmp_path), DuckDBWarehouse(tmp_path / "wh.duckdb"), reader_factory=factory,
+        reader = Reader([records()])
+        readers.append(reader)
+        SinkJob(config(tmp_path), DuckDBWarehouse(tmp_path / "wh.duckdb"), reader_factory=reader.bind,
                 producer=Producer([])).run()
-    assert starts == [{}, {(S, 0): 11, (S, 1): 5, (L, 0): 5}]
+    assert readers[0].starts == {(S, 0): 0, (S, 1): 0, (L, 0): 0}
+    assert readers[1].starts == {(S, 0): 11, (S, 1): 5, (L, 0): 5}
+    assert readers[1].committed == []  # nothing new: every record was below the stored offsets
+    wh = DuckDBWarehouse(tmp_path / "wh.duckdb")
+    wh.open()
+    epochs = wh._epochs()
+    wh.close()
+    assert epochs == {(S, 0): 2, (S, 1): 2, (L, 0): 2}  # each start claimed every partition once
+
+
+def test_a_sink_whose_partition_was_claimed_by_another_writes_nothing_of_it(tmp_path: Path):
+    """Sink A owns both score partitions; sink B claims partition 1 before A writes (A missed the rebalance:
+    paused past its session timeout). A's batch is refused whole; it keeps partition 0 and reads it again
+    from the batch's start, and never writes partition 1 again."""
+    data = records()
+    a_reader = Reader([data])
+    b_wh = DuckDBWarehouse(tmp_path / "wh.duckdb")
+
+    class LateWarehouse(DuckDBWarehouse):
+        first = True
+
+        def write(self, batch, epochs=None):
+            if self.first:  # B claims partition 1 between A's read and A's write
+                self.first = False
+                b_wh.open()
+                b_wh.claim([(S, 1)], "sink-b")
+            return super().write(batch, epochs)
+
+    a_wh = LateWarehouse(tmp_path / "wh.duckdb")
+    job = SinkJob(config(tmp_path), a_wh, reader_factory=a_reader.bind, producer=Producer([]))
+    a_reader.batches.append([r for r in data if r.tp != (S, 1)])  # what A reads again after the seek
+    stats = job.run()
+    assert stats.fenced == 1 and a_reader.seeks == [{(S, 0): 0, (L, 0): 0}]
+    assert (S, 1) not in job.owned
+    con = b_wh.connection
+    rows = con.execute("SELECT kafka_partition, count(*) FROM scores GROUP BY 1 ORDER BY 1").fetchall()
+    offsets = dict(((t, p), (o, e, w)) for t, p, o, e, w in con.execute(
+        "SELECT topic, partition, next_offset, epoch, owner FROM sink_offsets").fetchall())
+    b_wh.close()
+    assert rows == [(0, 5)]  # partition 0's scores, once; none of partition 1's
+    assert offsets[(S, 1)] == (0, 2, "sink-b")
+    assert offsets[(S, 0)][:2] == (11, 1) and offsets[(L, 0)][:2] == (5, 1)
 
 
 @pytest.mark.parametrize("env, message", [

@@ -38,6 +38,12 @@ def sink_command(bootstrap: str, scores: str, labels: str, dlq: str, *warehouse:
             "--batch-max-wait-ms", "20", "--group-id", f"sink-{scores}", *warehouse]
 
 
+def static(instance_id: str) -> list[str]:
+    """A static group member: a restart after kill -9 takes its partitions back at once (a dynamic one waits
+    for the dead member's session to time out)."""
+    return ["--instance-id", instance_id, "--static-membership", "1"]
+
+
 def wait_for_line(proc: subprocess.Popen, needle: str, timeout_s: float) -> bool:
     """Read the process's stderr (JSON log lines) until one contains `needle`; keep draining it afterwards."""
     found = threading.Event()
@@ -118,14 +124,14 @@ def test_sink_kill_9_mid_stream_leaves_every_score_exactly_once(kafka_broker, ka
 
     producer = threading.Thread(target=produce, args=(kafka_client_config, stream), kwargs={"rate": 600.0})
     producer.start()
-    cmd = sink_command(kafka_broker.bootstrap, scores_t, labels_t, dlq_t, *store.args)
+    cmd = sink_command(kafka_broker.bootstrap, scores_t, labels_t, dlq_t, *store.args, *static("sink-0"))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     partial_counts = []
     rng = random.Random(5)
     try:
         for _ in range(3):
             proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-            started = wait_for_line(proc, '"sink_starting"', timeout_s=90)
+            started = wait_for_line(proc, '"partitions_claimed"', timeout_s=90)
             assert started, "the sink did not start"
             time.sleep(rng.uniform(0.5, 2.0))  # the sink is consuming while the producer still produces
             assert proc.poll() is None, "the sink exited early"

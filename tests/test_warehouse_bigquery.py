@@ -19,9 +19,9 @@ from fraud.contract import LabelEvent, ScoreEvent
 from fraud.errors import FraudError
 from fraud.stream.records import Record, RetriableError
 from monitoring.testing import synthetic_scores
-from warehouse.bigquery import BigQueryWarehouse, merge_script
+from warehouse.bigquery import FENCED_MESSAGE, BigQueryWarehouse, claim_script, merge_script
 from warehouse.config import BigQueryConfig
-from warehouse.store import LabelRecord, Located, ScoreRecord, WarehouseBatch
+from warehouse.store import Claim, Fenced, LabelRecord, Located, ScoreRecord, WarehouseBatch
 
 PROJECT, DATASET = "test-project", "fraud"
 
@@ -55,6 +55,7 @@ class FakeBigQuery:
         self.scores: dict[str, dict] = {}
         self.labels: dict[str, dict] = {}
         self.offsets: dict[tuple[str, int], int] = {}
+        self.epochs: dict[tuple[str, int], tuple[int, str]] = {}  # (epoch, owner) per claimed partition
         self.jobs: dict[str, dict] = {}
         self.results: dict[str, dict] = {}
         self.fail_next = 0
@@ -114,7 +115,8 @@ class FakeBigQuery:
                     self.fail_next -= 1
                     return self._reply(req, 503, {"error": {"code": 503, "message": "backend error",
                                                             "status": "UNAVAILABLE"}})
-                return self._reply(req, 200, self._run_job(body))
+                result = self._run_job(body)
+                return self._reply(req, *result) if isinstance(result, tuple) else self._reply(req, 200, result)
             m = re.fullmatch(rf"{base}/jobs/([^/]+)", path)
             if method == "GET" and m and m.group(1) in self.jobs:
                 return self._reply(req, 200, self.jobs[m.group(1)])
@@ -130,7 +132,24 @@ class FakeBigQuery:
         params = {p["name"]: _value(p["parameterType"], p["parameterValue"]) for p in query.get("queryParameters", [])}
         schema: list[dict] = []
         rows: list[dict] = []
-        if sql.startswith("BEGIN TRANSACTION;"):
+        if sql.startswith("BEGIN TRANSACTION;") and "epochs" in params:
+            stale = [e for e in params["epochs"]
+                     if self.epochs.get((e["topic"], e["partition"]), (0, None))[0] != e["epoch"]]
+            if stale:  # what the script's IF ... RAISE does (and the transaction rolls back)
+                return 400, {"error": {"code": 400, "message": f"Query error: {FENCED_MESSAGE} at [2:3]",
+                                       "status": "INVALID_ARGUMENT"}}
+        if sql.startswith("MERGE") and "@claims" in sql:
+            for c in params["claims"]:
+                tp = (c["topic"], c["partition"])
+                self.epochs[tp] = (self.epochs.get(tp, (0, None))[0] + 1, c["owner"])
+                self.offsets.setdefault(tp, 0)
+            schema = [{"name": "topic", "type": "STRING"}, {"name": "partition", "type": "INTEGER"},
+                      {"name": "next_offset", "type": "INTEGER"}, {"name": "epoch", "type": "INTEGER"},
+                      {"name": "owner", "type": "STRING"}]
+            claimed = sorted((c["topic"], c["partition"]) for c in params["claims"])
+            rows = [{"f": [{"v": t}, {"v": str(p)}, {"v": str(self.offsets[(t, p)])},
+                           {"v": str(self.epochs[(t, p)][0])}, {"v": self.epochs[(t, p)][1]}]} for t, p in claimed]
+        elif sql.startswith("BEGIN TRANSACTION;"):
             for row in params.get("scores", []):
                 self.scores.setdefault(row["transaction_id"], row)
             for row in params.get("labels", []):
@@ -141,6 +160,10 @@ class FakeBigQuery:
             for row in params["offsets"]:
                 tp = (row["topic"], row["partition"])
                 self.offsets[tp] = max(self.offsets.get(tp, 0), row["next_offset"])
+        elif "sink_offsets" in sql and sql.startswith("SELECT") and "epoch" in sql:
+            schema = [{"name": "topic", "type": "STRING"}, {"name": "partition", "type": "INTEGER"},
+                      {"name": "epoch", "type": "INTEGER"}]
+            rows = [{"f": [{"v": t}, {"v": str(p)}, {"v": str(e)}]} for (t, p), (e, _) in sorted(self.epochs.items())]
         elif "sink_offsets" in sql and sql.startswith("SELECT"):
             schema = [{"name": "topic", "type": "STRING"}, {"name": "partition", "type": "INTEGER"},
                       {"name": "next_offset", "type": "INTEGER"}]
@@ -263,12 +286,16 @@ def test_sink_job_writes_through_bigquery_and_resumes_from_its_offsets(fake_bq: 
     starts: list[dict] = []
 
     class Reader:
-        def __init__(self, kafka, topics, *, group_id, start, default_start):
-            starts.append(dict(start))
-            first = start.get(("fraud.scores", 0), 0)
-            self.todo = [r for r in records if r.offset >= first]
+        def __init__(self, kafka, topics, *, group_id, claim, on_revoke, group_instance_id, session_timeout_ms,
+                     max_poll_interval_ms):
+            self.claim = claim
+            self.todo = None
 
         def poll(self, max_records, timeout_s):
+            if self.todo is None:  # the group assigns the partition: the sink claims it
+                start = dict(self.claim([("fraud.scores", 0)]))
+                starts.append(start)
+                self.todo = [r for r in records if r.offset >= start[("fraud.scores", 0)]]
             out, self.todo = self.todo[:max_records], self.todo[max_records:]
             return out
 
@@ -295,8 +322,9 @@ def test_sink_job_writes_through_bigquery_and_resumes_from_its_offsets(fake_bq: 
     records += [Record("fraud.scores", 0, 300 + i, None, d.score.to_json(), 0)
                 for i, d in enumerate(synthetic_scores(350, seed=18)[300:])]
     SinkJob(config, make_warehouse(config), reader_factory=Reader, producer=Producer(), sleep=lambda s: None).run()
-    assert starts == [{}, {("fraud.scores", 0): 300}]
+    assert starts == [{("fraud.scores", 0): 0}, {("fraud.scores", 0): 300}]
     assert len(fake_bq.scores) == 350
+    assert fake_bq.epochs[("fraud.scores", 0)][0] == 2
 
 
 def test_the_script_only_merges_what_the_batch_has():
@@ -326,3 +354,24 @@ def test_events_round_trip_through_the_parameters(fake_bq: FakeBigQuery):
     assert row["score"] == 0.25 and row["decision"] is False and row["model_version"] == 7
     assert row["latency_ms"] == 2 and row["reconstruction_error"] is None and row["explanation"] is None
     assert fake_bq.labels["tx-x"]["label"] == 1
+
+
+def test_claims_fence_a_sink_that_lost_its_partition(fake_bq: FakeBigQuery):
+    """Two sinks on one dataset: the second claim of a partition bumps its epoch; the first sink's write
+    with the old epoch is refused whole (Fenced), the new owner's goes through."""
+    a, b = warehouse(fake_bq), warehouse(fake_bq)
+    tp = ("fraud.scores", 0)
+    assert a.claim([tp, ("fraud.labels", 1)], "sink-a") == {tp: Claim(0, 1), ("fraud.labels", 1): Claim(0, 1)}
+    batch = batch_of(10)
+    a.write(batch, {tp: 1, ("fraud.labels", 1): 1})
+    assert b.claim([tp], "sink-b") == {tp: Claim(10, 2)}
+    later = batch_of(5, start=10, labels=False)
+    with pytest.raises(Fenced) as err:
+        a.write(later, {tp: 1})
+    assert err.value.partitions == [tp]
+    assert len(fake_bq.scores) == 10 and fake_bq.offsets[tp] == 10
+    b.write(later, {tp: 2})
+    assert len(fake_bq.scores) == 15 and fake_bq.offsets[tp] == 15
+    sql = fake_bq.jobs_sent()[-1]["configuration"]["query"]["query"]
+    assert "UNNEST(@epochs)" in sql and f"RAISE USING MESSAGE = '{FENCED_MESSAGE}'" in sql
+    assert "@claims" in claim_script("p.d.sink_offsets") and "epoch = IFNULL(T.epoch, 0) + 1" in claim_script("x")

@@ -10,6 +10,11 @@ Each sink batch is one query job running a multi-statement transaction:
                                                                    WHEN NOT MATCHED THEN INSERT ...;
     COMMIT TRANSACTION;
 
+When sinks share partitions (`claim`, see warehouse.store), the script starts with a check of the
+writer's epochs (`IF EXISTS (... epoch != @epochs ...) THEN RAISE`), which rolls the transaction back;
+a concurrent claim and write of one partition are DML on one table in two transactions, and BigQuery
+aborts one of them ("concurrent update"), which the sink retries.
+
 The rows travel as query parameters (arrays of structs), not spliced into SQL. Rows and offsets commit
 together or not at all, and every statement is idempotent, so a job re-run after an unknown outcome (the
 response lost, the sink killed) changes nothing. Why not streaming inserts (`tabledata.insertAll` with
@@ -24,7 +29,8 @@ anonymous credentials; otherwise Application Default Credentials are used, as ev
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import uuid
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fraud.errors import FraudError
@@ -35,9 +41,12 @@ from warehouse.store import (
     LABEL_COLUMNS,
     OFFSET_COLUMNS,
     SCORE_COLUMNS,
+    Claim,
+    Fenced,
     TopicPartition,
     WarehouseBatch,
     WriteResult,
+    fenced_partitions,
     label_row,
     now_ms,
     score_row,
@@ -61,9 +70,20 @@ def _q(name: str) -> str:
     return f"`{name}`"  # `partition` is a reserved word in BigQuery SQL
 
 
-def merge_script(scores: str, labels: str, offsets: str, *, with_scores: bool, with_labels: bool) -> str:
-    """The batch's transaction; table names are fully qualified (project.dataset.table)."""
+#: What the batch script raises when a partition was claimed by another sink (see warehouse.store).
+FENCED_MESSAGE = "fraud-sink fenced"
+
+
+def merge_script(scores: str, labels: str, offsets: str, *, with_scores: bool, with_labels: bool,
+                 fenced: bool = False) -> str:
+    """The batch's transaction; table names are fully qualified (project.dataset.table). With `fenced`, it
+    first checks @epochs against the stored epochs and raises (rolling everything back) on a mismatch."""
     parts = ["BEGIN TRANSACTION;"]
+    if fenced:
+        parts.append(
+            f"IF EXISTS (SELECT 1 FROM UNNEST(@epochs) S LEFT JOIN `{offsets}` T "
+            f"ON T.topic = S.topic AND T.`partition` = S.`partition` WHERE IFNULL(T.epoch, 0) != S.epoch) THEN\n"
+            f"  RAISE USING MESSAGE = '{FENCED_MESSAGE}';\nEND IF;")
     if with_scores:
         cols = [n for n, _ in SCORE_COLUMNS]
         parts.append(
@@ -88,6 +108,20 @@ def merge_script(scores: str, labels: str, offsets: str, *, with_scores: bool, w
         f"WHEN NOT MATCHED THEN INSERT ({', '.join(map(_q, cols))}) VALUES ({', '.join('S.' + _q(c) for c in cols)});")
     parts.append("COMMIT TRANSACTION;")
     return "\n".join(parts)
+
+
+def claim_script(offsets: str) -> str:
+    """Bump the epoch of each partition of @claims and name its owner (one atomic MERGE), then read back the
+    partitions this claim owns (a concurrent claim that came later shows up as another owner)."""
+    return (
+        f"MERGE `{offsets}` T USING (SELECT * FROM UNNEST(@claims)) S "
+        f"ON T.topic = S.topic AND T.`partition` = S.`partition`\n"
+        f"WHEN MATCHED THEN UPDATE SET epoch = IFNULL(T.epoch, 0) + 1, owner = S.owner, "
+        f"updated_at_ms = S.updated_at_ms\n"
+        f"WHEN NOT MATCHED THEN INSERT (topic, `partition`, next_offset, updated_at_ms, epoch, owner) "
+        f"VALUES (S.topic, S.`partition`, 0, S.updated_at_ms, 1, S.owner);\n"
+        f"SELECT topic, `partition`, next_offset, epoch, owner FROM `{offsets}` "
+        f"WHERE STRUCT(topic, `partition`) IN (SELECT AS STRUCT topic, `partition` FROM UNNEST(@claims));")
 
 
 def _struct_array(name: str, columns: Sequence[tuple[str, str]], rows: Sequence[dict[str, Any]]) -> Any:
@@ -151,7 +185,11 @@ class BigQueryWarehouse:
                                        schema=[bigquery.SchemaField(f, t) for f, t in _fields(columns)])
                 if cluster:
                     table.clustering_fields = cluster
-                c.create_table(table, exists_ok=True)
+                have = c.create_table(table, exists_ok=True)
+                missing = [f for f in table.schema if f.name not in {g.name for g in have.schema or ()}]
+                if missing and have.schema:  # made before these columns existed (sink_offsets' epoch, owner)
+                    have.schema = [*have.schema, *missing]
+                    c.update_table(have, ["schema"])
         except Exception as exc:  # noqa: BLE001
             raise FraudError(f"cannot create the warehouse tables in {self.description}: {exc}") from None
 
@@ -176,7 +214,26 @@ class BigQueryWarehouse:
         rows = self._run(f"SELECT topic, `partition`, next_offset FROM `{self._table('sink_offsets')}`")
         return {(r["topic"], int(r["partition"])): int(r["next_offset"]) for r in rows}
 
-    def write(self, batch: WarehouseBatch) -> WriteResult:
+    def _epochs(self) -> dict[TopicPartition, int]:
+        rows = self._run(f"SELECT topic, `partition`, IFNULL(epoch, 0) AS epoch FROM `{self._table('sink_offsets')}`")
+        return {(r["topic"], int(r["partition"])): int(r["epoch"]) for r in rows}
+
+    def claim(self, partitions: Sequence[TopicPartition], owner: str) -> dict[TopicPartition, Claim]:
+        if not partitions:
+            return {}
+        token = f"{owner}#{uuid.uuid4().hex[:12]}"  # tells this claim's rows from a concurrent one's
+        ts = now_ms()
+        rows = self._run(claim_script(self._table("sink_offsets")), [_struct_array(
+            "claims", (("topic", "VARCHAR"), ("partition", "INTEGER"), ("owner", "VARCHAR"), ("updated_at_ms", "BIGINT")),
+            [{"topic": t, "partition": p, "owner": token, "updated_at_ms": ts} for t, p in sorted(partitions)])])
+        out = {(r["topic"], int(r["partition"])): Claim(int(r["next_offset"]), int(r["epoch"]))
+               for r in rows if r["owner"] == token}
+        missing = sorted(set(partitions) - set(out))
+        if missing:  # claimed again by another sink between our MERGE and SELECT: the group is still moving
+            raise RetriableError(f"BigQuery: partitions {missing} claimed concurrently")
+        return out
+
+    def write(self, batch: WarehouseBatch, epochs: Mapping[TopicPartition, int] | None = None) -> WriteResult:
         if not batch.offsets:
             return WriteResult(0, 0, 0, 0)
         ts = now_ms()
@@ -184,15 +241,25 @@ class BigQueryWarehouse:
         # own, and offsets only move forward.
         scores, labels = select_new(batch, {})
         params = [_struct_array("offsets", OFFSET_COLUMNS,
-                                [{"topic": t, "partition": p, "next_offset": o, "updated_at_ms": ts}
+                                [{"topic": t, "partition": p, "next_offset": o, "updated_at_ms": ts,
+                                  "epoch": (epochs or {}).get((t, p), 0), "owner": None}
                                  for (t, p), o in sorted(batch.offsets.items())])]
         if scores:
             params.append(_struct_array("scores", SCORE_COLUMNS, [score_row(r, ts) for r in scores]))
         if labels:
             params.append(_struct_array("labels", LABEL_COLUMNS, [label_row(r, ts) for r in labels]))
+        if epochs is not None:
+            params.append(_struct_array("epochs", (("topic", "VARCHAR"), ("partition", "INTEGER"), ("epoch", "BIGINT")),
+                                        [{"topic": t, "partition": p, "epoch": epochs.get((t, p), -1)}
+                                         for t, p in sorted(batch.offsets)]))
         sql = merge_script(self._table("scores"), self._table("labels"), self._table("sink_offsets"),
-                           with_scores=bool(scores), with_labels=bool(labels))
-        self._run(sql, params)
+                           with_scores=bool(scores), with_labels=bool(labels), fenced=epochs is not None)
+        try:
+            self._run(sql, params)
+        except Exception as exc:
+            if epochs is not None and FENCED_MESSAGE in str(exc):
+                raise Fenced(fenced_partitions(self._epochs(), epochs, batch.offsets) or sorted(batch.offsets)) from None
+            raise
         log_event(log, logging.DEBUG, "bigquery_batch", scores=len(scores), labels=len(labels))
         # BigQuery does not say per statement how many rows a MERGE inserted without extra calls: report what
         # was offered (after de-duplication within the batch).

@@ -14,7 +14,8 @@ from pathlib import Path
 from fraud.errors import FraudError
 from fraud.kafka_config import KafkaClientConfig
 from fraud.paths import Paths
-from fraud.stream.options import READER_SERVICE_OPTIONS, Option, add_options, parse_path, resolve_options
+from fraud.stream.config import default_instance_id
+from fraud.stream.options import READER_SERVICE_OPTIONS, Option, add_options, parse_bool, parse_path, resolve_options
 from fraud.topics import DLQ_MONITORING, LABELS, SCORES
 
 SINK_ENV = "FRAUD_SINK_"
@@ -36,7 +37,15 @@ SINK_OPTIONS: tuple[Option, ...] = (
     Option("scores_topic", str, SCORES.name, "score events topic"),
     Option("labels_topic", str, LABELS.name, "label events topic"),
     Option("dlq_topic", str, DLQ_MONITORING.name, "dead-letter topic for records that cannot be parsed"),
-    Option("group_id", str, "fraud-sink", "consumer group the sink reports its offsets to (advisory only)"),
+    Option("group_id", str, "fraud-sink", "consumer group the sinks share the partitions in (offsets stay in "
+           "the warehouse; the group's are advisory, for lag tools)"),
+    Option("instance_id", str, default_instance_id(), "this sink's name: owner of the partitions it claims "
+           "(and its static member id)"),
+    Option("static_membership", parse_bool, False, "join the group as a static member (group.instance.id = "
+           "instance id): a restart within the session timeout keeps the partitions without a rebalance"),
+    Option("session_timeout_ms", int, 10_000, "consumer group session timeout", minimum=1),
+    Option("max_poll_interval_ms", int, 300_000, "a sink that has not read for this long (a stuck write) leaves "
+           "the group, and its partitions go to the others", minimum=1),
     Option("batch_max_size", int, 2000, "records per warehouse batch at most", minimum=1),
     Option("batch_max_wait_ms", int, 500, "longest wait to fill a batch", minimum=0),
     Option("retry_backoff_max_ms", int, 30_000, "longest backoff between retries of a failed write", minimum=1),
@@ -65,6 +74,10 @@ class SinkConfig:
     labels_topic: str = LABELS.name
     dlq_topic: str = DLQ_MONITORING.name
     group_id: str = "fraud-sink"
+    instance_id: str = "sink-0"
+    static_membership: bool = False
+    session_timeout_ms: int = 10_000
+    max_poll_interval_ms: int = 300_000
     batch_max_size: int = 2000
     batch_max_wait_ms: int = 500
     retry_backoff_max_ms: int = 30_000
@@ -102,7 +115,10 @@ class SinkConfig:
         return cls(kafka=kafka, warehouse=v["warehouse"],
                    duckdb_path=v["duckdb_path"] or paths.warehouse_dir / "fraud.duckdb", bigquery=bq,
                    scores_topic=v["scores_topic"], labels_topic=v["labels_topic"], dlq_topic=v["dlq_topic"],
-                   group_id=v["group_id"], batch_max_size=v["batch_max_size"],
+                   group_id=v["group_id"], instance_id=v["instance_id"],
+                   static_membership=v["static_membership"], session_timeout_ms=v["session_timeout_ms"],
+                   max_poll_interval_ms=v["max_poll_interval_ms"],
+                   batch_max_size=v["batch_max_size"],
                    batch_max_wait_ms=v["batch_max_wait_ms"], retry_backoff_max_ms=v["retry_backoff_max_ms"],
                    stop_when_idle_s=v["stop_when_idle_s"], http_host=v["http_host"],
                    http_port=None if port < 0 else port, log_level=v["log_level"])

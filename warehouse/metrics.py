@@ -21,11 +21,14 @@ SINK_BATCH_SIZE = MetricDef("batch_size", Kind.HISTOGRAM, "Records per warehouse
 SINK_WRITE_SECONDS = MetricDef("write_seconds", Kind.HISTOGRAM, "Time of one atomic warehouse write",
                                buckets=LATENCY_BUCKETS)
 SINK_RETRIES = MetricDef("retries_total", Kind.COUNTER, "Warehouse writes retried after a transient failure")
+SINK_FENCED = MetricDef("fenced_batches_total", Kind.COUNTER,
+                        "Batches refused because another sink had claimed one of their partitions since")
+SINK_CLAIMED = MetricDef("partitions_owned", Kind.GAUGE, "Partitions this sink owns (assigned by its group)")
 SINK_LAG = MetricDef("consumer_lag", Kind.GAUGE, "High watermark minus the next offset to read",
                      ("topic", "partition"))
 SINK_LAST_COMMIT = MetricDef("last_commit_timestamp_seconds", Kind.GAUGE,
                              "Wall-clock time of the last committed warehouse batch")
 SINK_METRICS: tuple[MetricDef, ...] = (
     SINK_CONSUMED, SINK_ROWS_WRITTEN, SINK_ROWS_IGNORED, SINK_DEAD_LETTERS, SINK_BATCH_SIZE, SINK_WRITE_SECONDS,
-    SINK_RETRIES, SINK_LAG, SINK_LAST_COMMIT,
+    SINK_RETRIES, SINK_FENCED, SINK_CLAIMED, SINK_LAG, SINK_LAST_COMMIT,
 )

@@ -1,18 +1,28 @@
 """The warehouse sink: score and label events from Kafka into warehouse tables, exactly once.
 
+Sinks share the partitions of the scores and labels topics through a consumer group (`--group-id`): the
+group decides which sink owns which partition. When a sink is given partitions it *claims* them in the
+warehouse (`Warehouse.claim`: their epoch is bumped and their stored offset read, in one transaction) and
+starts reading each at its stored offset. Its progress never lives in the group: offsets are committed
+with the rows, as before.
+
 Loop, one batch at a time:
 
-1. read up to `batch_max_size` records (waiting at most `batch_max_wait_ms`) from every partition of the
-   scores and labels topics, starting at the offsets stored in the warehouse;
+1. read up to `batch_max_size` records (waiting at most `batch_max_wait_ms`) from the partitions it owns;
 2. parse them with fraud.contract; a record that breaks the contract becomes a DeadLetter;
 3. produce the dead letters and wait for their acks (a crash later re-sends them: at least once);
-4. write rows and next offsets in one warehouse transaction (`Warehouse.write`);
+4. write rows and next offsets in one warehouse transaction (`Warehouse.write`), which first checks that
+   the batch's partitions still carry this sink's epochs: a sink that lost a partition in a rebalance
+   and does not know it yet (paused past its session timeout, stuck in a long write) is refused there
+   (`Fenced`), so two sinks never both write one partition's records;
 5. tell the consumer group the offsets (advisory: lag tools read them, the sink never does).
 
 A crash anywhere before 4 commits redoes the batch from the stored offsets; a crash after 4 starts after
 it. Either way every score row is in the warehouse exactly once. A transient warehouse failure
-(`RetriableError`, e.g. BigQuery answering 503) retries the same batch with backoff, reading nothing new.
-SIGTERM/SIGINT only set a flag: the batch at hand is finished, then everything is closed.
+(`RetriableError`, e.g. BigQuery answering 503, or two sinks' transactions colliding) retries the same
+batch with backoff, reading nothing new. A fenced batch is dropped, and the records of partitions the sink
+still owns are read again. SIGTERM/SIGINT only set a flag: the batch at hand is finished, then everything
+is closed (leaving the group hands the partitions to the other sinks at once).
 """
 
 from __future__ import annotations
@@ -30,12 +40,12 @@ from fraud.contract import MALFORMED_JSON, ContractError, DeadLetter, LabelEvent
 from fraud.logs import log_event
 from fraud.stream.health import HealthServer
 from fraud.stream.metrics import Metrics, PrometheusMetrics
-from fraud.stream.reader import EventProducer, PartitionReader
-from fraud.stream.records import Record, RetriableError, next_offsets
+from fraud.stream.reader import EventProducer, GroupReader
+from fraud.stream.records import Record, RetriableError, TopicPartition, first_offsets, next_offsets
 from fraud.stream.signals import install_stop_handlers
 from warehouse import metrics as m
 from warehouse.config import SinkConfig
-from warehouse.store import LabelRecord, Located, ScoreRecord, Warehouse, WarehouseBatch
+from warehouse.store import Fenced, LabelRecord, Located, ScoreRecord, Warehouse, WarehouseBatch
 
 log = logging.getLogger("warehouse.sink")
 COMPONENT = "warehouse_sink"
@@ -71,6 +81,8 @@ class SinkStats:
     scores_ignored: int = 0
     labels_written: int = 0
     dead_letters: int = 0
+    claims: int = 0  # partitions claimed (assigned by the group)
+    fenced: int = 0  # batches refused because another sink had claimed a partition since
 
     def summary(self) -> str:
         return (f"{self.batches} batches, {self.records} records: {self.scores_inserted} scores inserted "
@@ -85,7 +97,7 @@ class SinkJob:
         self.config = config
         self.warehouse = warehouse
         self.metrics: Metrics = metrics if metrics is not None else PrometheusMetrics(m.SINK_NAMESPACE, m.SINK_METRICS)
-        self._reader_factory = reader_factory or PartitionReader
+        self._reader_factory = reader_factory or GroupReader
         self._producer = producer
         self._stop = threading.Event()
         self._sleep = sleep or (lambda s: self._stop.wait(s))
@@ -94,6 +106,7 @@ class SinkJob:
         self._heartbeat = time.monotonic()
         self.http_port: int | None = None  # the bound port of /healthz and /metrics, once running
         self._attempt = 0
+        self._epochs: dict[TopicPartition, int] = {}  # partitions this sink owns -> the epoch it claimed
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -121,11 +134,13 @@ class SinkJob:
         reader = None
         producer = self._producer
         try:
-            stored = self.warehouse.stored_offsets()
-            log_event(log, logging.INFO, "sink_starting", warehouse=self.warehouse.description,
-                      stored_offsets={f"{t}[{p}]": o for (t, p), o in sorted(stored.items())})
+            log_event(log, logging.INFO, "sink_starting", warehouse=self.warehouse.description, group_id=c.group_id,
+                      instance_id=c.instance_id)
             reader = self._reader_factory(c.kafka, [c.scores_topic, c.labels_topic], group_id=c.group_id,
-                                          start=stored, default_start="earliest")
+                                          claim=self._claim, on_revoke=self._revoked,
+                                          group_instance_id=c.instance_id if c.static_membership else None,
+                                          session_timeout_ms=c.session_timeout_ms,
+                                          max_poll_interval_ms=c.max_poll_interval_ms)
             if producer is None:
                 producer = EventProducer(c.kafka)
             self._state = "running"
@@ -165,6 +180,42 @@ class SinkJob:
                 log_event(log, logging.INFO, "sink_stopped", state=self._state, **vars(self.stats))
         return self.stats
 
+    # -- partition ownership (called by the reader inside poll) --------------------------------
+
+    def _claim(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """The group gave us `partitions`: claim them in the warehouse; start each at its stored offset."""
+        attempt = 0
+        while True:
+            try:
+                claims = self.warehouse.claim(partitions, self.config.instance_id)
+                break
+            except RetriableError as exc:
+                attempt += 1
+                delay = min(self.config.retry_backoff_max_ms, 100 * 2 ** min(attempt, 16)) / 1000
+                log_event(log, logging.WARNING, "claim_retry", error=str(exc), attempt=attempt, backoff_s=delay)
+                self._sleep(delay)
+                if self._stop.is_set():
+                    return {}  # not claimed: nothing of them is written, the next owner claims them
+        self._epochs.update({tp: cl.epoch for tp, cl in claims.items()})
+        self.stats.claims += len(claims)
+        self.metrics.gauge(m.SINK_CLAIMED, len(self._epochs))
+        log_event(log, logging.INFO, "partitions_claimed",
+                  partitions={f"{t}[{p}]": {"offset": cl.next_offset, "epoch": cl.epoch}
+                              for (t, p), cl in sorted(claims.items())})
+        return {tp: cl.next_offset for tp, cl in claims.items()}
+
+    def _revoked(self, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self._epochs.pop(tp, None)
+        self.metrics.gauge(m.SINK_CLAIMED, len(self._epochs))
+
+    @property
+    def owned(self) -> dict[TopicPartition, int]:
+        """The partitions this sink owns, with the epoch it claimed each at."""
+        return dict(self._epochs)
+
+    # -- the loop ------------------------------------------------------------------------------
+
     def _collect(self, reader: Any) -> list[Record]:
         c = self.config
         out: list[Record] = []
@@ -173,7 +224,11 @@ class SinkJob:
             timeout = 0.2 if deadline is None else deadline - time.monotonic()
             if timeout <= 0:
                 break
+            before = dict(self._epochs)
             got = reader.poll(c.batch_max_size - len(out), timeout)
+            if self._epochs != before:  # a rebalance inside poll: keep only what is still ours, as claimed
+                out = [r for r in out if r.tp in self._epochs and self._epochs[r.tp] == before.get(r.tp)]
+            got = [r for r in got if r.tp in self._epochs]
             if got:
                 if deadline is None:
                     deadline = time.monotonic() + c.batch_max_wait_ms / 1000.0
@@ -187,6 +242,7 @@ class SinkJob:
     def _handle(self, records: list[Record], reader: Any, producer: Any) -> None:
         c = self.config
         batch, dead = parse_batch(records, c.scores_topic, c.labels_topic)
+        epochs = {tp: self._epochs.get(tp, -1) for tp in batch.offsets}
         while True:
             try:
                 if dead:
@@ -194,8 +250,11 @@ class SinkJob:
                         producer.send_dead_letter(c.dlq_topic, d)
                     producer.flush()
                 t0 = time.monotonic()
-                result = self.warehouse.write(batch)
+                result = self.warehouse.write(batch, epochs)
                 break
+            except Fenced as exc:
+                self._fenced(exc, records, reader)
+                return
             except RetriableError as exc:
                 # The same batch again (writes are idempotent); never move on past rows not written.
                 self._attempt += 1
@@ -230,6 +289,20 @@ class SinkJob:
         s.dead_letters += len(dead)
         log_event(log, logging.DEBUG, "batch_committed", records=len(records), scores=result.scores_inserted,
                   labels=result.labels_written, dead_letters=len(dead))
+
+
+    def _fenced(self, exc: Fenced, records: list[Record], reader: Any) -> None:
+        """Another sink claimed some of the batch's partitions: they are no longer ours (the group will say
+        so at the next poll); the rest of the batch is read again from where it started."""
+        for tp in exc.partitions:
+            self._epochs.pop(tp, None)
+        again = {tp: o for tp, o in first_offsets(records).items() if tp in self._epochs}
+        if again:
+            reader.seek(again)
+        self.stats.fenced += 1
+        self.metrics.increment(m.SINK_FENCED)
+        log_event(log, logging.WARNING, "batch_fenced", partitions=[f"{t}[{p}]" for t, p in exc.partitions],
+                  records=len(records), reread={f"{t}[{p}]": o for (t, p), o in sorted(again.items())})
 
 
 def _caught_up(reader: Any) -> bool:

@@ -11,6 +11,14 @@ next offset of every partition the batch covers) to `Warehouse.write`, which app
   rows, so after a crash the sink resumes exactly where the last committed batch ended; rows of a record
   below the stored offset are never applied twice (the check is inside the transaction, too).
 
+Several sinks share the partitions through a consumer group; the group only decides who owns which
+partition. Ownership is fenced here: `claim` bumps a partition's `epoch` (and names the `owner`) in one
+transaction that also reads its stored offset, and `write(batch, epochs)` refuses, inside its
+transaction, a batch whose partitions' epochs are no longer the writer's (`Fenced`). So a sink that lost
+a partition in a rebalance but does not know it yet (a long write, a pause longer than the session
+timeout) can never write that partition's records after its next owner started from the stored offset:
+every write committed before the claim is in the offset the claim reads, every write after it is refused.
+
 Rows keep their Kafka topic, partition and offset, so any row can be traced back to its record.
 `scored_labels` is a view joining both tables, which is what offline evaluation reads.
 """
@@ -27,6 +35,7 @@ import orjson
 
 from fraud.contract import LabelEvent, ScoreEvent
 from fraud.errors import FraudError
+from fraud.stream.records import RetriableError
 
 #: (topic, partition), as fraud.stream names a topic partition.
 TopicPartition = tuple[str, int]
@@ -64,6 +73,22 @@ class WarehouseBatch:
 
 
 @dataclass(frozen=True)
+class Claim:
+    """A partition's stored next offset and the epoch its new owner writes with."""
+
+    next_offset: int
+    epoch: int
+
+
+class Fenced(Exception):
+    """The batch's partitions were claimed by another sink since this one claimed them: nothing was written."""
+
+    def __init__(self, partitions: Sequence[TopicPartition]) -> None:
+        self.partitions = sorted(partitions)
+        super().__init__("partitions claimed by another sink: " + ", ".join(f"{t}[{p}]" for t, p in self.partitions))
+
+
+@dataclass(frozen=True)
 class WriteResult:
     scores_inserted: int
     scores_ignored: int  # already present (same transaction id) or below the stored offset
@@ -82,8 +107,13 @@ class Warehouse(Protocol):
     def stored_offsets(self) -> dict[TopicPartition, int]:
         """Next offset to read per topic partition, as committed with the rows."""
 
-    def write(self, batch: WarehouseBatch) -> WriteResult:
-        """Apply the rows and the offsets in one transaction; nothing of the batch is visible if it fails."""
+    def claim(self, partitions: Sequence[TopicPartition], owner: str) -> dict[TopicPartition, Claim]:
+        """Take ownership of `partitions`: bump each one's epoch, name `owner`, return the stored offsets
+        (0 where none) with the new epochs, in one transaction."""
+
+    def write(self, batch: WarehouseBatch, epochs: Mapping[TopicPartition, int] | None = None) -> WriteResult:
+        """Apply the rows and the offsets in one transaction; nothing of the batch is visible if it fails.
+        With `epochs`, raise `Fenced` (writing nothing) when a partition of the batch has another epoch."""
 
     def close(self) -> None: ...
 
@@ -127,6 +157,8 @@ OFFSET_COLUMNS: tuple[tuple[str, str], ...] = (
     ("partition", "INTEGER"),
     ("next_offset", "BIGINT"),
     ("updated_at_ms", "BIGINT"),
+    ("epoch", "BIGINT"),  # bumped by every claim; a write must carry the current one (fencing)
+    ("owner", "VARCHAR"),  # who claimed it last (for operators)
 )
 
 
@@ -194,6 +226,12 @@ def merged_offsets(stored: Mapping[TopicPartition, int], batch: Mapping[TopicPar
     return {tp: max(off, stored.get(tp, 0)) for tp, off in batch.items()}
 
 
+def fenced_partitions(stored_epochs: Mapping[TopicPartition, int], epochs: Mapping[TopicPartition, int],
+                      batch: Mapping[TopicPartition, int]) -> list[TopicPartition]:
+    """The partitions of the batch whose stored epoch is not the writer's (a partition never claimed has 0)."""
+    return sorted(tp for tp in batch if stored_epochs.get(tp, 0) != epochs.get(tp, -1))
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -237,6 +275,8 @@ class DuckDBWarehouse:
         con.execute(_ddl("scores", SCORE_COLUMNS, ["transaction_id"]))
         con.execute(_ddl("labels", LABEL_COLUMNS, ["transaction_id"]))
         con.execute(_ddl("sink_offsets", OFFSET_COLUMNS, ["topic", "partition"]))
+        for name, typ in OFFSET_COLUMNS[4:]:  # a warehouse made before partitions were claimed
+            con.execute(f"ALTER TABLE sink_offsets ADD COLUMN IF NOT EXISTS {name} {typ}")
         con.execute(_VIEW)
 
     @property
@@ -249,13 +289,55 @@ class DuckDBWarehouse:
         rows = self.connection.execute("SELECT topic, partition, next_offset FROM sink_offsets").fetchall()
         return {(t, int(p)): int(o) for t, p, o in rows}
 
-    def write(self, batch: WarehouseBatch) -> WriteResult:
+    def _epochs(self) -> dict[TopicPartition, int]:
+        rows = self.connection.execute("SELECT topic, partition, coalesce(epoch, 0) FROM sink_offsets").fetchall()
+        return {(t, int(p)): int(e) for t, p, e in rows}
+
+    def claim(self, partitions: Sequence[TopicPartition], owner: str) -> dict[TopicPartition, Claim]:
+        import duckdb
+
+        con = self.connection
+        ts = now_ms()
+        try:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                stored = self.stored_offsets()
+                epochs = self._epochs()
+                out = {tp: Claim(stored.get(tp, 0), epochs.get(tp, 0) + 1) for tp in partitions}
+                if out:
+                    values = ", ".join("(?, ?, ?, ?, ?, ?)" for _ in out)
+                    con.execute(
+                        f"INSERT INTO sink_offsets VALUES {values} ON CONFLICT (topic, partition) DO UPDATE SET "
+                        "epoch = excluded.epoch, owner = excluded.owner, updated_at_ms = excluded.updated_at_ms",
+                        [x for (t, p), c in sorted(out.items()) for x in (t, p, c.next_offset, ts, c.epoch, owner)])
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+        except duckdb.TransactionException as exc:  # a concurrent claim or write of the same rows
+            raise RetriableError(f"warehouse claim conflict: {str(exc).splitlines()[0]}") from None
+        return out
+
+    def write(self, batch: WarehouseBatch, epochs: Mapping[TopicPartition, int] | None = None) -> WriteResult:
+        import duckdb
+
+        try:
+            return self._write(batch, epochs)
+        except duckdb.TransactionException as exc:  # another sink wrote the same rows meanwhile: redo
+            raise RetriableError(f"warehouse write conflict: {str(exc).splitlines()[0]}") from None
+
+    def _write(self, batch: WarehouseBatch, epochs: Mapping[TopicPartition, int] | None) -> WriteResult:
         import pandas as pd
 
         con = self.connection
         ts = now_ms()
         con.execute("BEGIN TRANSACTION")
         try:
+            stored_epochs = self._epochs()
+            if epochs is not None:
+                fenced = fenced_partitions(stored_epochs, epochs, batch.offsets)
+                if fenced:
+                    raise Fenced(fenced)
             stored = self.stored_offsets()
             scores, labels = select_new(batch, stored)
             inserted = labels_written = 0
@@ -282,11 +364,15 @@ class DuckDBWarehouse:
             offsets = merged_offsets(stored, batch.offsets)
             if offsets:
                 # One statement (DuckDB's executemany costs milliseconds per call, more than the whole batch).
-                values = ", ".join("(?, ?, ?, ?)" for _ in offsets)
+                # The epoch column is written too (with the value it has): DuckDB detects write conflicts per
+                # column, so this is what makes a concurrent claim of the partition and this write collide.
+                values = ", ".join("(?, ?, ?, ?, ?, ?)" for _ in offsets)
                 con.execute(
                     f"INSERT INTO sink_offsets VALUES {values} ON CONFLICT (topic, partition) DO UPDATE SET "
-                    "next_offset = excluded.next_offset, updated_at_ms = excluded.updated_at_ms",
-                    [x for (t, p), o in sorted(offsets.items()) for x in (t, p, o, ts)],
+                    "next_offset = excluded.next_offset, updated_at_ms = excluded.updated_at_ms, "
+                    "epoch = excluded.epoch",
+                    [x for (t, p), o in sorted(offsets.items())
+                     for x in (t, p, o, ts, stored_epochs.get((t, p), 0), None)],
                 )
             con.execute("COMMIT")
         except BaseException:

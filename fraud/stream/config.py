@@ -169,3 +169,8 @@ def stream_options(*, group_id: str = "", http_port: int = -1, batch_max_size: i
 
 #: Option name -> StreamConfig field, where they differ.
 OPTION_FIELDS = {"kafka_client": "client"}
+
+
+def default_instance_id() -> str:
+    """This host's name as an instance id (what a service without --instance-id calls itself)."""
+    return _default_instance_id()
