@@ -61,11 +61,7 @@ def cluster_for(brokers: int, state_dir: Path) -> Iterator[ChaosCluster]:
             finally:
                 single.close()
         return
-    temporary_cluster = getattr(testing, "temporary_cluster", None)
-    if temporary_cluster is None:
-        raise FraudError("this checkout has no embedded multi-broker cluster (fraud.embedded.testing."
-                         "temporary_cluster); run with --brokers 1")
-    with temporary_cluster(state_dir, brokers) as cluster:
+    with testing.temporary_cluster(state_dir, brokers) as cluster:
         yield EmbeddedClusterAdapter(cluster)
 
 
