@@ -655,17 +655,24 @@ def test_compose_connect_reads_the_ingest_file_into_the_ingest_topic(tmp_path: P
 
 
 def _assert_downstream_reads_committed() -> None:
-    """The sink and the monitor read through fraud.stream.reader.PartitionReader, which reads committed
-    records only (an aborted score must never reach the warehouse)."""
+    """The sink reads through fraud.stream.reader.GroupReader and the monitor through PartitionReader:
+    both are fraud.stream's confluent-kafka readers, read_committed unless told otherwise, and neither job
+    tells them otherwise (an aborted score must never reach the warehouse)."""
     import inspect
 
     import monitoring.monitor
     import warehouse.sink
     from fraud.stream import reader
 
+    assert warehouse.sink.GroupReader is reader.GroupReader
+    assert monitoring.monitor.PartitionReader is reader.PartitionReader
+    for cls in (reader.GroupReader, reader.PartitionReader):
+        assert issubclass(cls, reader._Reader)
+        assert "read_committed=False" not in inspect.getsource(cls)
+    assert inspect.signature(reader._Reader.__init__).parameters["read_committed"].default is True
+    assert '"isolation.level": "read_committed" if read_committed' in inspect.getsource(reader._Reader.__init__)
     for module in (warehouse.sink, monitoring.monitor):
-        assert module.PartitionReader is reader.PartitionReader, module.__name__
-    assert '"isolation.level": "read_committed"' in inspect.getsource(reader.PartitionReader.__init__)
+        assert "read_committed=False" not in inspect.getsource(module), module.__name__
 
 
 def test_compose_delivers_exactly_once(tmp_path: Path) -> None:

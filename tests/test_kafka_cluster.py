@@ -400,7 +400,10 @@ def test_a_transactional_producer_keeps_committing_across_a_coordinator_bounce(c
           f"{len(committed)} committed ({before} before), {len(errors)} errors handled: {errors[:3]}")
     assert not thread.is_alive()
     assert not [e for e in errors if e.startswith("FATAL")], errors
-    assert len(committed) > after_bounce > before > 0, "the producer did not keep committing"
+    # Commits may stall while the coordinator moves (none needs to complete during the bounce), but must
+    # go on after it.
+    assert before > 0, "no transaction committed before the bounce"
+    assert len(committed) > after_bounce + 2, "the producer did not keep committing after the bounce"
     assert moved >= 0
     stored = [tuple(json.loads(v)) for v in _read_all(config, topic, committed_only=True)]
     expected = {(n, i) for n in committed for i in range(20)}
