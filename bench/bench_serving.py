@@ -68,6 +68,17 @@ MODEL_LABEL = ["shipped model"]
 GOAL_P99_MS = 2.0
 
 
+_console: list = []  # the fraud.console Console of this run (library output goes to a log file)
+
+
+def echo(text: str) -> None:
+    """A result line on the terminal (through the console: stdout itself goes to the log file)."""
+    if _console:
+        _console[0].echo(text)
+    else:
+        print(text, flush=True)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -354,9 +365,9 @@ def profile_server(server: Server, make_call, clients: int, seconds: float, out:
         run_callers(clients, seconds, make_call)
         output, _ = spy.communicate(timeout=120)
         if spy.returncode != 0:
-            print(f"py-spy failed ({spy.returncode}): {output.decode(errors='replace').strip()[-300:]}")
+            echo(f"py-spy failed ({spy.returncode}): {output.decode(errors='replace').strip()[-300:]}")
             return
-    print(f"profile: {out} (py-spy flame graph of {server.label}, {MODEL_LABEL[0]}, batch 256, {clients} callers)")
+    echo(f"profile: {out} (py-spy flame graph of {server.label}, {MODEL_LABEL[0]}, batch 256, {clients} callers)")
     leaves: dict[str, int] = {}
     under: dict[str, int] = {}
     busy = 0
@@ -372,11 +383,11 @@ def profile_server(server: Server, make_call, clients: int, seconds: float, out:
             if any(marker in f for f in frames):
                 under[marker] = under.get(marker, 0) + int(count)
     if busy:
-        print(f"  {busy} busy samples; by leaf frame: " + "; ".join(
+        echo(f"  {busy} busy samples; by leaf frame: " + "; ".join(
             f"{n * 100 / busy:.0f}% {f}" for f, n in sorted(leaves.items(), key=lambda kv: -kv[1])[:6]))
-        print("  inclusive: " + "; ".join(f"{n * 100 / busy:.0f}% {m}" for m, n in sorted(under.items(), key=lambda kv: -kv[1])))
+        echo("  inclusive: " + "; ".join(f"{n * 100 / busy:.0f}% {m}" for m, n in sorted(under.items(), key=lambda kv: -kv[1])))
     held = sum(int(line.rpartition(" ")[2]) for line in gil.read_text().splitlines() if line.rpartition(" ")[2].isdigit())
-    print(f"  GIL held in {held * 100 / (rate * seconds):.0f}% of {rate * seconds:.0f} sampling instants (py-spy --gil)")
+    echo(f"  GIL held in {held * 100 / (rate * seconds):.0f}% of {rate * seconds:.0f} sampling instants (py-spy --gil)")
 
 
 def run(args: argparse.Namespace, workdir: Path) -> int:
@@ -399,7 +410,7 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
     bundles = {MODEL: Servable.load(MODEL, int(version.name), str(version)),
                TOY: Servable.load(TOY, 1, str(toy_base / "1"))}
     signatures = [s for s in (SIGNATURE_NAME, FEATURES_SIGNATURE_NAME) if s in loaded[MODEL].signatures]
-    print(f"model: {version} (signatures measured: {', '.join(signatures)}"
+    echo(f"model: {version} (signatures measured: {', '.join(signatures)}"
           f"{'' if FEATURES_SIGNATURE_NAME in signatures else f'; it has no {FEATURES_SIGNATURE_NAME}'})")
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     workloads = [Workload(MODEL, s, b, args.clients) for s in signatures for b in batch_sizes]
@@ -416,7 +427,7 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
     try:
         for server in servers:
             server.wait_ready([MODEL, TOY])
-        print(f"servers ready: {'; '.join(f'{s.label}: ' + ' '.join(s.args[3:]) for s in servers)}")
+        echo(f"servers ready: {'; '.join(f'{s.label}: ' + ' '.join(s.args[3:]) for s in servers)}")
         for w in workloads + single:
             makers: dict[str, tuple[Server | None, Callable]] = {"in-process": (None, in_process_call(loaded, w)),
                                                                   "in-process callable": (None, callable_call(bundles, loaded, w))}
@@ -433,7 +444,7 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
                     server_cpu = server.cpu() - server_cpu0 if server else 0.0
                     results.setdefault((path, w), Point()).add(
                         calls * w.batch, wall, latencies, server_cpu, time.process_time() - client_cpu0)
-            print(f"measured: {w.label}")
+            echo(f"measured: {w.label}")
         if args.profile:
             w = Workload(MODEL, SIGNATURE_NAME, 256, args.clients)
             profile_server(servers[-1], grpc_call(servers[-1], w, channels[servers[-1].label]), args.clients,
@@ -455,28 +466,28 @@ def cpu_ratio(base: Point, r: Point) -> float:
 
 
 def report(results: dict, workloads: list[Workload], single: list[Workload], paths: list[str]) -> None:
-    print()
+    echo("")
     header = (f"{'path':<22} {'rows/s':>10} {'ratio':>6} {'p50 ms':>7} {'p99 ms':>7} "
               f"{'server cpu us/row':>18} {'client cpu us/row':>18} {'cpu ratio':>9}")
     for w in workloads + single:
-        print(w.label)
-        print("  " + header)
+        echo(w.label)
+        echo("  " + header)
         base = results[("in-process", w)]
         for path in paths:
             r = results[(path, w)]
             server = f"{r.us_per_row(r.server_cpu):>18.1f}" if not path.startswith("in-process") else f"{'-':>18}"
-            print(f"  {path:<22} {r.rows_s:>10,.0f} {r.rows_s / base.rows_s:>6.2f} {r.ms(50):>7.2f} {r.ms(99):>7.2f} "
+            echo(f"  {path:<22} {r.rows_s:>10,.0f} {r.rows_s / base.rows_s:>6.2f} {r.ms(50):>7.2f} {r.ms(99):>7.2f} "
                   f"{server} {r.us_per_row(r.client_cpu):>18.1f} {cpu_ratio(base, r):>9.2f}")
-    print("cpu ratio: in-process CPU per row / (server + client CPU per row): the throughput ratio when both")
-    print("paths are CPU-bound on the same cores (a quiet machine); on a busy one the scheduler's share decides.")
-    print()
+    echo("cpu ratio: in-process CPU per row / (server + client CPU per row): the throughput ratio when both")
+    echo("paths are CPU-bound on the same cores (a quiet machine); on a busy one the scheduler's share decides.")
+    echo("")
     goal_w = Workload(MODEL, SIGNATURE_NAME, 256, workloads[0].clients)
     if ("in-process", goal_w) in results:
         base = results[("in-process", goal_w)].rows_s
         for path in paths[2:]:
             r = results[(path, goal_w)]
             ratio = r.rows_s / base
-            print(f"goal gRPC >= {GOAL_RATIO}x in-process rows/s at batch 256 ({path}): "
+            echo(f"goal gRPC >= {GOAL_RATIO}x in-process rows/s at batch 256 ({path}): "
                   f"{'MET' if ratio >= GOAL_RATIO else 'MISSED'}, {ratio:.2f}x "
                   f"({r.rows_s:,.0f} / {base:,.0f} rows/s; cpu ratio {cpu_ratio(results[('in-process', goal_w)], r):.2f})")
     one = Workload(MODEL, SIGNATURE_NAME, 1, 1)
@@ -484,7 +495,7 @@ def report(results: dict, workloads: list[Workload], single: list[Workload], pat
         base = results[("in-process", one)]
         for path in paths[2:]:
             r = results[(path, one)]
-            print(f"goal single-row p99 <= in-process p99 + {GOAL_P99_MS:g} ms ({path}): "
+            echo(f"goal single-row p99 <= in-process p99 + {GOAL_P99_MS:g} ms ({path}): "
                   f"{'MET' if r.ms(99) <= base.ms(99) + GOAL_P99_MS else 'MISSED'}, p99 {r.ms(99):.2f} ms vs "
                   f"{base.ms(99):.2f} ms (p50 {r.ms(50):.2f} vs {base.ms(50):.2f} ms)")
 
@@ -502,14 +513,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", metavar="SVG", help="write a py-spy flame graph of the tuned server under load "
                                                         "(batch 256), and summarize a second recording")
     parser.add_argument("--profile-seconds", type=float, default=10.0)
+    parser.add_argument("-v", "--verbose", action="store_true", help="library output on the terminal, not in the log")
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    print(f"{args.clients} concurrent callers; {args.seconds:g} s per point in {args.rounds} interleaved rounds; "
-          f"{os.cpu_count()} CPUs; load average before: {os.getloadavg()[0]:.2f}")
-    with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
-        code = run(args, Path(tmp))
-    print(f"load average after: {os.getloadavg()[0]:.2f}")
-    return code
+    from fraud.console import quiet_output, timestamped_log
+    from fraud.paths import load_paths
+
+    run_dir = load_paths().home / "bench" / time.strftime("serving-%Y%m%d-%H%M%S")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log = timestamped_log(run_dir, "bench-serving")
+    with quiet_output(log, verbose=args.verbose) as console:
+        _console.append(console)
+        try:
+            echo(f"{args.clients} concurrent callers; {args.seconds:g} s per point in {args.rounds} interleaved "
+                 f"rounds; {os.cpu_count()} CPUs; load average before: {os.getloadavg()[0]:.2f}")
+            with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
+                code = run(args, Path(tmp))
+            echo(f"load average after: {os.getloadavg()[0]:.2f}")
+            return code
+        finally:
+            _console.clear()
+            if not args.verbose:
+                console.echo(f"library output: {log}")
 
 
 if __name__ == "__main__":
