@@ -915,3 +915,58 @@ def test_kafka_python_without_the_transaction_internals_is_refused_before_any_tr
     client._producer = argparse.Namespace(init_transactions=lambda: None)  # a kafka-python that changed its insides
     with pytest.raises(FatalError, match="no KafkaProducer._transaction_manager/_sender"):
         client.init_transactions(1.0)
+
+
+class _WedgedCommitClient:
+    """A transactional client whose send_offsets_to_transaction never returns (librdkafka#5456/#5511)."""
+
+    background_commit = True
+
+    def __init__(self) -> None:
+        import threading
+
+        self.release = threading.Event()
+        self.produced: list[Output] = []
+
+    def begin_transaction(self) -> None:
+        pass
+
+    def produce_many(self, outs) -> None:
+        self.produced.extend(outs)
+
+    def group_metadata(self) -> object:
+        return object()
+
+    def send_offsets_to_transaction(self, offsets, timeout_s, group_metadata=None) -> None:
+        self.release.wait(30)  # stuck past its own timeout, as the wedged client is
+
+    def commit_transaction(self, timeout_s: float) -> None:
+        pass
+
+    def abort_transaction(self, timeout_s: float) -> None:
+        pass
+
+
+def test_a_background_commit_stuck_in_the_client_ends_the_process_instead_of_hanging_it():
+    """A commit that outlives twice the operation timeout plus a margin is a wedged client: the delivery
+    mode calls its `wedged` hook (by default: exit at once, so the orchestrator restarts the instance and
+    its init_transactions fences this one) instead of waiting forever; the batch counts as not committed."""
+    from fraud.stream import delivery
+
+    client = _WedgedCommitClient()
+    wedged: list[str] = []
+    mode = delivery.Transactional(client, make_config(Delivery.EXACTLY_ONCE, operation_timeout_s=0.05),
+                                  time.monotonic, lambda *a: None, lambda exc: None, wedged=wedged.append)
+    mode.wedged_after_s = 0.3  # the default is 2 x operation timeout + 30 s
+    batch = [Record(IN, 0, 0, b"k", b"v", 1000)]
+    mode.deliver(batch, ProcessResult([Output(OUT, b"k", b"v")]), [Output(OUT, b"k", b"v")])
+    mode.service(time.monotonic(), idle=True)  # starts the background commit, which never returns
+    started = time.monotonic()
+    with pytest.raises(RetriableError, match="wedged"):
+        mode.deliver(batch, ProcessResult(), [])  # waits for the commit before the next transaction
+    assert 0.25 < time.monotonic() - started < 5
+    assert wedged and "has not returned" in wedged[0]
+    assert mode.uncommitted  # the stuck transaction's batch is redone, never counted as committed
+    client.release.set()
+    assert delivery.Transactional(client, make_config(Delivery.EXACTLY_ONCE, operation_timeout_s=30.0),
+                                  time.monotonic, lambda *a: None, lambda exc: None).wedged_after_s == 90.0

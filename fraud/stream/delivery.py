@@ -25,8 +25,10 @@ attempt).
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
 
@@ -214,6 +216,27 @@ class AtLeastOnce(DeliveryMode):
             self._acked_offsets.pop(tp, None)
 
 
+#: Exit status of a process whose Kafka client is wedged (see `exit_wedged`).
+WEDGED_EXIT_CODE = 75
+#: Slack past the commit's own timeouts before a background commit counts as wedged.
+WEDGED_MARGIN_S = 30.0
+
+
+def exit_wedged(reason: str) -> None:
+    """End the process at once: its transactional producer is stuck inside librdkafka and will not come back.
+
+    librdkafka's `send_offsets_to_transaction` can block past its timeout, forever, when the group
+    coordinator moved or was decommissioned (confluentinc/librdkafka#5456, #5511, open in the pinned
+    2.x); the call holds the producer, and a normal exit would wait for that thread. Exactly-once is kept
+    by the restart (Kubernetes, compose, the chaos supervisor): the new instance's `init_transactions`
+    with the same transactional id fences this one and aborts its open transaction, and its consumer
+    resumes from the committed offsets.
+    """
+    log_event(log, logging.CRITICAL, "kafka_client_wedged", reason=reason, exit_code=WEDGED_EXIT_CODE)
+    logging.shutdown()
+    os._exit(WEDGED_EXIT_CODE)
+
+
 class Transactional(DeliveryMode):
     """Exactly-once. When the client allows it (`background_commit`), a due transaction is committed on a
     thread of its own while the loop goes on collecting, decoding and scoring; the next batch's outputs wait
@@ -221,9 +244,14 @@ class Transactional(DeliveryMode):
     of stopping the loop. Book-keeping (`confirmed`) always runs on the loop's thread."""
 
     def __init__(self, client: StreamClient, config: StreamConfig, clock: Callable[[], float],
-                 confirmed: ConfirmedFn, abort_failed: Callable[[Exception], None]) -> None:
+                 confirmed: ConfirmedFn, abort_failed: Callable[[Exception], None],
+                 wedged: Callable[[str], None] = exit_wedged) -> None:
         super().__init__(client, config, clock, confirmed)
         self._abort_failed = abort_failed
+        self._wedged = wedged
+        #: a background commit (send offsets, then commit: two calls with the operation timeout each) that
+        #: has not returned after this long is stuck in the client, not slow
+        self.wedged_after_s = 2 * config.operation_timeout_s + WEDGED_MARGIN_S
         self._open_since: float | None = None
         self._batches: list[Delivered] = []
         self._offsets: dict[TopicPartition, int] = {}
@@ -296,12 +324,21 @@ class Transactional(DeliveryMode):
         future, batches, offsets = self._committing
         if not wait and not future.done():
             return
-        self._committing = None
         try:
-            future.result()
+            future.result(timeout=self.wedged_after_s)
+        except FutureTimeout:
+            self._wedged(f"a transaction commit has not returned after {self.wedged_after_s:.0f} s")
+            # Only reached when `wedged` returns (tests): the transaction counts as failed and is redone.
+            self._committing, self._failed = None, batches
+            raise RetriableError("transaction commit wedged") from None
         except RetriableError:
+            self._committing = None
             self._failed = batches
             raise
+        except BaseException:
+            self._committing = None
+            raise
+        self._committing = None
         self._confirmed(batches, offsets, self.clock())
 
     def abandon(self) -> dict[TopicPartition, int]:
