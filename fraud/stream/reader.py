@@ -29,7 +29,7 @@ from fraud.stream.admin import KafkaAdmin
 from fraud.stream.confluent_client import rdkafka_log, records_from_messages
 from fraud.stream.records import PartitionsCallback, Record, RetriableError, TopicPartition
 
-log = logging.getLogger("monitoring.kafka")
+log = logging.getLogger("fraud.stream.reader")
 
 #: How often the reader looks for partitions added to its topics.
 PARTITION_REFRESH_S = 30.0
