@@ -865,6 +865,12 @@ def test_confluent_messages_become_records_skipping_eof_and_logging_errors(caplo
     with pytest.raises(FraudError, match="fenced"):
         records_from_messages([_Message(7), _Message(-1, KafkaError(KafkaError._FENCED, "fenced", fatal=True))],
                               FraudError)
+    # librdkafka's "Fatal consumer error" event (a static member fenced by one with its group.instance.id,
+    # seen after broker bounces) has the _FATAL code without the fatal flag: the consumer is dead all the same.
+    static_fenced = KafkaError(KafkaError._FATAL, "Fatal error: Broker: Static consumer fenced by other consumer")
+    assert not static_fenced.fatal()
+    with pytest.raises(FraudError, match="Static consumer fenced"):
+        records_from_messages([_Message(-1, static_fenced)], FraudError)
 
 
 class _NeverDone:

@@ -44,7 +44,10 @@ def records_from_messages(msgs: list, fatal: Callable[[str], Exception]) -> list
 
             if err.code() == KafkaError._PARTITION_EOF:
                 continue
-            if err.fatal():
+            # A fatal consumer error (e.g. a static member fenced by one with its group.instance.id after a
+            # coordinator move) comes as a _FATAL error event whose fatal() flag is not always set; the
+            # consumer is dead either way, so the job stops and its restart rejoins the group.
+            if err.fatal() or err.code() == KafkaError._FATAL:
                 raise fatal(err.str())
             log_event(log, logging.WARNING, "consume_error", error=err.str(), topic=m.topic(),
                       partition=m.partition())
