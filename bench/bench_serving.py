@@ -404,6 +404,9 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
     version = latest_version(base)
     toy_base = workdir / TOY
     testing.save_examples_model(toy_base, 1)
+    from fraud.model_info import load_custom_ops
+
+    load_custom_ops(str(version))  # a tree model's TF-DF ops, before TensorFlow parses its graph
     loaded = {MODEL: tf.saved_model.load(str(version)), TOY: tf.saved_model.load(str(toy_base / "1"))}
     from serving.servable import Servable
 
