@@ -150,6 +150,8 @@ class MonitorConfig:
     checkpoint_interval_s: float = 0.0
     state_topic: str = MONITOR_STATE.name
     stop_when_idle_s: float = 0.0
+    #: 0 in code (tests, tools); the service's flag defaults to DEFAULT_FETCH_STALL_S (fraud.stream.watchdog)
+    fetch_stall_s: float = 0.0
     http_host: str = "127.0.0.1"
     http_port: int | None = None
     log_level: str = "INFO"
@@ -195,7 +197,7 @@ class MonitorConfig:
             training_stats=v["training_stats"], schema_path=v["schema_path"], drift=v["drift"],
             drift_features=tuple(v["drift_features"]), drift_window=v["drift_window"], thresholds=thresholds,
             publish_interval_s=v["publish_interval_s"], checkpoint_interval_s=v["checkpoint_interval_s"],
-            state_topic=v["state_topic"], stop_when_idle_s=v["stop_when_idle_s"],
+            state_topic=v["state_topic"], stop_when_idle_s=v["stop_when_idle_s"], fetch_stall_s=v["fetch_stall_s"],
             http_host=v["http_host"], http_port=None if port < 0 else port, log_level=v["log_level"],
         )
         kwargs.update(overrides)

@@ -423,7 +423,8 @@ class MonitorJob:
     def _open_reader(self, start: dict, since: int) -> Any:
         c = self.config
         return self._reader_factory(c.kafka, [c.scores_topic, c.labels_topic, c.transactions_topic],
-                                    group_id=c.group_id, start=start, default_start=since)
+                                    group_id=c.group_id, start=start, default_start=since,
+                                    fetch_stall_s=c.fetch_stall_s)
 
     def _loop(self, reader: Any, producer: Any, since: int) -> Any:
         """Poll, handle, publish and checkpoint until stopped or idle; returns the reader (a rewind makes a

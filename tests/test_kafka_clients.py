@@ -194,3 +194,59 @@ def test_confluent_kafka_produce_consume_and_transactions(kafka_client_config, k
     consumer.close()
     assert sorted(values) == sorted([f"v{i}" for i in range(20)] + ["committed"])
     assert extra is None or extra.error() is not None
+
+
+@pytest.mark.parametrize("kind", ["confluent-kafka", "kafka-python"])
+def test_backlog_counts_what_the_consumer_has_not_read_and_nothing_past_aborted_records(kafka_client_config,
+                                                                                       kafka_topic, kind):
+    """The fetch watchdog's question to the brokers (fraud.stream.watchdog): 0 once everything readable was
+    read, even though aborted records and transaction markers end the log; n after n new records."""
+    from confluent_kafka import Producer
+
+    from fraud.stream.clients import make_client
+    from fraud.stream.config import StreamConfig
+    from fraud.stream.reader import PartitionReader
+
+    topic = kafka_topic(partitions=2)
+    producer = Producer(kafka_client_config.confluent(**{"transactional.id": f"{topic}.txn"}))
+    producer.init_transactions(30)
+
+    def transaction(n: int, commit: bool) -> None:
+        producer.begin_transaction()
+        for i in range(n):
+            producer.produce(topic, value=f"v{i}".encode(), partition=i % 2)
+        producer.flush(30)
+        (producer.commit_transaction if commit else producer.abort_transaction)(30)
+
+    transaction(10, True)
+    transaction(6, False)  # aborted records, then a marker, at the end of both partitions
+    config = StreamConfig(kafka=kafka_client_config, input_topics=(topic,), group_id=f"{topic}.g",
+                          dlq_topic=f"{topic}.dlq", component="test", client=kind)
+    client = make_client(config)
+    reader = PartitionReader(kafka_client_config, [topic], group_id=f"{topic}.r")
+    try:
+        client.subscribe([topic], lambda tps: None, lambda tps: None, lambda tps: None)
+        got: list = []
+        deadline = time.monotonic() + 30
+        while len(got) < 10 and time.monotonic() < deadline:
+            got += client.poll(100, 0.5)
+        while len(got) < 20 and time.monotonic() < deadline:
+            got += reader.poll(100, 0.5)
+        assert len(got) == 20
+        for _ in range(4):  # a poll or two more lets each consumer step past the trailing aborted records
+            client.poll(100, 0.2)
+            reader.poll(100, 0.2)
+        assert client.backlog(10.0) == {(topic, 0): 0, (topic, 1): 0}
+        assert reader.backlog() == {(topic, 0): 0, (topic, 1): 0} and reader.caught_up()
+        transaction(3, True)  # 2 records to partition 0, 1 to partition 1
+        # The markers land a moment after the commit returns (and kafka-python's end offset under read_committed
+        # is the last stable offset, which moves with them): 3 records and up to 2 markers, seen soon.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and 0 in (*client.backlog(10.0).values(), *reader.backlog().values()):
+            time.sleep(0.2)
+        assert 2 <= client.backlog(10.0)[(topic, 0)] <= 3 and 1 <= client.backlog(10.0)[(topic, 1)] <= 2
+        assert 2 <= reader.backlog()[(topic, 0)] <= 3 and 1 <= reader.backlog()[(topic, 1)] <= 2
+    finally:
+        producer.flush(10)
+        client.close(10)
+        reader.close()

@@ -50,7 +50,7 @@ class Reader:
         self.generation = 0
 
     def bind(self, kafka, topics, *, group_id, claim, on_revoke, group_instance_id=None, session_timeout_ms=10_000,
-             max_poll_interval_ms=300_000):
+             max_poll_interval_ms=300_000, fetch_stall_s=0.0):
         assert topics == [S, L]
         self.claim, self.on_revoke = claim, on_revoke
         return self

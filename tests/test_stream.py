@@ -166,6 +166,10 @@ class FakeClient:
     def high_watermarks(self) -> dict[TopicPartition, int]:
         return {tp: len(self.logs[tp]) for tp in self.assigned}
 
+    def backlog(self, timeout_s: float) -> dict[TopicPartition, int]:
+        return {tp: len(self.logs[tp]) - self.position.get(tp, self.committed_offsets.get(tp, 0))
+                for tp in self.assigned}
+
     def init_transactions(self, timeout_s: float) -> None:
         self._maybe_fail("init")
         self.inits += 1
@@ -986,3 +990,75 @@ def test_a_background_commit_stuck_in_the_client_ends_the_process_instead_of_han
     client.release.set()
     assert delivery.Transactional(client, make_config(Delivery.EXACTLY_ONCE, operation_timeout_s=30.0),
                                   time.monotonic, lambda *a: None, lambda exc: None).wedged_after_s == 90.0
+
+
+class DeafClient(FakeClient):
+    """Assigned its partitions, yet fetches nothing (librdkafka after a failed committed-offset fetch)."""
+
+    def poll(self, max_records: int, timeout_s: float) -> list[Record]:
+        self.polls += 1
+        if self.on_poll:
+            self.on_poll(self)
+        return []
+
+
+@pytest.mark.parametrize("delivery_mode", [Delivery.AT_LEAST_ONCE, Delivery.EXACTLY_ONCE])
+def test_a_consumer_that_fetches_nothing_from_partitions_holding_records_is_declared_wedged(delivery_mode):
+    client = DeafClient(logs_of(10), delivery_mode is Delivery.EXACTLY_ONCE)
+    clock = StepClock(1.0)  # one second per poll
+    wedged: list[str] = []
+
+    def hook(c: FakeClient) -> None:
+        clock.now += clock.step
+        if wedged or c.polls > 100:
+            proc.request_stop()
+
+    client.on_poll = hook
+    proc = StreamProcessor(make_config(delivery_mode, fetch_stall_s=30.0), upper_or_dead, client=client,
+                           metrics=m.RecordingMetrics(), clock=clock, wedged=wedged.append)
+    proc.run()
+    assert len(wedged) == 1 and "no record fetched for 30 s" in wedged[0]
+    assert "in[0]': 5" in wedged[0] and "in[1]': 5" in wedged[0]  # what the partitions hold, named
+    assert 30 <= client.polls <= 33  # within a turn or two of the period, not before it
+
+
+def test_a_quiet_stream_is_not_a_wedged_consumer_and_a_broker_that_does_not_answer_is_not_either():
+    client = FakeClient(logs_of(10), False)
+    clock = StepClock(1.0)
+    wedged: list[str] = []
+    backlog_calls = {"n": 0}
+    original_backlog = client.backlog
+
+    def backlog(timeout_s: float) -> dict[TopicPartition, int]:
+        backlog_calls["n"] += 1
+        if backlog_calls["n"] == 2:
+            raise RetriableError("brokers away")
+        return original_backlog(timeout_s)
+
+    def hook(c: FakeClient) -> None:
+        clock.now += clock.step
+        if c.polls > 200:
+            proc.request_stop()
+
+    client.backlog, client.on_poll = backlog, hook
+    proc = StreamProcessor(make_config(fetch_stall_s=30.0), upper_or_dead, client=client,
+                           metrics=m.RecordingMetrics(), clock=clock, wedged=wedged.append)
+    proc.run()
+    assert len(client.published) == 10 and not wedged  # everything read, then 200 s of nothing to read
+    assert 5 <= backlog_calls["n"] <= 7  # asked once per quiet period (the brokers are not asked every turn)
+
+
+def test_the_fetch_watch_is_off_at_zero_and_waits_for_an_assignment():
+    from fraud.stream.watchdog import FetchWatch
+
+    wedged: list[str] = []
+    off = FetchWatch(0.0, wedged.append)
+    off.check(0.0, True, lambda: {("t", 0): 5})
+    off.check(1e6, True, lambda: {("t", 0): 5})
+    watch = FetchWatch(10.0, wedged.append)
+    watch.check(0.0, False, lambda: {("t", 0): 5})
+    watch.check(50.0, False, lambda: {("t", 0): 5})  # nothing assigned: nothing to fetch from
+    watch.check(55.0, True, lambda: {("t", 0): 5})  # assigned at 55: the period starts there
+    assert not wedged
+    watch.check(66.0, True, lambda: {("t", 0): 0, ("t", 1): 3})
+    assert wedged == ["no record fetched for 10 s while assigned partitions hold {'t[1]': 3}"]

@@ -287,7 +287,7 @@ def test_sink_job_writes_through_bigquery_and_resumes_from_its_offsets(fake_bq: 
 
     class Reader:
         def __init__(self, kafka, topics, *, group_id, claim, on_revoke, group_instance_id, session_timeout_ms,
-                     max_poll_interval_ms):
+                     max_poll_interval_ms, fetch_stall_s):
             self.claim = claim
             self.todo = None
 

@@ -82,6 +82,8 @@ class SinkConfig:
     batch_max_wait_ms: int = 500
     retry_backoff_max_ms: int = 30_000
     stop_when_idle_s: float = 0.0
+    #: 0 in code (tests, tools); the service's flag defaults to DEFAULT_FETCH_STALL_S (fraud.stream.watchdog)
+    fetch_stall_s: float = 0.0
     http_host: str = "127.0.0.1"
     http_port: int | None = None
     log_level: str = "INFO"
@@ -120,5 +122,5 @@ class SinkConfig:
                    max_poll_interval_ms=v["max_poll_interval_ms"],
                    batch_max_size=v["batch_max_size"],
                    batch_max_wait_ms=v["batch_max_wait_ms"], retry_backoff_max_ms=v["retry_backoff_max_ms"],
-                   stop_when_idle_s=v["stop_when_idle_s"], http_host=v["http_host"],
+                   stop_when_idle_s=v["stop_when_idle_s"], fetch_stall_s=v["fetch_stall_s"], http_host=v["http_host"],
                    http_port=None if port < 0 else port, log_level=v["log_level"])

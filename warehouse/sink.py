@@ -140,7 +140,7 @@ class SinkJob:
                                           claim=self._claim, on_revoke=self._revoked,
                                           group_instance_id=c.instance_id if c.static_membership else None,
                                           session_timeout_ms=c.session_timeout_ms,
-                                          max_poll_interval_ms=c.max_poll_interval_ms)
+                                          max_poll_interval_ms=c.max_poll_interval_ms, fetch_stall_s=c.fetch_stall_s)
             if producer is None:
                 producer = EventProducer(c.kafka)
             self._state = "running"

@@ -62,6 +62,11 @@ class StreamClient(Protocol):
     def high_watermarks(self) -> dict[TopicPartition, int]:
         """Last known high watermark of each assigned partition (from fetch responses; no broker call)."""
 
+    def backlog(self, timeout_s: float) -> dict[TopicPartition, int]:
+        """Records each assigned partition holds past this consumer's position (its committed offset, or
+        where `auto_offset_reset` starts it, when it has no position yet), asked of the brokers; for the
+        fetch watchdog. RetriableError when they do not answer."""
+
     # transactions (exactly-once)
     def init_transactions(self, timeout_s: float) -> None: ...
 

@@ -16,7 +16,8 @@ from typing import Any
 
 from fraud.errors import FraudError
 from fraud.kafka_config import KafkaClientConfig
-from fraud.stream.options import Option, parse_bool
+from fraud.stream.options import FETCH_STALL_OPTION, Option, parse_bool
+from fraud.stream.watchdog import DEFAULT_FETCH_STALL_S
 
 
 class Delivery(str, enum.Enum):
@@ -73,6 +74,9 @@ class StreamConfig:
     http_port: int | None = None  # /healthz, /readyz, /metrics; None = no HTTP endpoint
     lag_interval_s: float = 5.0
     stall_timeout_s: float = 60.0  # /healthz turns 503 when the loop has not turned for this long
+    #: exit (status 75, to be restarted) when assigned partitions hold records and none was fetched for this
+    #: long (fraud.stream.watchdog.FetchWatch; longer than upstream transaction timeouts); 0 = off
+    fetch_stall_s: float = DEFAULT_FETCH_STALL_S
     client_overrides: Mapping[str, Any] = field(default_factory=dict)  # raw client settings (tuning)
 
     def __post_init__(self) -> None:
@@ -164,6 +168,7 @@ def stream_options(*, group_id: str = "", http_port: int = -1, batch_max_size: i
         Option("http_port", int, http_port, "port of /healthz, /readyz and /metrics (-1: off, 0: any free port)",
                minimum=-1),
         Option("lag_interval_s", float, 5.0, "how often consumer lag is measured", minimum=0.1),
+        FETCH_STALL_OPTION,
     )
 
 

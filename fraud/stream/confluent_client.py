@@ -283,6 +283,28 @@ class ConfluentClient:
                 out[(tp.topic, tp.partition)] = high
         return out
 
+    def backlog(self, timeout_s: float) -> dict[TopicPartition, int]:
+        try:
+            assigned = self._consumer.assignment()
+            if not assigned:
+                return {}
+            positions = {(tp.topic, tp.partition): tp.offset for tp in self._consumer.position(assigned)}
+            unknown = [tp for tp in assigned if positions[(tp.topic, tp.partition)] < 0]
+            if unknown:  # never fetched: where the next fetch would start
+                for tp in self._consumer.committed(unknown, timeout=timeout_s):
+                    positions[(tp.topic, tp.partition)] = tp.offset
+            out = {}
+            for tp in assigned:
+                low, high = self._consumer.get_watermark_offsets(tp, timeout=timeout_s, cached=False)
+                pos = positions[(tp.topic, tp.partition)]
+                if pos < 0:
+                    pos = low if self._config.auto_offset_reset == "earliest" else high
+                out[(tp.topic, tp.partition)] = max(0, high - pos)
+            return out
+        except Exception as exc:  # noqa: BLE001 (classified)
+            _raise(exc, "measure the backlog")
+        raise AssertionError("unreachable")
+
     # -- producer ------------------------------------------------------------------------------
 
     def _delivered(self, err: Any, msg: Any) -> None:

@@ -25,7 +25,6 @@ attempt).
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -44,6 +43,7 @@ from fraud.stream.records import (
     first_offsets,
     next_offsets,
 )
+from fraud.stream.watchdog import exit_wedged
 
 log = logging.getLogger("fraud.stream")
 
@@ -216,25 +216,8 @@ class AtLeastOnce(DeliveryMode):
             self._acked_offsets.pop(tp, None)
 
 
-#: Exit status of a process whose Kafka client is wedged (see `exit_wedged`).
-WEDGED_EXIT_CODE = 75
 #: Slack past the commit's own timeouts before a background commit counts as wedged.
 WEDGED_MARGIN_S = 30.0
-
-
-def exit_wedged(reason: str) -> None:
-    """End the process at once: its transactional producer is stuck inside librdkafka and will not come back.
-
-    librdkafka's `send_offsets_to_transaction` can block past its timeout, forever, when the group
-    coordinator moved or was decommissioned (confluentinc/librdkafka#5456, #5511, open in the pinned
-    2.x); the call holds the producer, and a normal exit would wait for that thread. Exactly-once is kept
-    by the restart (Kubernetes, compose, the chaos supervisor): the new instance's `init_transactions`
-    with the same transactional id fences this one and aborts its open transaction, and its consumer
-    resumes from the committed offsets.
-    """
-    log_event(log, logging.CRITICAL, "kafka_client_wedged", reason=reason, exit_code=WEDGED_EXIT_CODE)
-    logging.shutdown()
-    os._exit(WEDGED_EXIT_CODE)
 
 
 class Transactional(DeliveryMode):
@@ -369,7 +352,8 @@ class Transactional(DeliveryMode):
 
 
 def make_delivery(client: StreamClient, config: StreamConfig, clock: Callable[[], float], confirmed: ConfirmedFn,
-                  abort_failed: Callable[[Exception], None]) -> DeliveryMode:
+                  abort_failed: Callable[[Exception], None],
+                  wedged: Callable[[str], None] = exit_wedged) -> DeliveryMode:
     if config.exactly_once:
-        return Transactional(client, config, clock, confirmed, abort_failed)
+        return Transactional(client, config, clock, confirmed, abort_failed, wedged)
     return AtLeastOnce(client, config, clock, confirmed)

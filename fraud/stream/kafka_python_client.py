@@ -166,6 +166,19 @@ class KafkaPythonClient:
                 out[(tp.topic, tp.partition)] = high
         return out
 
+    def backlog(self, timeout_s: float) -> dict[TopicPartition, int]:
+        timeout_ms = int(timeout_s * 1000)
+        try:
+            assigned = list(self._consumer.assignment())
+            if not assigned:
+                return {}
+            ends = self._consumer.end_offsets(assigned, timeout_ms=timeout_ms)
+            return {(tp.topic, tp.partition): max(0, ends[tp] - self._consumer.position(tp, timeout_ms=timeout_ms))
+                    for tp in assigned}
+        except Exception as exc:  # noqa: BLE001
+            _raise(exc, "measure the backlog")
+        raise AssertionError("unreachable")
+
     # -- producer ------------------------------------------------------------------------------
 
     def produce(self, out: Output) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fraud.errors import FraudError
+from fraud.stream.watchdog import DEFAULT_FETCH_STALL_S
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
@@ -110,7 +111,14 @@ def resolve_options(options: Iterable[Option], args: argparse.Namespace | None, 
 
 
 #: Options every reader service (sink, monitor) has: its exit when idle, /healthz and /metrics, log level.
+#: Every long-running Kafka service has it (fraud.stream.watchdog.FetchWatch).
+FETCH_STALL_OPTION = Option(
+    "fetch_stall_s", float, DEFAULT_FETCH_STALL_S, "exit with status 75 (to be restarted) when assigned partitions hold records "
+    "and none was fetched for this long (a wedged consumer); longer than upstream transaction timeouts; 0: off",
+    minimum=0)
+
 READER_SERVICE_OPTIONS: tuple[Option, ...] = (
+    FETCH_STALL_OPTION,
     Option("stop_when_idle_s", float, 0.0, "exit once every partition is read to its end and no record came for "
            "this many seconds (0: run until stopped)", minimum=0),
     Option("http_host", str, "127.0.0.1", "bind address of /healthz and /metrics"),

@@ -60,6 +60,7 @@ from fraud.stream.records import (
     first_offsets,
 )
 from fraud.stream.signals import install_stop_handlers
+from fraud.stream.watchdog import FetchWatch, exit_wedged
 
 log = logging.getLogger("fraud.stream")
 
@@ -83,10 +84,13 @@ class StreamProcessor:
     def __init__(self, config: StreamConfig, process: ProcessFn | StagedProcess, *,
                  client: StreamClient | None = None, metrics: Metrics | None = None,
                  clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] | None = None,
-                 on_committed: Callable[[Sequence[Record], ProcessResult], None] | None = None) -> None:
+                 on_committed: Callable[[Sequence[Record], ProcessResult], None] | None = None,
+                 wedged: Callable[[str], None] = exit_wedged) -> None:
         """`process` is a function (records -> ProcessResult) or a `StagedProcess` (pipelined).
         `on_committed(batch, result)`, if given, runs after each batch is delivered and committed (once per
-        committed batch, never for a failed attempt): for a job's own counts, e.g. what it filtered."""
+        committed batch, never for a failed attempt): for a job's own counts, e.g. what it filtered.
+        `wedged(reason)` is called when the Kafka client stopped working without an error (a commit that
+        never returns, a consumer that never fetches); by default it ends the process (`exit_wedged`)."""
         self.config = config
         self._staged: StagedProcess | None = process if isinstance(process, StagedProcess) else None
         self._process = process
@@ -114,6 +118,8 @@ class StreamProcessor:
         self.http: HealthServer | None = None
         self.batches_committed = 0
         self._single_topic = config.input_topics[0] if len(config.input_topics) == 1 else None
+        self._wedged = wedged
+        self._fetch_watch = FetchWatch(config.fetch_stall_s, wedged)
 
     # -- control -------------------------------------------------------------------------------
 
@@ -155,7 +161,8 @@ class StreamProcessor:
         if self._client is None:
             self._client = make_client(c)
         client = self._client
-        self._mode = make_delivery(client, c, self._clock, self._confirmed, lambda exc: self._reset_producer(None))
+        self._mode = make_delivery(client, c, self._clock, self._confirmed, lambda exc: self._reset_producer(None),
+                                   self._wedged)
         log_event(log, logging.INFO, "stream_starting", component=c.component, topics=list(c.input_topics),
                   group_id=c.group_id, instance_id=c.instance_id, delivery=c.delivery.value, client=c.client.value,
                   transactional_id=c.transactional_id if c.exactly_once else None,
@@ -233,6 +240,10 @@ class StreamProcessor:
             if due is not None:
                 timeout = min(timeout, due)
         batch = self._collect(client, timeout)
+        if batch:
+            self._fetch_watch.fetched(now)
+        else:
+            self._fetch_watch.check(now, bool(self._assigned), lambda: self._backlog(client))
         self._report_lag(client)
         if batch:
             self._inflight.append((batch, self._submit(batch), self._clock()))
@@ -435,6 +446,13 @@ class StreamProcessor:
             pos = self._committed_next.get(tp)
             if pos is not None:
                 self.metrics.gauge(m.LAG, max(0, high - pos), topic=tp[0], partition=str(tp[1]))
+
+    def _backlog(self, client: StreamClient) -> dict[TopicPartition, int] | None:
+        try:
+            return client.backlog(self.config.operation_timeout_s)
+        except RetriableError as exc:
+            log_event(log, logging.WARNING, "backlog_unknown", error=str(exc))
+            return None
 
     # -- rebalance callbacks (run inside client.poll) -------------------------------------------
 

@@ -28,6 +28,7 @@ from fraud.logs import log_event
 from fraud.stream.admin import KafkaAdmin
 from fraud.stream.confluent_client import rdkafka_log, records_from_messages
 from fraud.stream.records import PartitionsCallback, Record, RetriableError, TopicPartition
+from fraud.stream.watchdog import FetchWatch
 
 log = logging.getLogger("fraud.stream.reader")
 
@@ -44,7 +45,8 @@ class _Reader:
     """What both readers share: one confluent-kafka consumer, read_committed, manual commits."""
 
     def __init__(self, kafka: KafkaClientConfig, topics: Sequence[str], *, group_id: str, timeout_s: float,
-                 settings: Mapping[str, Any] | None = None, read_committed: bool = True) -> None:
+                 settings: Mapping[str, Any] | None = None, read_committed: bool = True,
+                 fetch_stall_s: float = 0.0) -> None:
         from confluent_kafka import Consumer
 
         self.topics = tuple(topics)
@@ -64,6 +66,8 @@ class _Reader:
         self._position: dict[TopicPartition, int] = {}
         self._last_error = ("", 0.0)
         self._bootstrap = kafka.bootstrap
+        #: a service's reader (fetch_stall_s > 0) exits to be restarted when it stops fetching (see watchdog)
+        self._fetch_watch = FetchWatch(fetch_stall_s)
 
     def _on_error(self, err: Any) -> None:
         text = f"{err.name()}: {err.str()}"
@@ -90,6 +94,10 @@ class _Reader:
         out = records_from_messages(msgs, lambda text: FraudError(f"Kafka consumer failed: {text}"))
         for rec in out:
             self._position[rec.tp] = rec.offset + 1
+        if out:
+            self._fetch_watch.fetched(time.monotonic())
+        else:
+            self._fetch_watch.check(time.monotonic(), bool(self._assigned), self.backlog)
         return out
 
     def seek(self, offsets: Mapping[TopicPartition, int]) -> None:
@@ -144,29 +152,34 @@ class _Reader:
                 out[(t, p)] = max(0, high - pos)
         return out
 
-    def caught_up(self) -> bool:
-        """True when every partition's position has reached its end (for read_committed: the last stable
-        offset, past transaction markers), asking the broker; for `--stop-when-idle-s`, which must not stop
-        a job that merely waited on a slow fetch."""
+    def backlog(self) -> dict[TopicPartition, int] | None:
+        """Records past the position of each assigned partition, asking the broker (the consumer's position
+        also moves past transaction markers and aborted records, which no record reports); None when the
+        broker does not answer."""
         from confluent_kafka import OFFSET_END
         from confluent_kafka import TopicPartition as TP
 
         tps = [TP(t, p) for t, p in sorted(self._assigned)]
+        out = {}
         try:
-            positions = self._consumer.position(tps)
-            for tp in positions:
+            for tp in self._consumer.position(tps):
                 low, high = self._consumer.get_watermark_offsets(TP(tp.topic, tp.partition), timeout=self._timeout_s,
                                                                  cached=False)
                 pos = tp.offset
                 if pos < 0:  # nothing fetched yet: where did it start?
                     first = self._first.get((tp.topic, tp.partition), -1)
                     pos = high if first == OFFSET_END else (first if first >= 0 else low)
-                if pos < high:
-                    return False
-        except Exception as exc:  # noqa: BLE001 (broker unreachable right now: not caught up as far as we know)
-            log_event(log, logging.DEBUG, "caught_up_check_failed", error=str(exc))
-            return False
-        return True
+                out[(tp.topic, tp.partition)] = max(0, high - pos)
+        except Exception as exc:  # noqa: BLE001 (broker unreachable right now)
+            log_event(log, logging.DEBUG, "backlog_failed", error=str(exc))
+            return None
+        return out
+
+    def caught_up(self) -> bool:
+        """True when every partition's position has reached its end, asking the broker; for
+        `--stop-when-idle-s`, which must not stop a job that merely waited on a slow fetch."""
+        backlog = self.backlog()
+        return backlog is not None and not any(backlog.values())
 
     @property
     def assigned(self) -> set[TopicPartition]:
@@ -188,8 +201,9 @@ class PartitionReader(_Reader):
     def __init__(self, kafka: KafkaClientConfig, topics: Sequence[str], *, group_id: str,
                  start: Mapping[TopicPartition, int] | None = None, default_start: str | int = "earliest",
                  timeout_s: float = 30.0, read_committed: bool = True,
-                 only: Iterable[TopicPartition] | None = None) -> None:
-        super().__init__(kafka, topics, group_id=group_id, timeout_s=timeout_s, read_committed=read_committed)
+                 only: Iterable[TopicPartition] | None = None, fetch_stall_s: float = 0.0) -> None:
+        super().__init__(kafka, topics, group_id=group_id, timeout_s=timeout_s, read_committed=read_committed,
+                         fetch_stall_s=fetch_stall_s)
         self._only = None if only is None else set(only)
         self._start = dict(start or {})
         self._default_start = default_start
@@ -254,14 +268,15 @@ class GroupReader(_Reader):
     def __init__(self, kafka: KafkaClientConfig, topics: Sequence[str], *, group_id: str, claim: ClaimFn,
                  on_revoke: PartitionsCallback | None = None, group_instance_id: str | None = None,
                  session_timeout_ms: int = 10_000, max_poll_interval_ms: int = 300_000,
-                 timeout_s: float = 30.0) -> None:
+                 timeout_s: float = 30.0, fetch_stall_s: float = 0.0) -> None:
         settings: dict[str, Any] = {"partition.assignment.strategy": "cooperative-sticky",
                                     "session.timeout.ms": session_timeout_ms,
                                     "heartbeat.interval.ms": max(100, session_timeout_ms // 5),
                                     "max.poll.interval.ms": max(max_poll_interval_ms, session_timeout_ms)}
         if group_instance_id:
             settings["group.instance.id"] = group_instance_id
-        super().__init__(kafka, topics, group_id=group_id, timeout_s=timeout_s, settings=settings)
+        super().__init__(kafka, topics, group_id=group_id, timeout_s=timeout_s, settings=settings,
+                         fetch_stall_s=fetch_stall_s)
         self._partitions()  # a missing topic is a one-line error here, not an empty assignment forever
         self._claim = claim
         self._on_revoke = on_revoke
