@@ -250,3 +250,36 @@ def test_backlog_counts_what_the_consumer_has_not_read_and_nothing_past_aborted_
         producer.flush(10)
         client.close(10)
         reader.close()
+
+
+@pytest.mark.parametrize("start", ["latest", "time"])
+def test_a_reader_starting_at_the_end_reads_every_record_appended_after_it_started(kafka_client_config,
+                                                                                  kafka_topic, start):
+    """A partition that starts at its end (empty for the start time, or `latest`) starts at the offset its
+    end had when the reader was made, not at librdkafka's logical end resolved a moment later: records
+    appended in between were skipped (the monitor lost the first labels of a partition in a chaos run)."""
+    from confluent_kafka import Producer
+
+    from fraud.stream.reader import PartitionReader
+
+    topic = kafka_topic(partitions=3)
+    producer = Producer(kafka_client_config.confluent(**{"enable.idempotence": True}))
+    producer.produce(topic, b"before", partition=0)  # partition 0 has an old record, 1 and 2 are empty
+    producer.flush(30)
+    time.sleep(0.05)
+    since = int(time.time() * 1000)
+    reader = PartitionReader(kafka_client_config, [topic], group_id=f"{topic}.r",
+                             default_start="latest" if start == "latest" else since)
+    try:
+        for i in range(30):  # at once: before the reader's first fetch
+            producer.produce(topic, f"v{i}".encode(), partition=i % 3)
+        producer.flush(30)
+        got: list = []
+        deadline = time.monotonic() + 30
+        while len(got) < 30 and time.monotonic() < deadline:
+            got += reader.poll(100, 0.5)
+        time.sleep(0.5)
+        got += reader.poll(100, 0.5)
+        assert sorted(r.value for r in got) == sorted(f"v{i}".encode() for i in range(30))
+    finally:
+        reader.close()

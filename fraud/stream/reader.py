@@ -156,7 +156,6 @@ class _Reader:
         """Records past the position of each assigned partition, asking the broker (the consumer's position
         also moves past transaction markers and aborted records, which no record reports); None when the
         broker does not answer."""
-        from confluent_kafka import OFFSET_END
         from confluent_kafka import TopicPartition as TP
 
         tps = [TP(t, p) for t, p in sorted(self._assigned)]
@@ -166,9 +165,9 @@ class _Reader:
                 low, high = self._consumer.get_watermark_offsets(TP(tp.topic, tp.partition), timeout=self._timeout_s,
                                                                  cached=False)
                 pos = tp.offset
-                if pos < 0:  # nothing fetched yet: where did it start?
+                if pos < 0:  # nothing fetched yet: where it starts (an offset, or the beginning)
                     first = self._first.get((tp.topic, tp.partition), -1)
-                    pos = high if first == OFFSET_END else (first if first >= 0 else low)
+                    pos = first if first >= 0 else low
                 out[(tp.topic, tp.partition)] = max(0, high - pos)
         except Exception as exc:  # noqa: BLE001 (broker unreachable right now)
             log_event(log, logging.DEBUG, "backlog_failed", error=str(exc))
@@ -212,7 +211,7 @@ class PartitionReader(_Reader):
 
     def refresh_partitions(self, force: bool = False) -> list[TopicPartition]:
         """Assign partitions not assigned yet (new topics' partitions appear here); returns the new ones."""
-        from confluent_kafka import OFFSET_BEGINNING, OFFSET_END
+        from confluent_kafka import OFFSET_BEGINNING
         from confluent_kafka import TopicPartition as TP
 
         now = time.monotonic()
@@ -224,17 +223,26 @@ class PartitionReader(_Reader):
             return []
         targets = []
         by_time = []
+        at_end = []
         for t, p in new:
             if (t, p) in self._start:
                 targets.append(TP(t, p, self._start[(t, p)]))
             elif isinstance(self._default_start, int):
                 by_time.append(TP(t, p, self._default_start))
+            elif self._default_start == "earliest":
+                targets.append(TP(t, p, OFFSET_BEGINNING))
             else:
-                targets.append(TP(t, p, OFFSET_BEGINNING if self._default_start == "earliest" else OFFSET_END))
+                at_end.append((t, p))
+        # A partition's end is a concrete offset asked now, never the logical OFFSET_END: librdkafka resolves
+        # that when it starts fetching, a moment later, and records appended in between would be skipped (the
+        # monitor missed the first labels of a partition that was empty when it started). For a start time,
+        # the end is asked *before* offsets_for_times: a partition with nothing at or after the time (-1)
+        # starts there, and a record appended after that question is newer than the time anyway.
+        ends = {tp: self._end_offset(tp) for tp in [*at_end, *((x.topic, x.partition) for x in by_time)]}
+        targets += [TP(t, p, ends[(t, p)]) for t, p in at_end]
         if by_time:
-            # offsets_for_times answers -1 for a partition with nothing at or after the time: start at its end.
             for tp in self._consumer.offsets_for_times(by_time, timeout=self._timeout_s):
-                targets.append(TP(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else OFFSET_END))
+                targets.append(TP(tp.topic, tp.partition, tp.offset if tp.offset >= 0 else ends[(tp.topic, tp.partition)]))
         self._consumer.incremental_assign(targets)
         self._assigned |= set(new)
         self._first.update({(tp.topic, tp.partition): tp.offset for tp in targets})
@@ -244,6 +252,11 @@ class PartitionReader(_Reader):
         log_event(log, logging.INFO, "partitions_assigned",
                   partitions={f"{tp.topic}[{tp.partition}]": tp.offset for tp in targets})
         return new
+
+    def _end_offset(self, tp: TopicPartition) -> int:
+        from confluent_kafka import TopicPartition as TP
+
+        return self._consumer.get_watermark_offsets(TP(*tp), timeout=self._timeout_s, cached=False)[1]
 
     def poll(self, max_records: int, timeout_s: float) -> list[Record]:
         self.refresh_partitions()
