@@ -55,7 +55,9 @@ def _retriable(exc: BaseException) -> bool:
     err = _kafka_error(exc)
     return err is not None and (err.retriable() or err.name() in (
         "_TRANSPORT", "_TIMED_OUT", "COORDINATOR_LOAD_IN_PROGRESS", "COORDINATOR_NOT_AVAILABLE",
-        "NOT_COORDINATOR", "LEADER_NOT_AVAILABLE", "NOT_LEADER_OR_FOLLOWER", "REQUEST_TIMED_OUT"))
+        "NOT_COORDINATOR", "LEADER_NOT_AVAILABLE", "NOT_LEADER_OR_FOLLOWER", "REQUEST_TIMED_OUT",
+        # a partition's leadership moving (a broker bounce): the client's metadata is older than the broker's
+        "FENCED_LEADER_EPOCH", "UNKNOWN_LEADER_EPOCH", "OFFSET_NOT_AVAILABLE"))
 
 
 class KafkaAdmin:
