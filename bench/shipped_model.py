@@ -65,16 +65,18 @@ def _has_version(base: Path) -> bool:
 
 
 def _train(root: Path, home: Path) -> None:
-    from pipeline import local_runner
-    from pipeline.export import write_csv_span
-    from pipeline.progress import component_lines
-
     work = root / f"{home.name}.tmp-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
     paths = Paths(home=work, cache=load_paths().cache)
-    write_csv_span(SAMPLE_CSV, paths.exports_dir)
     with quiet_output(work / "train.log") as console:
+        # imported here: TensorFlow's start-up lines go to the log, not to the caller's terminal
+        from pipeline import local_runner
+        from pipeline.export import write_csv_span
+        from pipeline.progress import component_lines
+
         console.say("shipped model", f"training the pipeline on the sample once (cached in {home})")
+        write_csv_span(SAMPLE_CSV, paths.exports_dir)
         with component_lines(console):
             local_runner.run(paths)
     if not _has_version(paths.serving_model_dir / DEFAULT_MODEL_NAME):
