@@ -60,6 +60,11 @@ def _retriable(exc: BaseException) -> bool:
         "FENCED_LEADER_EPOCH", "UNKNOWN_LEADER_EPOCH", "OFFSET_NOT_AVAILABLE"))
 
 
+def _stale_leader(exc: BaseException) -> bool:
+    err = _kafka_error(exc)
+    return err is not None and err.name() in ("FENCED_LEADER_EPOCH", "UNKNOWN_LEADER_EPOCH", "NOT_LEADER_OR_FOLLOWER")
+
+
 class KafkaAdmin:
     """Admin operations against one cluster (see the module docstring)."""
 
@@ -68,7 +73,8 @@ class KafkaAdmin:
 
         self.config = config
         self.timeout_s = timeout_s
-        self._admin = AdminClient(config.confluent(**{"logger": rdkafka_log}))
+        self._make = lambda: AdminClient(config.confluent(**{"logger": rdkafka_log}))
+        self._admin = self._make()
 
     def __enter__(self) -> KafkaAdmin:
         return self
@@ -100,6 +106,11 @@ class KafkaAdmin:
             except Exception as exc:  # noqa: BLE001
                 if not _retriable(exc) or time.monotonic() >= deadline:
                     raise FraudError(f"{what} on {self.config.bootstrap} failed: {exc}") from None
+                if _stale_leader(exc):
+                    # librdkafka's admin client keeps answering from the leader epoch it cached (a chaos run
+                    # saw FENCED_LEADER_EPOCH for a whole minute after a broker bounce): a new client asks
+                    # the cluster afresh
+                    self._admin = self._make()
                 time.sleep(RETRY_SLEEP_S)
 
     def _metadata(self) -> Any:
