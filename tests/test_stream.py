@@ -493,43 +493,6 @@ def test_exactly_once_one_transaction_spans_the_batches_of_a_commit_interval(bac
     assert client.committed_offsets == {(IN, 0): 100, (IN, 1): 100}
 
 
-def test_exactly_once_starts_a_commit_early_by_what_commits_take_so_outputs_show_within_the_interval():
-    """A commit that takes 30 ms is started 30 ms before the interval ends (never more than half of it
-    early): an output becomes visible about one interval after it was produced, not an interval plus a
-    commit."""
-    client = FakeClient(logs_of(400, partitions=2), True)
-    clock = StepClock(0.01)  # 10 ms per poll
-    commit_ages: list[float] = []
-    open_at: list[float] = []
-    original_begin, original_commit = client.begin_transaction, client.commit_transaction
-
-    def begin() -> None:
-        open_at.append(clock.now)
-        original_begin()
-
-    def commit(timeout_s: float) -> None:
-        commit_ages.append(round(clock.now - open_at[-1], 3))
-        clock.now += 0.03  # the commit takes 30 ms
-        original_commit(timeout_s)
-
-    client.begin_transaction, client.commit_transaction = begin, commit
-
-    def hook(c: FakeClient) -> None:
-        clock.now += clock.step
-        if sum(c.committed_offsets.values()) >= 400 or c.polls > 1000:
-            proc.request_stop()
-
-    client.on_poll = hook
-    proc = StreamProcessor(make_config(Delivery.EXACTLY_ONCE, commit_interval_ms=100), upper_or_dead, client=client,
-                           metrics=m.RecordingMetrics(), clock=clock)
-    proc.run()
-    assert values(client.published, OUT) == sorted(f"V{i}".encode() for i in range(400))
-    assert commit_ages[0] == pytest.approx(0.1, abs=0.011)  # nothing learned yet: the whole interval
-    # then 30 ms early: the transaction's first output is visible 100 ms after it was produced
-    assert all(age == pytest.approx(0.07, abs=0.011) for age in commit_ages[2:-1])
-    assert proc._mode.commit_lead_s == pytest.approx(0.03)
-
-
 def test_exactly_once_commits_at_once_when_the_loop_is_idle():
     client = FakeClient(logs_of(6), True)
     clock = StepClock(0.0)  # time stands still: only idleness can commit

@@ -244,21 +244,10 @@ class Transactional(DeliveryMode):
         self._failed: list[Delivered] = []
         self._executor: ThreadPoolExecutor | None = None
         self.aborts = 0
-        #: how long a commit takes (moving average): a transaction's commit starts that much before its
-        #: interval ends, so its first output becomes visible about one interval after it was produced
-        #: rather than one interval plus a commit (at most half the interval early)
-        self.commit_lead_s = 0.0
 
     @property
     def uncommitted(self) -> bool:
         return self._open_since is not None or self._committing is not None or bool(self._failed)
-
-    def _due_at(self) -> float:
-        assert self._open_since is not None
-        return self._open_since + self.interval_s - min(self.commit_lead_s, self.interval_s / 2)
-
-    def _took(self, seconds: float) -> None:
-        self.commit_lead_s = seconds if self.commit_lead_s == 0.0 else 0.8 * self.commit_lead_s + 0.2 * seconds
 
     def deliver(self, batch: Sequence[Record], result: ProcessResult, outputs: Sequence[Output]) -> None:
         client = self.client
@@ -274,13 +263,13 @@ class Transactional(DeliveryMode):
 
     def service(self, now: float, idle: bool) -> None:
         self._settle(wait=False)
-        if self._open_since is not None and (idle or now >= self._due_at()):
+        if self._open_since is not None and (idle or now - self._open_since >= self.interval_s):
             self._start_commit()
 
     def until_due(self, now: float) -> float | None:
         if self._open_since is None:
             return None
-        return max(0.0, self._due_at() - now)
+        return max(0.0, self._open_since + self.interval_s - now)
 
     def commit_all(self) -> None:
         if self._open_since is not None:
@@ -288,20 +277,17 @@ class Transactional(DeliveryMode):
             self._start_commit()
         self._settle(wait=True)
 
-    def _commit_transaction(self, offsets: dict[TopicPartition, int], group_metadata: Any = None) -> float:
-        """Add the offsets and commit; returns how long that took."""
+    def _commit_transaction(self, offsets: dict[TopicPartition, int], group_metadata: Any = None) -> None:
         c = self.config
-        started = self.clock()
         self.client.send_offsets_to_transaction(offsets, c.operation_timeout_s, group_metadata)
         self.client.commit_transaction(c.operation_timeout_s)
-        return self.clock() - started
 
     def _start_commit(self) -> None:
         batches, offsets = self._batches, self._offsets
         self._open_since, self._batches, self._offsets = None, [], {}
         if not getattr(self.client, "background_commit", False):
             try:
-                self._took(self._commit_transaction(offsets))
+                self._commit_transaction(offsets)
             except RetriableError:
                 self._failed = batches
                 raise
@@ -322,7 +308,7 @@ class Transactional(DeliveryMode):
         if not wait and not future.done():
             return
         try:
-            self._took(future.result(timeout=self.wedged_after_s))
+            future.result(timeout=self.wedged_after_s)
         except FutureTimeout:
             self._wedged(f"a transaction commit has not returned after {self.wedged_after_s:.0f} s")
             # Only reached when `wedged` returns (tests): the transaction counts as failed and is redone.
