@@ -1062,3 +1062,19 @@ def test_the_fetch_watch_is_off_at_zero_and_waits_for_an_assignment():
     assert not wedged
     watch.check(66.0, True, lambda: {("t", 0): 0, ("t", 1): 3})
     assert wedged == ["no record fetched for 10 s while assigned partitions hold {'t[1]': 3}"]
+
+
+def test_kafka_python_errors_are_classified_not_turned_into_attribute_errors():
+    """kafka.errors has no AuthenticationFailedError: naming it made every classification an AttributeError
+    (a rebalance listener's failure surfaced as one in the full suite)."""
+    from kafka import errors as E  # noqa: N812
+
+    from fraud.stream.kafka_python_client import _raise
+    from fraud.stream.records import FatalError, ProducerNeedsReset
+
+    for exc, kind in ((E.KafkaTimeoutError("slow"), RetriableError), (E.KafkaError("listener"), RetriableError),
+                      (E.ProducerFencedError(), ProducerNeedsReset),
+                      (E.SaslAuthenticationFailedError("bad password"), FatalError),
+                      (E.TopicAuthorizationFailedError(), FatalError)):
+        with pytest.raises(kind):
+            _raise(exc, "poll")

@@ -32,7 +32,7 @@ def _raise(exc: Exception, what: str) -> None:
     detail = f"{what}: {type(exc).__name__}: {exc}"
     if isinstance(exc, (E.ProducerFencedError, E.InvalidProducerEpochError, E.IllegalStateError)):
         raise ProducerNeedsReset(detail) from exc
-    if isinstance(exc, (E.AuthorizationError, E.AuthenticationFailedError, E.KafkaConfigurationError)):
+    if isinstance(exc, (E.AuthorizationError, E.SaslAuthenticationFailedError, E.KafkaConfigurationError)):
         raise FatalError(detail) from exc
     raise RetriableError(detail) from exc
 
