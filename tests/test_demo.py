@@ -212,6 +212,7 @@ def test_no_raw_id_anywhere_after_the_demo(demo_run):
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # ~50 s more on top of the demo run the other tests share (default suite under 25 minutes)
 def test_a_rerun_reuses_what_exists(demo_run):
     env, paths, _out = demo_run
     again = subprocess.run([*DEMO_CMD, "run", "--port-offset", PORT_OFFSET, "--rate", "0"], env=env,

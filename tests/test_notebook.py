@@ -84,6 +84,7 @@ def _outputs(cell: nbformat.NotebookNode) -> tuple[str, list[dict]]:
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # ~110 s: the default suite must stay under 25 minutes on a 2-core machine
 @pytest.mark.timeout(900)
 def test_walkthrough_runs_top_to_bottom(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from nbclient import NotebookClient
