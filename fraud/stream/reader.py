@@ -256,7 +256,10 @@ class PartitionReader(_Reader):
     def _end_offset(self, tp: TopicPartition) -> int:
         from confluent_kafka import TopicPartition as TP
 
-        return self._consumer.get_watermark_offsets(TP(*tp), timeout=self._timeout_s, cached=False)[1]
+        try:
+            return self._consumer.get_watermark_offsets(TP(*tp), timeout=self._timeout_s, cached=False)[1]
+        except Exception as exc:  # noqa: BLE001
+            raise FraudError(f"cannot read the end of {tp[0]}[{tp[1]}] on {self._bootstrap}: {exc}") from None
 
     def poll(self, max_records: int, timeout_s: float) -> list[Record]:
         self.refresh_partitions()
