@@ -1066,7 +1066,7 @@ def test_the_fetch_watch_is_off_at_zero_and_waits_for_an_assignment():
 
 def test_kafka_python_errors_are_classified_not_turned_into_attribute_errors():
     """kafka.errors has no AuthenticationFailedError: naming it made every classification an AttributeError
-    (a rebalance listener's failure surfaced as one in the full suite)."""
+    (seen when a rebalance listener's failure reached `_raise`)."""
     from kafka import errors as E  # noqa: N812
 
     from fraud.stream.kafka_python_client import _raise

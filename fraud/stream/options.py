@@ -110,13 +110,14 @@ def resolve_options(options: Iterable[Option], args: argparse.Namespace | None, 
     return out
 
 
-#: Options every reader service (sink, monitor) has: its exit when idle, /healthz and /metrics, log level.
 #: Every long-running Kafka service has it (fraud.stream.watchdog.FetchWatch).
 FETCH_STALL_OPTION = Option(
     "fetch_stall_s", float, DEFAULT_FETCH_STALL_S, "exit with status 75 (to be restarted) when assigned partitions hold records "
     "and none was fetched for this long (a wedged consumer); longer than upstream transaction timeouts; 0: off",
     minimum=0)
 
+#: Options every reader service (sink, monitor) has: the fetch watchdog, its exit when idle, /healthz and
+#: /metrics, log level.
 READER_SERVICE_OPTIONS: tuple[Option, ...] = (
     FETCH_STALL_OPTION,
     Option("stop_when_idle_s", float, 0.0, "exit once every partition is read to its end and no record came for "
