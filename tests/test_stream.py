@@ -477,6 +477,9 @@ def test_exactly_once_one_transaction_spans_the_batches_of_a_commit_interval(bac
 
     def hook(c: FakeClient) -> None:
         clock.now += clock.step
+        committing = proc._mode._committing if background else None
+        if committing is not None:  # a background commit returns within a 30 ms poll, as real ones do here
+            committing[0].result(5)
         if sum(c.committed_offsets.values()) >= 200 or c.polls > 500:
             proc.request_stop()
 
@@ -981,15 +984,110 @@ def test_a_background_commit_stuck_in_the_client_ends_the_process_instead_of_han
     batch = [Record(IN, 0, 0, b"k", b"v", 1000)]
     mode.deliver(batch, ProcessResult([Output(OUT, b"k", b"v")]), [Output(OUT, b"k", b"v")])
     mode.service(time.monotonic(), idle=True)  # starts the background commit, which never returns
+    mode.deliver(batch, ProcessResult(), [])  # held for the next transaction: the loop does not wait yet
     started = time.monotonic()
     with pytest.raises(RetriableError, match="wedged"):
-        mode.deliver(batch, ProcessResult(), [])  # waits for the commit before the next transaction
+        mode.service(time.monotonic(), idle=True)  # idle with a batch held: waits for the commit
     assert 0.25 < time.monotonic() - started < 5
     assert wedged and "has not returned" in wedged[0]
     assert mode.uncommitted  # the stuck transaction's batch is redone, never counted as committed
     client.release.set()
     assert delivery.Transactional(client, make_config(Delivery.EXACTLY_ONCE, operation_timeout_s=30.0),
                                   time.monotonic, lambda *a: None, lambda exc: None).wedged_after_s == 90.0
+
+
+class _GatedCommits(FakeClient):
+    """A FakeClient whose background commits wait for `gate`, each after recording how many batches of
+    outputs the transaction held."""
+
+    def __init__(self, logs) -> None:
+        import threading
+
+        super().__init__(logs, True, background_commit=True)
+        self.gate = threading.Event()
+        self.fail_next_commit = False
+
+    def commit_transaction(self, timeout_s: float) -> None:
+        assert self.gate.wait(10)
+        if self.fail_next_commit:
+            self.fail_next_commit = False
+            raise RetriableError("injected commit failure")
+        super().commit_transaction(timeout_s)
+
+
+def _batch(offset: int) -> tuple[list[Record], list[Output]]:
+    value = f"v{offset}".encode()
+    return [Record(IN, 0, offset, b"k", value, 1000)], [Output(OUT, value.upper(), b"k")]
+
+
+def test_exactly_once_batches_finished_during_a_background_commit_are_held_then_go_into_the_next_transaction():
+    """The loop does not stop for a background commit: deliver() holds the batches that come meanwhile (a
+    producer has one transaction at a time), and once the commit returns they are produced, in order, into
+    the next transaction, which is as old as its oldest batch."""
+    from fraud.stream import delivery
+
+    client = _GatedCommits({(IN, 0): []})
+    clock = StepClock(0.0)
+    confirmed: list[int] = []
+    mode = delivery.Transactional(client, make_config(Delivery.EXACTLY_ONCE, commit_interval_ms=100), clock,
+                                  lambda ds, offsets, now: confirmed.extend(d.batch[0].offset for d in ds),
+                                  lambda exc: None)
+    mode.deliver(*_batch(0)[:1], ProcessResult(), _batch(0)[1])
+    clock.now = 0.1
+    mode.service(clock.now, idle=False)  # due: committing in the background, held up by the gate
+    for offset in (1, 2, 3):
+        clock.now += 0.01
+        records, outs = _batch(offset)
+        mode.deliver(records, ProcessResult(outs), outs)  # returns at once: held
+    assert client.txn == [Output(OUT, b"V0", b"k")] and client.transactions == 1
+    assert mode.until_due(clock.now) == 0.0 and mode.uncommitted
+    client.gate.set()
+    clock.now = 0.15
+    mode.service(clock.now, idle=True)  # idle: waits for the commit, produces the held, commits them at once
+    mode.commit_all()
+    assert [o.value for o in client.published] == [b"V0", b"V1", b"V2", b"V3"]
+    assert client.transactions == 2 and client.committed_offsets == {(IN, 0): 4}
+    assert confirmed == [0, 1, 2, 3] and not mode.uncommitted
+    # under load (not idle) the held batches open the next transaction aged from the first of them
+    client.gate.clear()
+    mode.deliver(*_batch(4)[:1], ProcessResult(), _batch(4)[1])
+    mode.service(clock.now, idle=True)  # commit 3 starts, gated
+    clock.now = 0.2
+    records, outs = _batch(5)
+    mode.deliver(records, ProcessResult(outs), outs)  # held, delivered at 0.2
+    client.gate.set()
+    clock.now = 0.25
+    mode._committing[0].result(10)
+    mode.service(clock.now, idle=False)
+    assert client.txn == [Output(OUT, b"V5", b"k")]
+    assert mode.until_due(clock.now) == pytest.approx(0.05)  # 0.2 + 0.1 - 0.25: its age counts from 0.2
+    mode.commit_all()
+    mode.close()
+
+
+def test_exactly_once_a_failed_background_commit_rewinds_the_held_batches_too():
+    """A background commit that fails aborts its transaction; the batches held behind it were never
+    produced, and the rewind covers them as well as the failed transaction's own."""
+    from fraud.stream import delivery
+
+    client = _GatedCommits({(IN, 0): []})
+    clock = StepClock(0.0)
+    mode = delivery.Transactional(client, make_config(Delivery.EXACTLY_ONCE, commit_interval_ms=100), clock,
+                                  lambda *a: None, lambda exc: None)
+    records, outs = _batch(10)
+    mode.deliver(records, ProcessResult(outs), outs)
+    client.fail_next_commit = True
+    mode.service(clock.now, idle=True)  # the commit starts and will fail
+    for offset in (11, 12):
+        records, outs = _batch(offset)
+        mode.deliver(records, ProcessResult(outs), outs)
+    client.gate.set()
+    with pytest.raises(RetriableError, match="injected"):
+        mode.service(clock.now, idle=True)
+    assert mode.uncommitted
+    assert mode.abandon() == {(IN, 0): 10}
+    assert not mode.uncommitted and client.published == [] and client.txn is None
+    mode.close()
 
 
 class DeafClient(FakeClient):

@@ -13,7 +13,8 @@ every turn of its loop; the mode decides when outputs are confirmed and offsets 
   One transaction per interval instead of per batch is what makes exactly-once cheap; the price is latency
   for read_committed consumers: an output becomes visible when its transaction commits, at most
   `commit_interval_ms` plus one commit after it was produced. With confluent-kafka the commit runs on a
-  thread of its own, overlapping with the next batch's Predict.
+  thread of its own while the loop goes on: batches finished meanwhile are held (a producer has one
+  transaction at a time) and produced into the next transaction as soon as the commit returns.
 
 Both keep what they have not committed (`uncommitted`), and `abandon()` after a failure returns where each
 partition must be rewound (the first offset of every unconfirmed batch), aborting an open transaction.
@@ -218,13 +219,18 @@ class AtLeastOnce(DeliveryMode):
 
 #: Slack past the commit's own timeouts before a background commit counts as wedged.
 WEDGED_MARGIN_S = 30.0
+#: Exactly-once: batches finished while a transaction commits in the background, held for the next
+#: transaction, before the loop waits for the commit.
+MAX_HELD_BATCHES = 64
 
 
 class Transactional(DeliveryMode):
     """Exactly-once. When the client allows it (`background_commit`), a due transaction is committed on a
-    thread of its own while the loop goes on collecting, decoding and scoring; the next batch's outputs wait
-    for that commit (a producer has one transaction at a time), so the commit overlaps with a Predict instead
-    of stopping the loop. Book-keeping (`confirmed`) always runs on the loop's thread."""
+    thread of its own while the loop goes on collecting, scoring and delivering: a producer has one
+    transaction at a time, so batches delivered meanwhile are held (up to MAX_HELD_BATCHES, then the loop
+    waits) and produced into the next transaction once the commit returns. That transaction's age counts
+    from its oldest batch, so an output is still visible at most one interval plus one commit after it was
+    delivered. Book-keeping (`confirmed`) always runs on the loop's thread."""
 
     def __init__(self, client: StreamClient, config: StreamConfig, clock: Callable[[], float],
                  confirmed: ConfirmedFn, abort_failed: Callable[[Exception], None],
@@ -242,38 +248,59 @@ class Transactional(DeliveryMode):
         self._committing: tuple[Future, list[Delivered], dict[TopicPartition, int]] | None = None
         #: batches of a transaction whose commit failed: redone, after an abort
         self._failed: list[Delivered] = []
+        #: batches delivered during a background commit, with their outputs (not produced yet)
+        self._held: list[tuple[Delivered, Sequence[Output]]] = []
         self._executor: ThreadPoolExecutor | None = None
         self.aborts = 0
 
     @property
     def uncommitted(self) -> bool:
-        return self._open_since is not None or self._committing is not None or bool(self._failed)
+        return (self._open_since is not None or self._committing is not None or bool(self._failed)
+                or bool(self._held))
 
     def deliver(self, batch: Sequence[Record], result: ProcessResult, outputs: Sequence[Output]) -> None:
-        client = self.client
-        self._settle(wait=True)  # one transaction at a time: the one being committed first
+        if self._committing is not None:  # one transaction at a time: hold this batch while that one commits
+            self._settle(wait=len(self._held) >= MAX_HELD_BATCHES)
+            if self._committing is not None:
+                self._held.append((self.delivered(batch, result, outputs), outputs))
+                return
+        self._release_held()
+        self._produce(self.delivered(batch, result, outputs), outputs)
+
+    def _produce(self, d: Delivered, outputs: Sequence[Output]) -> None:
         if self._open_since is None:
-            client.begin_transaction()
-            self._open_since = self.clock()
+            self.client.begin_transaction()
+            self._open_since = d.at  # a held batch ages the transaction from its delivery, not from now
         # registered before producing: a failure below aborts the transaction and redoes this batch too
-        d = self.delivered(batch, result, outputs)
         self._batches.append(d)
         self._offsets.update(d.offsets)
-        client.produce_many(outputs)
+        self.client.produce_many(outputs)
+
+    def _release_held(self) -> None:
+        """Produce the batches held during a commit (that has returned) into the next transaction, in order."""
+        while self._held:
+            self._produce(*self._held[0])  # removed once registered: a failure leaves it to be rewound
+            del self._held[0]
 
     def service(self, now: float, idle: bool) -> None:
-        self._settle(wait=False)
+        # idle with batches held: nothing else to do, so wait for the commit and deliver them now
+        self._settle(wait=idle and bool(self._held))
+        if self._committing is None:
+            self._release_held()
         if self._open_since is not None and (idle or now - self._open_since >= self.interval_s):
             self._start_commit()
 
     def until_due(self, now: float) -> float | None:
+        if self._held:
+            return 0.0  # their commit is due as soon as the loop has nothing else to do
         if self._open_since is None:
             return None
         return max(0.0, self._open_since + self.interval_s - now)
 
     def commit_all(self) -> None:
+        self._settle(wait=True)
+        self._release_held()
         if self._open_since is not None:
-            self._settle(wait=True)
             self._start_commit()
         self._settle(wait=True)
 
@@ -332,9 +359,9 @@ class Transactional(DeliveryMode):
             except RetriableError as exc:
                 log_event(log, logging.WARNING, "commit_failed", error=str(exc))
         needs_abort = self._open_since is not None or bool(self._failed)
-        for d in self._failed + self._batches:
+        for d in self._failed + self._batches + [d for d, _ in self._held]:  # held: never produced
             _merge_firsts(rewind, d.firsts)
-        self._open_since, self._batches, self._offsets, self._failed = None, [], {}, []
+        self._open_since, self._batches, self._offsets, self._failed, self._held = None, [], {}, [], []
         if needs_abort:
             try:
                 self.client.abort_transaction(self.config.operation_timeout_s)
