@@ -54,7 +54,7 @@ class KafkaPythonClient:
             session_timeout_ms=config.session_timeout_ms,
             heartbeat_interval_ms=max(100, config.session_timeout_ms // 3),
             max_poll_interval_ms=config.max_poll_interval_ms,
-            fetch_max_wait_ms=10,  # as librdkafka's fetch.wait.max.ms (confluent_client): see there
+            fetch_max_wait_ms=500,  # as librdkafka's fetch.wait.max.ms (confluent_client): see there
         )
         if config.static_membership:
             kwargs["group_instance_id"] = config.instance_id
