@@ -635,6 +635,38 @@ def test_at_least_once_commits_acknowledged_offsets_at_most_every_commit_interva
     assert 10 <= len(client.commit_calls) <= 30
 
 
+def test_at_least_once_idle_loop_waiting_for_acknowledgements_polls_instead_of_spinning():
+    """A commit that is due by time but waits for a fresh batch's acknowledgements makes an idle loop poll
+    with a short timeout, not zero: at 200 events/s the zero-timeout turns cost the bridge a quarter of a core."""
+    from fraud.stream.delivery import ACK_CHECK_S
+
+    logs = logs_of(1, partitions=1)
+    client = FakeClient(logs, False)
+    client.ack_lag = 10**9  # acknowledged only by a flush (when the oldest batch is an interval old)
+    started = time.monotonic()
+    after_second: list[float] = []  # poll timeouts once a batch arrives long after the last commit
+    original_poll = client.poll
+
+    def poll(max_records, timeout_s):
+        elapsed = time.monotonic() - started
+        if after_second:
+            after_second.append(timeout_s)
+        elif elapsed > 0.25:
+            logs[(IN, 0)].append(b"v-late")
+            after_second.append(timeout_s)
+        if elapsed > 0.45:
+            proc.request_stop()
+        return original_poll(max_records, timeout_s)
+
+    client.poll = poll
+    proc = StreamProcessor(make_config(commit_interval_ms=100), upper_or_dead, client=client,
+                           metrics=m.RecordingMetrics())
+    proc.run()
+    waits = after_second[2:]  # after the poll that found the record, the loop is idle with it unacknowledged
+    assert waits and waits.count(0.0) == 0 and ACK_CHECK_S in waits
+    assert client.committed_offsets == {(IN, 0): 2} and len(client.published) == 2
+
+
 def test_stop_flag_finishes_the_batch_at_hand_then_closes():
     client = FakeClient(logs_of(4, partitions=1), False)
     proc = StreamProcessor(make_config(), upper_or_dead, client=client, metrics=m.RecordingMetrics())

@@ -50,6 +50,10 @@ log = logging.getLogger("fraud.stream")
 
 #: At-least-once: unacknowledged batches tolerated before the loop waits for acknowledgements.
 MAX_UNACKED_BATCHES = 64
+#: At-least-once: how often an idle loop looks for the acknowledgements a due commit waits for. Without it
+#: the loop turned with a zero poll timeout until they came (a few ms per batch: at 200 events/s a quarter
+#: of a core); the outputs are already out, only the commit waits.
+ACK_CHECK_S = 0.005
 
 
 @dataclass
@@ -177,7 +181,10 @@ class AtLeastOnce(DeliveryMode):
     def until_due(self, now: float) -> float | None:
         if not self.uncommitted:
             return None
-        return max(0.0, self._last_commit + self.interval_s - now)
+        due = max(0.0, self._last_commit + self.interval_s - now)
+        if due == 0.0 and not self._acked:  # due, but waiting for acknowledgements rather than for time
+            return ACK_CHECK_S
+        return due
 
     def commit_all(self) -> None:
         if self._unacked:
