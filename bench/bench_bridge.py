@@ -16,7 +16,8 @@ Stages (each worker is its own process: broker, model server, bridge or passthro
    writes one line of stage timestamps per batch (--trace-file), so each event's latency is split into
    kafka in (produce -> the bridge's poll), decode (-> Predict sent), Predict (-> answered), emit (-> score
    events built, including any wait for the loop), kafka out (-> visible to the reader: produce, broker
-   and, in exactly-once, the wait for the transaction's commit);
+   and, in exactly-once, the wait for the transaction's commit). And the stage's CPU split, in cores, over
+   every process on the machine's shared cores: broker, bridge, model server, paced producer, readers;
 3. one line per goal of issue 13, met or missed, with the figures.
 
     .venv/bin/python bench/bench_bridge.py                          # the shipped model (trained once, cached)
@@ -192,10 +193,17 @@ def passthrough_worker() -> int:
     return 0
 
 
+#: The paced producer sleeps only when it is this far ahead of its schedule, so it sends the events due in
+#: each millisecond as one burst. A sleep per event (100 us apart at 10,000/s) cost 0.84 of this machine's
+#: 2 cores in the producer alone (0.23 with 1 ms bursts), taken from the bridge it measures.
+PACE_TICK_S = 0.001
+
+
 def pace(bootstrap: str, topic: str, rate: float, n: int, prefix: str) -> float:
-    """Produce `n` events at `rate`/s (a schedule, not a sleep per event: late sends catch up), flush;
-    returns the rate achieved. Entry of the `--pace` process. Warmed up first on `<topic>.warmup`
-    (connection, metadata, producer id), so no record carries the producer's own start-up."""
+    """Produce `n` events at `rate`/s (a schedule, not a sleep per event: late sends catch up, and events
+    due within PACE_TICK_S go out together), flush; returns the rate achieved. Entry of the `--pace`
+    process. Warmed up first on `<topic>.warmup` (connection, metadata, producer id), so no record carries
+    the producer's own start-up. Latency counts from each record's own produce timestamp."""
     rng = np.random.default_rng(2)
     base = [_features(rng) for _ in range(1000)]
     events = []
@@ -212,7 +220,7 @@ def pace(bootstrap: str, topic: str, rate: float, n: int, prefix: str) -> float:
     start = time.monotonic()
     for i, (key, value) in enumerate(events):
         delay = start + i / rate - time.monotonic()
-        if delay > 0:
+        if delay > PACE_TICK_S:
             time.sleep(delay)
         while True:
             try:
@@ -249,9 +257,11 @@ def _total(metrics: dict[str, float], name: str) -> float:
 
 
 class Bench:
-    def __init__(self, args: argparse.Namespace, bootstrap: str, logs: Path) -> None:
+    def __init__(self, args: argparse.Namespace, bootstrap: str, logs: Path, broker_pid: int | None = None,
+                 server_pid: int | None = None) -> None:
         self.args = args
         self.bootstrap = bootstrap
+        self.broker_pid, self.server_pid = broker_pid, server_pid  # for the CPU split of the latency stages
         self.logs = logs  # the workers' logs and traces, kept
         self.kafka = KafkaClientConfig(bootstrap_servers=(bootstrap,), client_id="bench")
         self.results: dict[str, dict] = {}
@@ -360,7 +370,7 @@ class Bench:
         in_reader = Reader(self.bootstrap, names["in"])
         rows: dict[float, dict] = {}
         try:
-            with worker("bridge", env, self.logs / f"{names['in']}.log"):
+            with worker("bridge", env, self.logs / f"{names['in']}.log") as bridge:
                 rng = np.random.default_rng(3)
                 warm = [_event(i, rng, prefix="warm") for i in range(300)]
                 fill(self.bootstrap, names["in"], warm)  # start-up, assignment and first Predicts out of the way
@@ -370,6 +380,7 @@ class Bench:
                 for k, (rate, measured) in enumerate([(min(rates), False)] + [(r, True) for r in rates]):
                     n = max(300, int(rate * a.seconds))
                     prefix = f"s{k:02d}"
+                    cpu0 = self._cpu(bridge.pid)
                     paced = subprocess.run([sys.executable, __file__, "--pace", self.bootstrap, names["in"], str(rate),
                                             str(n), prefix], capture_output=True, text=True, timeout=a.timeout)
                     if paced.returncode != 0:
@@ -377,6 +388,7 @@ class Bench:
                     achieved = float(paced.stdout.split()[-1])
                     out_reader.wait_for(seen_out + n, a.timeout)
                     in_reader.wait_for(seen_in + n, a.timeout)
+                    cpu = {k: v - cpu0[k] for k, v in self._cpu(bridge.pid).items()}
                     outs = out_reader.out[seen_out:seen_out + n]
                     ins = in_reader.out[seen_in:seen_in + n]
                     seen_out += n
@@ -384,11 +396,24 @@ class Bench:
                     if not measured:
                         continue
                     rows[rate] = self._budget(outs, ins, trace, rate, achieved)
+                    wall = cpu.pop("wall")
+                    rows[rate]["cores"] = {k: v / wall for k, v in cpu.items()}
         finally:
             out_reader.close()
             in_reader.close()
         self.results[label] = {"rows": rows}
         return rows
+
+    def _cpu(self, bridge_pid: int) -> dict[str, float]:
+        """CPU seconds used so far by each process of a latency stage, and the wall clock: the stage's CPU
+        split (the machine's cores are shared by all of them, load generator included)."""
+        me = os.times()
+        return {"wall": time.monotonic(),
+                "broker": proc_cpu(self.broker_pid) if self.broker_pid else 0.0,
+                "bridge": proc_cpu(bridge_pid),
+                "model server": proc_cpu(self.server_pid) if self.server_pid else 0.0,
+                "producer": me.children_user + me.children_system,  # the paced producer: the child waited for
+                "readers": me.user + me.system}  # this process: the two reader threads
 
     def _budget(self, outs: list, ins: list, trace: Path, rate: float, achieved: float) -> dict:
         stamps: dict[bytes, tuple[float, float, float | None, float]] = {}
@@ -431,6 +456,10 @@ def print_latency(label: str, rows: dict[float, dict]) -> None:
         if "tail" in r:
             echo(f"    {'':>9} slowest 1%, mean ms per stage: "
                   + ", ".join(f"{s} {r['tail'][s]:.1f}" for s in STAGES))
+        if "cores" in r:
+            echo(f"    {'':>9} CPU, cores of {os.cpu_count()}: "
+                 + ", ".join(f"{k} {v:.2f}" for k, v in r["cores"].items())
+                 + f" (all {sum(r['cores'].values()):.2f})")
 
 
 def serve(model_base: Path, logs: Path, name: str, stack: contextlib.ExitStack) -> tuple[int, int]:
@@ -576,7 +605,8 @@ def _run(args: argparse.Namespace, run_dir: Path) -> int:
 
             model, model_label = shipped_model_base(), "the shipped model (pipeline on the shipped sample)"
         # full JIT and a production-like heap (the test fixture's broker is tuned to start fast instead)
-        bootstrap = stack.enter_context(temporary_broker(tmp / "kafka", heap="1g", jvm_opts=())).bootstrap
+        kafka = stack.enter_context(temporary_broker(tmp / "kafka", heap="1g", jvm_opts=()))
+        bootstrap = kafka.bootstrap
         port, server_pid = serve(model, run_dir, "model", stack)
         toy_port = None
         if not args.no_toy:
@@ -586,7 +616,7 @@ def _run(args: argparse.Namespace, run_dir: Path) -> int:
             toy_port, _ = serve(tmp / "toy" / "fraud", run_dir, "toy", stack)
         echo(f"broker {bootstrap}; model: {model_label}; {args.events:,} events per throughput stage; commit "
              f"interval {args.commit_interval_ms} ms; load average {os.getloadavg()[0]:.1f}")
-        b = Bench(args, bootstrap, run_dir)
+        b = Bench(args, bootstrap, run_dir, broker_pid=kafka.broker.pid, server_pid=server_pid)
         for client in args.clients:
             try:
                 b.throughput(f"{client} passthrough", "passthrough", client=client, delivery="at_least_once",
