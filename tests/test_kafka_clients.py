@@ -283,3 +283,61 @@ def test_a_reader_starting_at_the_end_reads_every_record_appended_after_it_start
         assert sorted(r.value for r in got) == sorted(f"v{i}".encode() for i in range(30))
     finally:
         reader.close()
+
+
+@pytest.mark.parametrize("kind", ["confluent-kafka", "kafka-python"])
+def test_a_revoke_callback_can_commit_synchronously_before_its_partitions_move(kafka_client_config, kafka_topic,
+                                                                              kind):
+    """At-least-once commits what it delivered, synchronously, when partitions are revoked. kafka-python 3 runs
+    rebalance listeners on its IO thread, where that commit was refused ("Cannot block on net.run() from the
+    IO thread"): its listener now runs the callback on a thread of its own. A second member joins; the first
+    commits in its revoke callback, and the new owner starts from that commit."""
+    from confluent_kafka import Producer
+
+    from fraud.stream.clients import make_client
+    from fraud.stream.config import StreamConfig
+
+    topic = kafka_topic(partitions=2)
+    producer = Producer(kafka_client_config.confluent())
+    for i in range(10):
+        producer.produce(topic, value=f"v{i}".encode(), partition=i % 2)
+    assert producer.flush(30) == 0
+    config = StreamConfig(kafka=kafka_client_config, input_topics=(topic,), group_id=f"{topic}.g",
+                          dlq_topic=f"{topic}.dlq", component="test", client=kind, session_timeout_ms=6000)
+    first, second = make_client(config), make_client(config)
+    read: dict = {}
+    revoked: list = []
+    errors: list = []
+
+    def on_revoke(partitions) -> None:
+        try:
+            offsets = {tp: read[tp] + 1 for tp in partitions if tp in read}
+            first.commit(offsets, 10.0)  # synchronous, as AtLeastOnce.commit_all's is
+            revoked.append(offsets)
+        except BaseException as exc:  # noqa: BLE001 - asserted below, not lost in the client's logs
+            errors.append(exc)
+            raise
+
+    second_assigned: list = []
+    try:
+        first.subscribe([topic], lambda tps: None, on_revoke, lambda tps: None)
+        deadline = time.monotonic() + 30
+        while sum(1 for _ in read) < 2 and time.monotonic() < deadline:
+            for r in first.poll(100, 0.2):
+                read[(r.topic, r.partition)] = max(read.get((r.topic, r.partition), -1), r.offset)
+        assert read == {(topic, 0): 4, (topic, 1): 4}
+        second.subscribe([topic], lambda tps: second_assigned.extend(tps), lambda tps: None, lambda tps: None)
+        got = []
+        while not (any(revoked) and second_assigned) and time.monotonic() < deadline + 30:
+            first.poll(100, 0.1)
+            got += second.poll(100, 0.1)
+        assert not errors, errors
+        # (kafka-python also calls the listener with nothing revoked when a member first joins)
+        assert [r for r in revoked if r] == [{(topic, 0): 5, (topic, 1): 5}]
+        assert second_assigned
+        for _ in range(10):
+            got += second.poll(100, 0.1)
+        assert got == []  # the new owner starts at the revoked member's commit: nothing is read twice
+    finally:
+        first.close(10)
+        second.close(10)

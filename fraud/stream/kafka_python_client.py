@@ -9,6 +9,7 @@ that is away makes them wait until it is back (which is the safe outcome for exa
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -35,6 +36,72 @@ def _raise(exc: Exception, what: str) -> None:
     if isinstance(exc, (E.AuthorizationError, E.SaslAuthenticationFailedError, E.KafkaConfigurationError)):
         raise FatalError(detail) from exc
     raise RetriableError(detail) from exc
+
+
+#: How often the rebalance listener, parked on kafka-python's IO loop, looks whether its callback finished.
+LISTENER_CHECK_S = 0.005
+
+
+def _rebalance_listener(on_assign: PartitionsCallback, on_revoke: PartitionsCallback,
+                        on_lost: PartitionsCallback) -> Any:
+    """The rebalance listener for kafka-python's consumer.
+
+    kafka-python 3 runs rebalance listeners on its IO thread, where a blocking consumer call (the commit an
+    at-least-once revoke makes) is refused: "Cannot block on net.run() from the IO thread". So its async
+    listener runs each callback on a thread of its own and awaits it by sleeping on the IO loop, which meanwhile
+    serves that commit's requests and the heartbeats. The thread that polls is blocked in `poll` until the
+    rebalance completes, so the callbacks still run while the processor's loop is inside poll, as with
+    confluent-kafka. kafka-python 2 calls the listener on the polling thread itself: a plain listener."""
+    import kafka
+
+    def conv(parts: Any) -> list[TopicPartition]:
+        return [(p.topic, p.partition) for p in parts]
+
+    async_base = getattr(kafka, "AsyncConsumerRebalanceListener", None)
+    if async_base is None:
+        class Listener(kafka.ConsumerRebalanceListener):
+            def on_partitions_revoked(self, revoked: Any) -> None:
+                on_revoke(conv(revoked))
+
+            def on_partitions_assigned(self, assigned: Any) -> None:
+                on_assign(conv(assigned))
+
+            def on_partitions_lost(self, lost: Any) -> None:
+                on_lost(conv(lost))
+
+        return Listener()
+
+    from kafka.net.selector import KernelEvent
+
+    async def off_the_io_thread(callback: PartitionsCallback, parts: Any) -> None:
+        done = threading.Event()
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                callback(conv(parts))
+            except BaseException as exc:  # noqa: BLE001 - raised again on the IO loop, as a sync listener's would be
+                failure.append(exc)
+            finally:
+                done.set()
+
+        threading.Thread(target=run, name="rebalance-listener", daemon=True).start()
+        while not done.is_set():
+            await KernelEvent("_sleep", LISTENER_CHECK_S)
+        if failure:
+            raise failure[0]
+
+    class AsyncListener(async_base):
+        async def on_partitions_revoked(self, revoked: Any) -> None:
+            await off_the_io_thread(on_revoke, revoked)
+
+        async def on_partitions_assigned(self, assigned: Any) -> None:
+            await off_the_io_thread(on_assign, assigned)
+
+        async def on_partitions_lost(self, lost: Any) -> None:
+            await off_the_io_thread(on_lost, lost)
+
+    return AsyncListener()
 
 
 class KafkaPythonClient:
@@ -87,22 +154,7 @@ class KafkaPythonClient:
 
     def subscribe(self, topics: Sequence[str], on_assign: PartitionsCallback, on_revoke: PartitionsCallback,
                   on_lost: PartitionsCallback) -> None:
-        from kafka import ConsumerRebalanceListener
-
-        def conv(parts: Any) -> list[TopicPartition]:
-            return [(p.topic, p.partition) for p in parts]
-
-        class Listener(ConsumerRebalanceListener):
-            def on_partitions_revoked(self, revoked: Any) -> None:
-                on_revoke(conv(revoked))
-
-            def on_partitions_assigned(self, assigned: Any) -> None:
-                on_assign(conv(assigned))
-
-            def on_partitions_lost(self, lost: Any) -> None:
-                on_lost(conv(lost))
-
-        self._consumer.subscribe(list(topics), listener=Listener())
+        self._consumer.subscribe(list(topics), listener=_rebalance_listener(on_assign, on_revoke, on_lost))
 
     def poll(self, max_records: int, timeout_s: float) -> list[Record]:
         try:
