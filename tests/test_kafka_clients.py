@@ -332,8 +332,11 @@ def test_a_revoke_callback_can_commit_synchronously_before_its_partitions_move(k
             first.poll(100, 0.1)
             got += second.poll(100, 0.1)
         assert not errors, errors
-        # (kafka-python also calls the listener with nothing revoked when a member first joins)
-        assert [r for r in revoked if r] == [{(topic, 0): 5, (topic, 1): 5}]
+        # kafka-python also calls the listener with nothing revoked when a member first joins, and the join
+        # can take two rounds: every revoke commits what was read, the first one both partitions
+        nonempty = [r for r in revoked if r]
+        assert nonempty and nonempty[0] == {(topic, 0): 5, (topic, 1): 5}
+        assert all(offset == 5 for r in nonempty for offset in r.values())
         assert second_assigned
         for _ in range(10):
             got += second.poll(100, 0.1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -40,6 +41,8 @@ def _raise(exc: Exception, what: str) -> None:
 
 #: How often the rebalance listener, parked on kafka-python's IO loop, looks whether its callback finished.
 LISTENER_CHECK_S = 0.005
+#: Pause between metadata requests while a topic's partitions are not known yet (subscribe).
+METADATA_RETRY_S = 0.1
 
 
 def _rebalance_listener(on_assign: PartitionsCallback, on_revoke: PartitionsCallback,
@@ -51,13 +54,18 @@ def _rebalance_listener(on_assign: PartitionsCallback, on_revoke: PartitionsCall
     listener runs each callback on a thread of its own and awaits it by sleeping on the IO loop, which meanwhile
     serves that commit's requests and the heartbeats. The thread that polls is blocked in `poll` until the
     rebalance completes, so the callbacks still run while the processor's loop is inside poll, as with
-    confluent-kafka. kafka-python 2 calls the listener on the polling thread itself: a plain listener."""
+    confluent-kafka. kafka-python 2 calls the listener on the polling thread itself: a plain listener (also
+    the fallback if a 3.x release lacks the loop's sleep)."""
     import kafka
 
     def conv(parts: Any) -> list[TopicPartition]:
         return [(p.topic, p.partition) for p in parts]
 
     async_base = getattr(kafka, "AsyncConsumerRebalanceListener", None)
+    try:  # the IO loop's sleep (kafka-python 3's own event loop, not asyncio)
+        from kafka.net.selector import KernelEvent
+    except ImportError:
+        async_base = None
     if async_base is None:
         class Listener(kafka.ConsumerRebalanceListener):
             def on_partitions_revoked(self, revoked: Any) -> None:
@@ -70,8 +78,6 @@ def _rebalance_listener(on_assign: PartitionsCallback, on_revoke: PartitionsCall
                 on_lost(conv(lost))
 
         return Listener()
-
-    from kafka.net.selector import KernelEvent
 
     async def off_the_io_thread(callback: PartitionsCallback, parts: Any) -> None:
         done = threading.Event()
@@ -154,6 +160,17 @@ class KafkaPythonClient:
 
     def subscribe(self, topics: Sequence[str], on_assign: PartitionsCallback, on_revoke: PartitionsCallback,
                   on_lost: PartitionsCallback) -> None:
+        # kafka-python's range assignor gives out nothing for a topic it has no partition metadata for ("No
+        # partition metadata for topic"), and its next refresh may be minutes away: a freshly created topic
+        # was not consumed for the 60 s of a test. So the topics' partitions are known before joining.
+        # Best effort: brokers that do not answer leave it to the group's own metadata refreshes.
+        deadline = time.monotonic() + self._config.operation_timeout_s
+        try:
+            for topic in topics:
+                while not self._consumer.partitions_for_topic(topic) and time.monotonic() < deadline:
+                    time.sleep(METADATA_RETRY_S)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("topic_metadata_unavailable", extra={"fields": {"topics": list(topics), "error": repr(exc)}})
         self._consumer.subscribe(list(topics), listener=_rebalance_listener(on_assign, on_revoke, on_lost))
 
     def poll(self, max_records: int, timeout_s: float) -> list[Record]:
