@@ -104,6 +104,10 @@ class StreamProcessor:
         self._pending: list[Record] = []  # the batch being collected (rebalance callbacks filter it)
         self._rebalanced = False
         self._needs_rewind: dict[TopicPartition, int] = {}
+        #: revoked or lost partitions whose fetched records were dropped unprocessed, and where those began: if
+        #: one is assigned back to this member it is rewound too (kafka-python keeps the fetch position of a
+        #: partition that stays assigned across a rebalance; librdkafka restarts it from the committed offset)
+        self._dropped_from: dict[TopicPartition, int] = {}
         self._producer_ready = not config.exactly_once
         self._resets: deque[float] = deque()
         self._attempt = 0
@@ -290,8 +294,8 @@ class StreamProcessor:
                     break
                 self._pending.extend(more)
             records, self._pending = self._pending, []
-        if self._rebalanced and records:  # records of partitions revoked or lost during this poll
-            records = [r for r in records if (r[0], r[1]) in self._assigned]
+        if self._rebalanced and records:  # records of partitions revoked, lost or to be rewound during this poll
+            records = [r for r in records if (r[0], r[1]) in self._assigned and (r[0], r[1]) not in self._needs_rewind]
         if records:
             if self._single_topic is not None:
                 self.metrics.increment(m.CONSUMED, len(records), topic=self._single_topic)
@@ -459,6 +463,10 @@ class StreamProcessor:
     def _on_assign(self, partitions: list[TopicPartition]) -> None:
         self._rebalanced = True
         self._assigned |= set(partitions)
+        # back to this member after records of theirs were dropped: read again from the committed offset, not
+        # from wherever the client's fetch position stayed
+        _merge_rewind(self._needs_rewind, {tp: self._dropped_from[tp] for tp in partitions if tp in self._dropped_from})
+        self._dropped_from.clear()
         self.metrics.increment(m.REBALANCES, event="assigned")
         self.metrics.gauge(m.ASSIGNED, len(self._assigned))
         log_event(log, logging.INFO, "partitions_assigned", partitions=_names(partitions),
@@ -472,12 +480,15 @@ class StreamProcessor:
         self._inflight.clear()
         return rewind
 
-    def _drop(self, partitions: list[TopicPartition], event: str) -> None:
+    def _drop(self, partitions: list[TopicPartition], event: str, rewind: dict[TopicPartition, int]) -> None:
+        """Forget partitions revoked or lost; `rewind`: where the records of theirs dropped unprocessed began."""
         self._rebalanced = True
         gone = set(partitions)
         self._assigned -= gone
         before = len(self._pending)
+        _merge_rewind(rewind, first_offsets([r for r in self._pending if (r.topic, r.partition) in gone]))
         self._pending = [r for r in self._pending if (r.topic, r.partition) not in gone]
+        _merge_rewind(self._dropped_from, {tp: off for tp, off in rewind.items() if tp in gone})
         for tp in gone:
             self._needs_rewind.pop(tp, None)
             self._committed_next.pop(tp, None)
@@ -500,7 +511,7 @@ class StreamProcessor:
                 if isinstance(exc, ProducerNeedsReset):
                     self._reset_producer(exc)
         _merge_rewind(self._needs_rewind, rewind)
-        self._drop(partitions, "revoked")
+        self._drop(partitions, "revoked", rewind)
 
     def _on_lost(self, partitions: list[TopicPartition]) -> None:
         rewind = self._drop_inflight()
@@ -510,7 +521,7 @@ class StreamProcessor:
             if mode.uncommitted:
                 _merge_rewind(rewind, mode.abandon())
         _merge_rewind(self._needs_rewind, rewind)
-        self._drop(partitions, "lost")
+        self._drop(partitions, "lost", rewind)
 
 
 def _names(partitions: Sequence[TopicPartition]) -> list[str]:
