@@ -744,6 +744,36 @@ def test_idle_job_is_ready_again_once_a_retried_init_transactions_succeeds():
     assert ready and details["retry_attempt"] == 0, seen
 
 
+def test_a_failing_process_keeps_the_job_not_ready_and_its_backoff_growing_across_rewinds():
+    """Each retry of a failing Predict rewinds before polling again; that rewind succeeding is not a recovery:
+    the job stays not ready and the backoff keeps doubling (a test saw /readyz say ready while the model server
+    was down, in the moment between a rewind and the next failure), until a batch is delivered."""
+    client = FakeClient(logs_of(4, partitions=1), False)
+    state = {"fail": True}
+    ready_at_poll: list[bool] = []
+    sleeps: list[float] = []
+
+    def process(records):
+        if state["fail"]:
+            raise RetriableError("Predict UNAVAILABLE")
+        return upper_or_dead(records)
+
+    def hook(c: FakeClient) -> None:
+        ready_at_poll.append(proc.health()[1])
+        if c.polls == 8:
+            state["fail"] = False
+        if c.committed_offsets.get((IN, 0)) == 4 or c.polls > 50:
+            proc.request_stop()
+
+    client.on_poll = hook
+    proc = StreamProcessor(make_config(retry_backoff_initial_ms=1, retry_backoff_max_ms=1000), process,
+                           client=client, metrics=m.RecordingMetrics(), sleep=sleeps.append)
+    proc.run()
+    assert ready_at_poll[0] is True and not any(ready_at_poll[1:8])  # not ready from the first failure on
+    assert sleeps == sorted(sleeps) and sleeps[-1] > 8 * sleeps[0]  # the backoff grew instead of restarting
+    assert client.committed_offsets == {(IN, 0): 4}
+
+
 def test_rewind_failure_is_retried_before_any_poll():
     client = FakeClient(logs_of(6, partitions=1), False)
     client.fail["wait"] = 1

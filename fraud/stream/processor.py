@@ -111,6 +111,7 @@ class StreamProcessor:
         self._producer_ready = not config.exactly_once
         self._resets: deque[float] = deque()
         self._attempt = 0
+        self._retry_stage: str | None = None  # the step being retried (while _attempt > 0)
         self._committed_next: dict[TopicPartition, int] = {}
         #: submitted batches not yet delivered, oldest first: (records, pending result, submitted at)
         self._inflight: deque[tuple[list[Record], PendingResult, float]] = deque()
@@ -235,7 +236,8 @@ class StreamProcessor:
             except RetriableError as exc:
                 self._retry_later("rewind", exc)
                 return
-            self._recovered()
+            if self._retry_stage == "rewind":  # a rewind after another step's failure does not end its retries
+                self._recovered()
         if self._inflight:
             timeout = 0.0
         else:
@@ -425,6 +427,7 @@ class StreamProcessor:
         delay_ms = min(c.retry_backoff_max_ms, c.retry_backoff_initial_ms * (2 ** min(self._attempt, 20)))
         delay_s = delay_ms / 1000.0 * random.uniform(0.8, 1.0)
         self._attempt += 1
+        self._retry_stage = stage
         self.metrics.increment(m.RETRIES, stage=stage)
         log_event(log, logging.WARNING, "retrying", stage=stage, error=str(exc), attempt=self._attempt,
                   backoff_s=round(delay_s, 3), **fields)
