@@ -87,13 +87,14 @@ class KafkaAdmin:
 
     # -- plumbing ------------------------------------------------------------------------------
 
-    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> dict[Any, Any]:
-        """Run an AdminClient call returning {key: future}; results by key, retrying retriable failures
-        until the timeout. Per-key failures are returned as exceptions for the caller to judge."""
+    def _call(self, what: str, method: str, *args: Any, **kwargs: Any) -> dict[Any, Any]:
+        """Run the AdminClient call `method` (returning {key: future}); results by key, retrying retriable
+        failures until the timeout. Per-key failures are returned as exceptions for the caller to judge."""
         deadline = time.monotonic() + self.timeout_s
         while True:
             try:
-                futures = fn(*args, request_timeout=self.timeout_s, **kwargs)
+                # looked up on every attempt: a retry after a stale leader runs on the client made afresh
+                futures = getattr(self._admin, method)(*args, request_timeout=self.timeout_s, **kwargs)
                 out: dict[Any, Any] = {}
                 for key, fut in futures.items():
                     try:
@@ -159,7 +160,7 @@ class KafkaAdmin:
         resources = [ConfigResource(ResourceType.TOPIC, n) for n in names]
         if not resources:
             return {}
-        got = self._call("describe configs", self._admin.describe_configs, resources)
+        got = self._call("describe configs", "describe_configs", resources)
         out = {}
         for res, entries in got.items():
             if isinstance(entries, Exception):
@@ -176,7 +177,7 @@ class KafkaAdmin:
         new = [NewTopic(s.name, num_partitions=s.partitions,
                         replication_factor=replication_factor if replication_factor is not None else -1,
                         config=dict(s.config)) for s in specs]
-        got = self._call("create topics", self._admin.create_topics, new, operation_timeout=self.timeout_s)
+        got = self._call("create topics", "create_topics", new, operation_timeout=self.timeout_s)
         out = {}
         for name, res in got.items():
             err = _kafka_error(res) if isinstance(res, Exception) else None
@@ -195,7 +196,7 @@ class KafkaAdmin:
 
         if not totals:
             return
-        got = self._call("create partitions", self._admin.create_partitions,
+        got = self._call("create partitions", "create_partitions",
                          [NewPartitions(t, n) for t, n in totals.items()], operation_timeout=self.timeout_s)
         for name, res in got.items():
             if isinstance(res, Exception):
@@ -205,7 +206,7 @@ class KafkaAdmin:
         """Delete the topics; ones that do not exist are fine."""
         if not names:
             return
-        got = self._call("delete topics", self._admin.delete_topics, list(names), operation_timeout=self.timeout_s)
+        got = self._call("delete topics", "delete_topics", list(names), operation_timeout=self.timeout_s)
         for name, res in got.items():
             err = _kafka_error(res) if isinstance(res, Exception) else None
             if isinstance(res, Exception) and (err is None or err.name() != "UNKNOWN_TOPIC_OR_PART"):
@@ -234,7 +235,7 @@ class KafkaAdmin:
             return {}
         spec = OffsetSpec.latest() if latest else OffsetSpec.earliest()
         iso = IsolationLevel.READ_COMMITTED if committed else IsolationLevel.READ_UNCOMMITTED
-        got = self._call("list offsets", self._admin.list_offsets, {TP(t, p): spec for t, p in tps},
+        got = self._call("list offsets", "list_offsets", {TP(t, p): spec for t, p in tps},
                          isolation_level=iso)
         out = {}
         for tp, res in got.items():
