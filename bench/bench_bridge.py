@@ -20,9 +20,15 @@ Stages (each worker is its own process: broker, model server, bridge or passthro
    every process on the machine's shared cores: broker, bridge, model server, paced producer, readers;
 3. one line per goal of issue 13, met or missed, with the figures.
 
+`--pin` runs the environment (broker, paced producer, readers) on the first half of the CPUs and the system
+under test (bridge or passthrough, model server) on the other half, as if they were separate machines: on
+a small machine it shows what the bridge does with cores of its own, where the default run shows what the
+whole stack does on shared ones. The environment's half is then the tighter one (the floor rises).
+
     .venv/bin/python bench/bench_bridge.py                          # the shipped model (trained once, cached)
     .venv/bin/python bench/bench_bridge.py --model-dir PUSHED_BASE  # any pushed model (a base path of versions)
     .venv/bin/python bench/bench_bridge.py --profile                # + a py-spy flame graph of the bridge
+    .venv/bin/python bench/bench_bridge.py --pin                    # environment and bridge on separate CPUs
     .venv/bin/python bench/bench_bridge.py --clients kafka-python confluent-kafka --quick
 """
 
@@ -162,6 +168,7 @@ def worker(kind: str, env: dict[str, str], log: Path) -> Iterator[subprocess.Pop
     args = [sys.executable, "-m", "kafka_bridge"] if kind == "bridge" else [sys.executable, __file__, "--worker"]
     with open(log, "ab") as fh:
         proc = subprocess.Popen(args, env={**os.environ, **env}, stdout=fh, stderr=subprocess.STDOUT)
+    pin_to_sut(proc.pid)
     try:
         yield proc
     finally:
@@ -197,6 +204,36 @@ def passthrough_worker() -> int:
 #: each millisecond as one burst. A sleep per event (100 us apart at 10,000/s) cost 0.84 of this machine's
 #: 2 cores in the producer alone (0.23 with 1 ms bursts), taken from the bridge it measures.
 PACE_TICK_S = 0.001
+
+
+#: `--pin`: (the environment's CPUs, the system under test's CPUs), or None when nothing is pinned.
+_PINNED: list[tuple[set[int], set[int]]] = []
+
+
+def split_cpus() -> tuple[set[int], set[int]]:
+    """The CPUs this process may use, in two halves: the first for the environment (broker, paced producer,
+    readers: this process and what it starts), the rest for the system under test (the bridge or the
+    passthrough, and the model servers). ValueError on a single CPU."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise ValueError(f"--pin needs at least 2 CPUs, this process may use {len(cpus)}")
+    half = len(cpus) // 2
+    return set(cpus[:half]), set(cpus[half:])
+
+
+def _cpu_list(cpus: set[int]) -> str:
+    return ",".join(str(c) for c in sorted(cpus))
+
+
+def pin_to_sut(pid: int) -> None:
+    """Move a process just started (every thread it has so far; later ones inherit) to the system under
+    test's CPUs, when `--pin` is on."""
+    if not _PINNED:
+        return
+    sut = _PINNED[0][1]
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(ProcessLookupError, FileNotFoundError):
+            os.sched_setaffinity(int(tid), sut)
 
 
 def pace(bootstrap: str, topic: str, rate: float, n: int, prefix: str) -> float:
@@ -472,6 +509,7 @@ def serve(model_base: Path, logs: Path, name: str, stack: contextlib.ExitStack) 
     server = subprocess.Popen([sys.executable, "-m", "serving", f"--port={port}", "--rest_api_port=0",
                                "--model_name=fraud", f"--model_base_path={model_base}"], stdout=log,
                               stderr=subprocess.STDOUT)
+    pin_to_sut(server.pid)
     stack.callback(lambda: (server.terminate(), server.wait(30)))
     deadline = time.monotonic() + 300
     while not tcp_accepts("127.0.0.1", port):
@@ -565,6 +603,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", nargs="?", const="var/bench/bridge-profile.svg", type=Path,
                         help="write a py-spy flame graph of the bridge under load (default %(const)s)")
     parser.add_argument("--quick", action="store_true", help="fewer events and shorter stages (a smoke run)")
+    parser.add_argument("--pin", action="store_true",
+                        help="run the environment (broker, paced producer, readers) on the first half of the CPUs and "
+                             "the system under test (bridge or passthrough, model server) on the other half, as if "
+                             "they were separate machines")
     parser.add_argument("--timeout", type=float, default=300.0)
     parser.add_argument("-v", "--verbose", action="store_true", help="library output on the terminal, not in the log")
     args = parser.parse_args(argv)
@@ -576,6 +618,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.quick:
         args.events, args.seconds = min(args.events, 15_000), min(args.seconds, 3.0)
+    if args.pin:
+        try:
+            _PINNED.append(split_cpus())
+        except ValueError as exc:
+            parser.error(str(exc))
     if args.profile is not None and shutil.which("py-spy") is None and not Path(sys.executable).with_name("py-spy").exists():
         parser.error("--profile needs py-spy (pinned in requirements.lock: make setup)")
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
@@ -596,6 +643,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, run_dir: Path) -> int:
+    if _PINNED:  # this process and everything it starts from now on (broker, producers, reader threads)
+        for tid in os.listdir("/proc/self/task"):
+            with contextlib.suppress(ProcessLookupError, FileNotFoundError):
+                os.sched_setaffinity(int(tid), _PINNED[0][0])
+        env_cpus, sut_cpus = _PINNED[0]
+        echo(f"pinned: broker, paced producer and readers on CPU {_cpu_list(env_cpus)}; bridge or passthrough and "
+             f"model servers on CPU {_cpu_list(sut_cpus)}")
     with contextlib.ExitStack() as stack:
         from fraud.embedded.testing import temporary_broker
 
@@ -641,7 +695,8 @@ def _run(args: argparse.Namespace, run_dir: Path) -> int:
                     print_latency(label, rows)
             except RuntimeError as exc:  # e.g. a client that stalls: report it, go on with the next one
                 echo(f"  [{client}] FAILED: {exc}")
-            echo(f"\ngoals (issue 13), {client}, one run, load average {os.getloadavg()[0]:.1f}:")
+            pinned = f", pinned (bridge and model server on CPU {_cpu_list(_PINNED[0][1])})" if _PINNED else ""
+            echo(f"\ngoals (issue 13), {client}, one run{pinned}, load average {os.getloadavg()[0]:.1f}:")
             for text in goal_lines(b, args, client):
                 echo(text)
         if args.profile is not None and args.profile.exists():
