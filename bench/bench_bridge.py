@@ -558,7 +558,7 @@ def goal_lines(b: Bench, args: argparse.Namespace, client: str) -> list[str]:
     if pt and alo:
         ratio = alo["rate"] / pt["rate"]
         line(ratio >= 0.7, f"bridge / passthrough (at-least-once) >= 0.7: {alo['rate']:,.0f} / {pt['rate']:,.0f} "
-                           f"events/s = {ratio:.2f}")
+                           f"events/s = {ratio:.3f}")
     lat = r.get(f"{client} latency at-least-once", {}).get("rows", {})
     if alo and lat:
         for frac in (0.5, 0.25):
@@ -571,7 +571,7 @@ def goal_lines(b: Bench, args: argparse.Namespace, client: str) -> list[str]:
     if alo and eos:
         ratio = eos["rate"] / alo["rate"]
         line(ratio >= 0.9, f"exactly-once / at-least-once throughput >= 0.9: {eos['rate']:,.0f} / {alo['rate']:,.0f} "
-                           f"= {ratio:.2f}")
+                           f"= {ratio:.3f}")
     elat = r.get(f"{client} latency exactly-once", {}).get("rows", {})
     if elat:
         bound = args.commit_interval_ms + 50
