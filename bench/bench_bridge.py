@@ -206,7 +206,7 @@ def passthrough_worker() -> int:
 PACE_TICK_S = 0.001
 
 
-#: `--pin`: (the environment's CPUs, the system under test's CPUs), or None when nothing is pinned.
+#: `--pin`: [(the environment's CPUs, the system under test's CPUs)], empty when nothing is pinned.
 _PINNED: list[tuple[set[int], set[int]]] = []
 
 
