@@ -123,9 +123,8 @@ PRODUCER_LATENCY_SETTINGS: dict[str, Any] = {
     # the next one. With librdkafka's 5, a slow broker (one sharing the cores, a GC pause) had the producer's
     # broker thread busy-waiting on its in-flight limit (0.25-0.68 of a core at 4,000-11,000 records/s with the
     # broker's core saturated; 0.13-0.16 with 1), and many small requests cost the broker CPU of its own: on
-    # this 2-core machine, 3
-    # alternating runs each, latency at 10,700 events/s p50 29-53 ms against 202-421 with 5 (see
-    # kafka_bridge/README.md). Ordering and idempotence are the same at 1 and 5.
+    # this 2-core machine, 3 alternating runs each, latency at 10,700 events/s p50 29-53 ms against 202-421
+    # with 5 (see kafka_bridge/README.md). Ordering and idempotence are the same at 1 and 5.
     "max.in.flight.requests.per.connection": 1,
     # A Python call per acknowledgement costs as much as the produce itself: only failures are reported
     # (to the producer-wide callback); success is counted (`len(producer)` = records not yet acknowledged).
