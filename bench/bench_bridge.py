@@ -225,15 +225,18 @@ def _cpu_list(cpus: set[int]) -> str:
     return ",".join(str(c) for c in sorted(cpus))
 
 
-def pin_to_sut(pid: int) -> None:
-    """Move a process just started (every thread it has so far; later ones inherit) to the system under
-    test's CPUs, when `--pin` is on."""
-    if not _PINNED:
-        return
-    sut = _PINNED[0][1]
+def _set_affinity(pid: int | str, cpus: set[int]) -> None:
+    """Move every thread a process has so far (`pid` or "self") to `cpus`; threads and children it starts
+    later inherit the mask of the thread that starts them."""
     for tid in os.listdir(f"/proc/{pid}/task"):
         with contextlib.suppress(ProcessLookupError, FileNotFoundError):
-            os.sched_setaffinity(int(tid), sut)
+            os.sched_setaffinity(int(tid), cpus)
+
+
+def pin_to_sut(pid: int) -> None:
+    """Move a process just started to the system under test's CPUs, when `--pin` is on."""
+    if _PINNED:
+        _set_affinity(pid, _PINNED[0][1])
 
 
 def pace(bootstrap: str, topic: str, rate: float, n: int, prefix: str) -> float:
@@ -644,10 +647,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace, run_dir: Path) -> int:
     if _PINNED:  # this process and everything it starts from now on (broker, producers, reader threads)
-        for tid in os.listdir("/proc/self/task"):
-            with contextlib.suppress(ProcessLookupError, FileNotFoundError):
-                os.sched_setaffinity(int(tid), _PINNED[0][0])
         env_cpus, sut_cpus = _PINNED[0]
+        _set_affinity("self", env_cpus)
         echo(f"pinned: broker, paced producer and readers on CPU {_cpu_list(env_cpus)}; bridge or passthrough and "
              f"model servers on CPU {_cpu_list(sut_cpus)}")
     with contextlib.ExitStack() as stack:
