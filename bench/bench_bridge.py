@@ -383,18 +383,23 @@ class Bench:
         # per event of what the worker itself consumed in the CPU window (the reader's count lags under
         # exactly-once, where outputs become visible a transaction at a time)
         window = _total(m1, "records_consumed_total") - _total(m0, "records_consumed_total")
-        res = {"label": label, "rate": rate, "cpu_us": (cpu1 - cpu0) / window * 1e6}
+        # empty when the worker had consumed everything before the first outputs were visible (a short stage
+        # under exactly-once): no CPU figure rather than a division by zero
+        per_event = 1e6 / window if window else float("nan")
+        res = {"label": label, "rate": rate, "cpu_us": (cpu1 - cpu0) * per_event}
         if srv0 is not None and srv1 is not None:
-            res["server_cpu_us"] = (srv1 - srv0) / window * 1e6
+            res["server_cpu_us"] = (srv1 - srv0) * per_event
         if kind == "bridge":
             res["own_cpu_us"] = (_total(m1, "bridge_cpu_seconds_total") - _total(m0, "bridge_cpu_seconds_total")) \
-                / window * 1e6
+                * per_event
         batches = _total(m1, "batch_size_count") - _total(m0, "batch_size_count")
         res["batch"] = window / batches if batches else float("nan")
         extra = "".join(f", {k.replace('_cpu_us', '')} CPU {res[k]:.1f} us/event" for k in ("own_cpu_us", "server_cpu_us")
                         if k in res)
         echo(f"  {label}: {rate:,.0f} events/s, process CPU {res['cpu_us']:.1f} us/event{extra}"
-              + (f", mean batch {res['batch']:.0f}" if "batch" in res else ""))
+              + (f", mean batch {res['batch']:.0f}" if "batch" in res else "")
+              + ("" if window else " (no CPU window: every event was consumed before the first outputs were "
+                                   "visible; use more --events)"))
         self.results[label] = res
         return res
 
