@@ -31,6 +31,9 @@ from fraud.stream.records import (
     Record,
     RetriableError,
     TopicPartition,
+    first_offsets,
+    merge_earliest,
+    next_offsets,
 )
 
 IN, OUT, DLQ = "in", "out", "dlq"
@@ -253,6 +256,17 @@ def logs_of(n: int, partitions: int = 2, bad_every: int = 0) -> dict[TopicPartit
 
 def values(outputs: list[Output], topic: str) -> list[bytes]:
     return sorted(o.value for o in outputs if o.topic == topic)
+
+
+def test_offsets_of_a_batch_and_merging_rewinds_keeps_the_earliest_per_partition():
+    records = [Record(IN, p, off, None, b"v", 0) for p, off in [(0, 7), (1, 3), (0, 5), (0, 9)]]
+    assert first_offsets(records) == {(IN, 0): 5, (IN, 1): 3}
+    assert next_offsets(records) == {(IN, 0): 10, (IN, 1): 4}
+    rewind = {(IN, 0): 6, (IN, 2): 1}
+    merge_earliest(rewind, first_offsets(records))
+    assert rewind == {(IN, 0): 5, (IN, 1): 3, (IN, 2): 1}
+    merge_earliest(rewind, {(IN, 0): 8, (IN, 2): 0})
+    assert rewind == {(IN, 0): 5, (IN, 1): 3, (IN, 2): 0}
 
 
 @pytest.mark.parametrize("delivery", list(Delivery))

@@ -42,6 +42,7 @@ from fraud.stream.records import (
     RetriableError,
     TopicPartition,
     first_offsets,
+    merge_earliest,
     next_offsets,
 )
 from fraud.stream.watchdog import exit_wedged
@@ -69,12 +70,6 @@ class Delivered:
 
 #: confirmed(delivered batches, merged offsets, now)
 ConfirmedFn = Callable[[list[Delivered], dict[TopicPartition, int], float], None]
-
-
-def _merge_firsts(into: dict[TopicPartition, int], firsts: dict[TopicPartition, int]) -> None:
-    for tp, offset in firsts.items():
-        if tp not in into or offset < into[tp]:
-            into[tp] = offset
 
 
 class DeliveryMode:
@@ -211,10 +206,10 @@ class AtLeastOnce(DeliveryMode):
                 self._commit(asynchronous=True)
             except RetriableError:
                 for d in self._acked:
-                    _merge_firsts(rewind, d.firsts)
+                    merge_earliest(rewind, d.firsts)
                 self._acked, self._acked_offsets = [], {}
         for d in self._unacked:
-            _merge_firsts(rewind, d.firsts)
+            merge_earliest(rewind, d.firsts)
         self._unacked = []
         return rewind
 
@@ -367,7 +362,7 @@ class Transactional(DeliveryMode):
                 log_event(log, logging.WARNING, "commit_failed", error=str(exc))
         needs_abort = self._open_since is not None or bool(self._failed)
         for d in self._failed + self._batches + [d for d, _ in self._held]:  # held: never produced
-            _merge_firsts(rewind, d.firsts)
+            merge_earliest(rewind, d.firsts)
         self._open_since, self._batches, self._offsets, self._failed, self._held = None, [], {}, [], []
         if needs_abort:
             try:

@@ -58,6 +58,7 @@ from fraud.stream.records import (
     StagedProcess,
     TopicPartition,
     first_offsets,
+    merge_earliest,
 )
 from fraud.stream.signals import install_stop_handlers
 from fraud.stream.watchdog import FetchWatch, exit_wedged
@@ -70,12 +71,6 @@ MAX_RESETS = 5
 FENCE_WINDOW_S = 120.0
 #: Longest a poll blocks while idle (the loop turns to serve the health endpoint, the stop flag and lag).
 _IDLE_POLL_S = 0.2
-
-
-def _merge_rewind(into: dict[TopicPartition, int], starts: dict[TopicPartition, int]) -> None:
-    for tp, offset in starts.items():
-        if tp not in into or offset < into[tp]:
-            into[tp] = offset
 
 
 class StreamProcessor:
@@ -392,7 +387,7 @@ class StreamProcessor:
         with `keep_delivered` (the failure was not the delivery's) that is committed first if it can be,
         else it is redone too (nothing is committed past a batch that is redone)."""
         rewind = first_offsets(batch) if batch else {}
-        _merge_rewind(rewind, self._drop_inflight())
+        merge_earliest(rewind, self._drop_inflight())
         mode = self._mode
         if mode is not None and mode.uncommitted:
             committed = False
@@ -403,8 +398,8 @@ class StreamProcessor:
                 except RetriableError as exc:
                     log_event(log, logging.WARNING, "commit_before_retry_failed", error=str(exc))
             if not committed:
-                _merge_rewind(rewind, mode.abandon())
-        _merge_rewind(self._needs_rewind, rewind)
+                merge_earliest(rewind, mode.abandon())
+        merge_earliest(self._needs_rewind, rewind)
 
     def _fail(self, batch: Sequence[Record], stage: str, exc: Exception, reset: bool = False) -> None:
         aborts = getattr(self._mode, "aborts", 0)
@@ -468,7 +463,7 @@ class StreamProcessor:
         self._assigned |= set(partitions)
         # back to this member after records of theirs were dropped: read again from the committed offset, not
         # from wherever the client's fetch position stayed
-        _merge_rewind(self._needs_rewind, {tp: self._dropped_from[tp] for tp in partitions if tp in self._dropped_from})
+        merge_earliest(self._needs_rewind, {tp: self._dropped_from[tp] for tp in partitions if tp in self._dropped_from})
         self._dropped_from.clear()
         self.metrics.increment(m.REBALANCES, event="assigned")
         self.metrics.gauge(m.ASSIGNED, len(self._assigned))
@@ -479,7 +474,7 @@ class StreamProcessor:
         rewind: dict[TopicPartition, int] = {}
         for records, pending, _ in self._inflight:
             pending.cancel()
-            _merge_rewind(rewind, first_offsets(records))
+            merge_earliest(rewind, first_offsets(records))
         self._inflight.clear()
         return rewind
 
@@ -489,9 +484,9 @@ class StreamProcessor:
         gone = set(partitions)
         self._assigned -= gone
         before = len(self._pending)
-        _merge_rewind(rewind, first_offsets([r for r in self._pending if (r.topic, r.partition) in gone]))
+        merge_earliest(rewind, first_offsets([r for r in self._pending if (r.topic, r.partition) in gone]))
         self._pending = [r for r in self._pending if (r.topic, r.partition) not in gone]
-        _merge_rewind(self._dropped_from, {tp: off for tp, off in rewind.items() if tp in gone})
+        merge_earliest(self._dropped_from, {tp: off for tp, off in rewind.items() if tp in gone})
         for tp in gone:
             self._needs_rewind.pop(tp, None)
             self._committed_next.pop(tp, None)
@@ -510,10 +505,10 @@ class StreamProcessor:
                 mode.commit_all()  # what was delivered is committed before the partitions move
             except RetriableError as exc:
                 log_event(log, logging.WARNING, "delivery_failed_on_revoke", error=str(exc))
-                _merge_rewind(rewind, mode.abandon())
+                merge_earliest(rewind, mode.abandon())
                 if isinstance(exc, ProducerNeedsReset):
                     self._reset_producer(exc)
-        _merge_rewind(self._needs_rewind, rewind)
+        merge_earliest(self._needs_rewind, rewind)
         self._drop(partitions, "revoked", rewind)
 
     def _on_lost(self, partitions: list[TopicPartition]) -> None:
@@ -522,8 +517,8 @@ class StreamProcessor:
         if mode is not None:
             mode.forget(partitions)  # no longer ours: committing them would be refused
             if mode.uncommitted:
-                _merge_rewind(rewind, mode.abandon())
-        _merge_rewind(self._needs_rewind, rewind)
+                merge_earliest(rewind, mode.abandon())
+        merge_earliest(self._needs_rewind, rewind)
         self._drop(partitions, "lost", rewind)
 
 

@@ -136,3 +136,10 @@ def first_offsets(records: Sequence[Record]) -> dict[TopicPartition, int]:
         if tp not in out or r.offset < out[tp]:
             out[tp] = r.offset
     return out
+
+
+def merge_earliest(into: dict[TopicPartition, int], offsets: dict[TopicPartition, int]) -> None:
+    """Fold `offsets` into `into`, keeping the earlier offset per partition (where a rewind must start)."""
+    for tp, offset in offsets.items():
+        if tp not in into or offset < into[tp]:
+            into[tp] = offset
