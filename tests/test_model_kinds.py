@@ -78,6 +78,19 @@ def test_training_and_tuning_settings_are_validated() -> None:
         mlp.MlpConfig(widths=(128, 64), dropout=0.1, fraud_weight=3.0)
 
 
+def test_hybrid_head_takes_every_mlp_setting_with_the_mlp_defaults() -> None:
+    import dataclasses
+
+    from pipeline.models import hybrid
+
+    own = {"exclude_kinds", "target"}  # each kind's own: which columns it sees, its threshold's target
+    mlp_fields = {f.name for f in dataclasses.fields(mlp.MlpConfig)} - own
+    assert set(hybrid._HEAD_FIELDS) == mlp_fields
+    assert hybrid.HybridConfig().head() == mlp.MlpConfig()
+    tuned = hybrid.HybridConfig(widths=(16,), dropout=0.0, learning_rate=0.01, max_steps=7).head()
+    assert (tuned.widths, tuned.dropout, tuned.learning_rate, tuned.max_steps) == ((16,), 0.0, 0.01, 7)
+
+
 def test_tuning_puts_a_tuner_before_the_trainer_it_feeds(tmp_path) -> None:
     from pipeline.pipeline import TrainingSettings, TuningSettings, create_pipeline
 

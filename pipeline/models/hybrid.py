@@ -25,22 +25,27 @@ from pipeline.models.mlp import MlpConfig, MlpHead, fit_head
 NAME = "hybrid"
 
 
+#: The MLP head's settings, which HybridConfig carries flat (one hyperparameter namespace) with MlpConfig's defaults.
+_HEAD_FIELDS = ("widths", "dropout", "l2", "fraud_weight", "epochs", "batch_size", "learning_rate", "seeds", "ensemble",
+                "max_steps")
+
+
 @dataclass(frozen=True)
 class HybridConfig:
     ae_widths: tuple[int, ...] = (64, 32, 24, 32, 64)
     ae_epochs: int = 10
     ae_seeds: int = 2
     ae_ensemble: int = 1
-    widths: tuple[int, ...] = (64, 32)
-    dropout: float = 0.2
-    l2: float = 1e-4
-    fraud_weight: float = 1.0
-    epochs: int = 15
-    batch_size: int = 512
-    learning_rate: float = 1e-3
-    seeds: int = 3
-    ensemble: int = 3
-    max_steps: int | None = None
+    widths: tuple[int, ...] = MlpConfig.widths
+    dropout: float = MlpConfig.dropout
+    l2: float = MlpConfig.l2
+    fraud_weight: float = MlpConfig.fraud_weight
+    epochs: int = MlpConfig.epochs
+    batch_size: int = MlpConfig.batch_size  # the autoencoder's too
+    learning_rate: float = MlpConfig.learning_rate
+    seeds: int = MlpConfig.seeds
+    ensemble: int = MlpConfig.ensemble
+    max_steps: int | None = MlpConfig.max_steps  # the autoencoder's too
     exclude_kinds: tuple[str, ...] = ()
     target: base.ThresholdTarget = base.target_field(0.8)
 
@@ -49,9 +54,7 @@ class HybridConfig:
                                  ensemble=self.ae_ensemble, batch_size=self.batch_size, max_steps=self.max_steps)
 
     def head(self) -> MlpConfig:
-        return MlpConfig(widths=self.widths, dropout=self.dropout, l2=self.l2, fraud_weight=self.fraud_weight,
-                         epochs=self.epochs, batch_size=self.batch_size, learning_rate=self.learning_rate,
-                         seeds=self.seeds, ensemble=self.ensemble, max_steps=self.max_steps)
+        return MlpConfig(**{name: getattr(self, name) for name in _HEAD_FIELDS})
 
 
 class FittedHybrid(base.Fitted):
