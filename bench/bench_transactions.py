@@ -105,7 +105,7 @@ def _producer(bootstrap: str, transactional_id: str | None, rtt: _RttLog | None)
 
 def _line(name: str, values: list[float]) -> str:
     v = sorted(values)
-    return (f"  {name:34s} {statistics.median(v):7.1f} {v[int(0.9 * (len(v) - 1))]:7.1f} "
+    return (f"  {name:36s} {statistics.median(v):7.1f} {v[int(0.9 * (len(v) - 1))]:7.1f} "
             f"{v[int(0.99 * (len(v) - 1))]:7.1f} {v[-1]:7.1f}")
 
 
@@ -175,8 +175,8 @@ def measure(bootstrap: str, partitions: int, rounds: int, warmup: int, pause_s: 
             txn_producer.abort_transaction(1)
         txn_producer.flush(10)
 
-    echo(f"{rounds} rounds of one record to each of {partitions} partitions, interleaved; ms"
-          f"                 p50     p90     p99     max")
+    echo(f"{rounds} rounds of one record to each of {partitions} partitions, interleaved (after {warmup} not counted)")
+    echo(f"  {'ms':36s} {'p50':>7s} {'p90':>7s} {'p99':>7s} {'max':>7s}")
     echo("floor: idempotent producer, no transaction")
     echo(_line("produce -> acknowledged", floors["acked"]))
     echo(_line("produce -> visible (read_committed)", floors["visible"]))
@@ -205,6 +205,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="a server.properties setting of the throwaway broker (repeatable)")
     parser.add_argument("-v", "--verbose", action="store_true", help="library output on the terminal, not in the log")
     args = parser.parse_args(argv)
+    for flag, value in (("--partitions", args.partitions), ("--rounds", args.rounds)):
+        if value < 1:
+            parser.error(f"{flag} {value}: must be at least 1")
+    if args.warmup < 0 or args.pause_ms < 0:
+        parser.error("--warmup and --pause-ms must not be negative")
     overrides = {}
     for item in args.broker_setting:
         key, sep, value = item.partition("=")
