@@ -15,11 +15,17 @@ batch is retried instead (nothing is dead-lettered for a misconfiguration, and t
 read again). Otherwise it is split in halves until the refused records are alone; each of those becomes a
 `model_rejected` dead letter and the rest is scored. Any other failure raises RetriableError: the processor
 retries the batch and commits nothing meanwhile.
+
+A server with request batching refuses a request of more rows than its `max_batch_size` ("Task size N is
+larger than maximum input batch size M", TF Serving's words): the bridge then sends M rows per Predict from
+there on (the calls of one batch go out together) and says so once in its log.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import re
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -38,11 +44,14 @@ from fraud.contract import (
     DeadLetter,
 )
 from fraud.features import FEATURE_NAMES
+from fraud.logs import log_event
 from fraud.signature import DECISION, FEATURE_CONTRIBUTIONS, RECONSTRUCTION_ERROR, SCORE, THRESHOLD
 from fraud.stream import metrics as sm
 from fraud.stream.metrics import Kind, MetricDef, Metrics
 from fraud.stream.records import Completed, Output, PendingResult, ProcessResult, Record, RetriableError
 from kafka_bridge.predict import ModelRejected, Prediction
+
+log = logging.getLogger("kafka_bridge")
 
 COMPONENT = "kafka_bridge"
 #: The bridge's own dead-letter reasons (next to fraud.contract.REASONS).
@@ -53,6 +62,8 @@ _DECODE_REASONS = (MALFORMED_JSON, BAD_ENCODING, OVERSIZE, NOT_AN_OBJECT)
 _CANARY_TTL_S = 60.0
 _N_FEATURES = len(FEATURE_NAMES)
 _FEATURE_NAMES = np.array(FEATURE_NAMES, dtype=object)
+#: How TF Serving's batch scheduler refuses a request above its `max_batch_size` (serving.batching too).
+_SERVER_BATCH_LIMIT = re.compile(r"larger than maximum input batch size (\d+)")
 
 PREDICT_SECONDS = MetricDef("predict_seconds", Kind.HISTOGRAM, "gRPC Predict round trip per call",
                             buckets=sm.LATENCY_BUCKETS)
@@ -101,6 +112,8 @@ class Scorer:
         self._on_invalid_model = on_invalid_model
         self._canary = np.zeros((1, _N_FEATURES), dtype=np.float32)
         self._canary_ok_until = -math.inf
+        #: the model server's largest request, once it refused a larger one (None: no limit seen)
+        self.max_rows: int | None = None
         # unbuffered: one write per batch, complete lines even if the process is killed
         self._trace = open(trace_file, "ab", buffering=0) if trace_file is not None else None  # noqa: SIM115
 
@@ -121,9 +134,9 @@ class Scorer:
             features = cols.features.astype(np.float32)
         c1 = time.thread_time()
         self._metrics.increment(BRIDGE_CPU, c1 - c0, stage="decode")
-        call = self._call(features)
+        calls = self._calls(features)
         self._cpu("request", c1)
-        return _PendingScore(self, records, cols, features, call, result, polled, time.time())
+        return _PendingScore(self, records, cols, features, calls, result, polled, time.time())
 
     def _cpu(self, stage: str, since: float) -> None:
         self._metrics.increment(BRIDGE_CPU, time.thread_time() - since, stage=stage)
@@ -138,6 +151,13 @@ class Scorer:
         except (ModelRejected, RetriableError) as exc:
             self._metrics.increment(PREDICT_ERRORS, code=getattr(exc, "code", "UNKNOWN"))
             return exc
+
+    def _calls(self, features: np.ndarray) -> list[tuple[slice, Call | Exception]]:
+        """Start the batch's Predict: one call, or one per `max_rows` rows once the server set a limit."""
+        n, cap = len(features), self.max_rows
+        if cap is None or n <= cap:
+            return [(slice(0, n), self._call(features))]
+        return [(slice(i, i + cap), self._call(features[i:i + cap])) for i in range(0, n, cap)]
 
     def _wait(self, call: Call | Exception, started: float) -> Prediction:
         if isinstance(call, Exception):
@@ -162,6 +182,12 @@ class Scorer:
         try:
             prediction = self._wait(call, started) if call is not None else self.predict(features)
         except ModelRejected as exc:
+            limit = _server_batch_limit(exc)
+            if limit is not None and len(rows) > limit:  # too many rows for the server, not bad ones
+                self._limit_rows(limit)
+                for i in range(0, len(rows), limit):
+                    self._score(rows[i:i + limit], features[i:i + limit], None, 0.0, records, cols, result, parts)
+                return
             self._check_canary(exc)
             if len(rows) > 1:
                 mid = len(rows) // 2
@@ -176,6 +202,14 @@ class Scorer:
                 component=COMPONENT, stage=STAGE_SCORE, exception_class=f"grpc.StatusCode.{exc.code}"))
             return
         parts.append((rows, prediction))
+
+    def _limit_rows(self, limit: int) -> None:
+        if self.max_rows is None or limit < self.max_rows:
+            self.max_rows = limit
+            log_event(log, logging.WARNING, "predict_rows_limited", max_rows=limit,
+                      advice=f"the model server takes at most {limit} rows per request (its batching's max_batch_size): "
+                             f"each batch is sent as calls of at most {limit} rows; raise max_batch_size (or enable "
+                             f"large batch splitting) or lower --batch-max-size to send one call per batch")
 
     def _check_canary(self, exc: ModelRejected) -> None:
         now = self._clock()
@@ -279,26 +313,33 @@ class Scorer:
 class _PendingScore:
     """A batch whose Predict is in flight (fraud.stream.records.PendingResult)."""
 
-    __slots__ = ("_scorer", "_records", "_cols", "_features", "_call", "_result", "_polled", "_sent")
+    __slots__ = ("_scorer", "_records", "_cols", "_features", "_calls", "_result", "_polled", "_sent")
 
     def __init__(self, scorer: Scorer, records: Sequence[Record], cols: TransactionColumns, features: np.ndarray,
-                 call: Call | Exception, result: ProcessResult, polled: float, sent: float) -> None:
+                 calls: list[tuple[slice, Call | Exception]], result: ProcessResult, polled: float,
+                 sent: float) -> None:
         self._scorer, self._records, self._cols, self._features = scorer, records, cols, features
-        self._call, self._result, self._polled, self._sent = call, result, polled, sent
+        self._calls, self._result, self._polled, self._sent = calls, result, polled, sent
 
     def done(self) -> bool:
-        return isinstance(self._call, Exception) or self._call.done()
+        return all(isinstance(call, Exception) or call.done() for _, call in self._calls)
 
     def cancel(self) -> None:
-        if not isinstance(self._call, Exception):
-            self._call.cancel()
+        for _, call in self._calls:
+            if not isinstance(call, Exception):
+                call.cancel()
 
     def result(self) -> ProcessResult:
         s = self._scorer
         cols, records, result = self._cols, self._records, self._result
         parts: list[tuple[np.ndarray, Prediction]] = []
         rows = np.arange(len(cols))
-        s._score(rows, self._features, self._call, self._sent, records, cols, result, parts)
+        try:
+            for part, call in self._calls:
+                s._score(rows[part], self._features[part], call, self._sent, records, cols, result, parts)
+        except BaseException:
+            self.cancel()  # the batch is redone: the calls behind the failed one are not waited for
+            raise
         waited = time.time()
         c0 = time.thread_time()
         now_ms = int(waited * 1000)
@@ -308,7 +349,8 @@ class _PendingScore:
         s._metrics.observe(SCORE_LATENCY, max(0.0, (now_ms - oldest) / 1000.0))
         s._cpu("encode", c0)
         if s._trace is not None:
-            answered = getattr(self._call, "answered_at", None)
+            times = [t for _, call in self._calls if (t := getattr(call, "answered_at", None)) is not None]
+            answered = max(times) if times else None  # the last of the batch's calls
             s._trace_line({"polled": self._polled, "sent": self._sent, "answered": answered, "emitted": time.time(),
                            "keys": [o.key.decode() for o in result.outputs]})
         return result
@@ -335,6 +377,12 @@ def top_k_by_magnitude(values: np.ndarray, k: int) -> np.ndarray:
         part = np.broadcast_to(np.arange(width), (n, width))
     order = np.argsort(-np.take_along_axis(key, part, axis=1), axis=1)
     return np.take_along_axis(part, order, axis=1)
+
+
+def _server_batch_limit(exc: ModelRejected) -> int | None:
+    """The row limit a refusal names, if it is the server's batch size limit."""
+    match = _SERVER_BATCH_LIMIT.search(exc.message)
+    return int(match.group(1)) if match and int(match.group(1)) > 0 else None
 
 
 def _dead_letter(r: Record, err: Exception) -> DeadLetter:

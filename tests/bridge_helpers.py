@@ -76,13 +76,17 @@ def save_model(base_path: str | os.PathLike, version: int = 1, features_signatur
 
 
 @contextmanager
-def model_server(base_path: str | os.PathLike, port: int = 0) -> Iterator[Any]:
-    """The project's TF Serving-compatible server on 127.0.0.1 (gRPC only); `.grpc_port`."""
+def model_server(base_path: str | os.PathLike, port: int = 0, max_batch_size: int | None = None) -> Iterator[Any]:
+    """The project's TF Serving-compatible server on 127.0.0.1 (gRPC only); `.grpc_port`. With
+    `max_batch_size`: request batching on (`--enable_batching`), taking at most that many rows per request."""
+    from serving.batching import BatchingParameters
     from serving.config import ModelConfig, ServerConfig
     from serving.server import ModelServer
 
+    batching = {} if max_batch_size is None else dict(
+        enable_batching=True, batching=BatchingParameters(max_batch_size=max_batch_size))
     config = ServerConfig(models=(ModelConfig(MODEL_NAME, str(base_path)),), host="127.0.0.1", port=port,
-                          rest_api_port=None)
+                          rest_api_port=None, **batching)
     server = ModelServer(config).start(model_timeout=120)
     try:
         yield server

@@ -187,6 +187,7 @@ class FakeModel:
         self.reject_all = False
         self.nan_for: set[int] = set()
         self.inputs: list[np.ndarray] = []
+        self.max_rows: int | None = None  # a server whose batching takes at most this many rows per request
 
     def start(self, features: np.ndarray) -> FakeCall:
         assert features.dtype == np.float32 and features.shape[1:] == (len(FEATURE_NAMES),)
@@ -197,6 +198,9 @@ class FakeModel:
     def _answer(self, x: np.ndarray) -> Prediction:
         if self.down:
             raise PredictUnavailable("UNAVAILABLE", "connection refused")
+        if self.max_rows is not None and len(x) > self.max_rows:
+            raise ModelRejected("INVALID_ARGUMENT", f"Task size {len(x)} is larger than maximum input batch size "
+                                                    f"{self.max_rows}")
         if self.reject_all or (np.abs(x) > REJECT_ABOVE).any():
             raise ModelRejected("INVALID_ARGUMENT", "feature value outside the model's range")
         contributions = x / 1000.0
@@ -259,6 +263,30 @@ def test_malformed_corpus_all_dead_lettered_with_reasons_and_good_ones_scored():
         assert d.component == "kafka_bridge"
     # model rejection isolated by bisection: a handful of calls, not one per record
     assert len(model.calls) <= 2 * math.ceil(math.log2(len(good) + 1)) + 4
+
+
+def test_a_server_batch_limit_splits_the_calls_and_dead_letters_nothing(caplog):
+    events = [transaction(i) for i in range(5)]
+    values = [e.to_json() for e in events]
+    model = FakeModel()
+    model.max_rows = 2
+    scorer, _ = _scorer(model)
+    result = scorer(_records(values))
+    # refused once for its size (not for its rows: no canary, no bisection), then sent 2 rows at a time
+    assert model.calls == [5, 2, 2, 1] and not result.dead_letters
+    assert [o.key for o in result.outputs] == [e.transaction_id.encode() for e in events]
+    assert scorer.max_rows == 2
+    assert [r.getMessage() for r in caplog.records].count("predict_rows_limited") == 1
+    model.calls.clear()
+    result = scorer(_records(values))
+    assert model.calls == [2, 2, 1] and len(result.outputs) == 5  # within the limit from the start
+    # a record the model refuses is still isolated within its call
+    model.calls.clear()
+    bad = transaction(7, V3=2 * REJECT_ABOVE)
+    result = scorer(_records(values[:3] + [bad.to_json()] + values[3:]))
+    assert [d.reason for d in result.dead_letters] == [scoring.MODEL_REJECTED]
+    assert result.dead_letters[0].source_offset == 103 and len(result.outputs) == 5
+    assert max(model.calls) <= 2
 
 
 def test_model_rejecting_everything_is_a_retry_not_dead_letters():

@@ -261,6 +261,28 @@ def test_two_bridges_rebalance_exactly_once(kafka_broker, kafka_topic, server):
     assert score_ids(msgs) == Counter(e.transaction_id for e in events)
 
 
+def test_a_server_batching_fewer_rows_than_a_batch_gets_calls_it_takes(kafka_broker, kafka_topic, model_base,
+                                                                       caplog):
+    """The server's batching takes at most 16 rows per request (TF Serving refuses more with INVALID_ARGUMENT):
+    the bridge learns the limit from the first refusal and sends calls of 16 rows; nothing is dead-lettered."""
+    import logging
+
+    topics = _topics(kafka_topic)
+    caplog.set_level(logging.INFO, logger="kafka_bridge")
+    events = [transaction(i) for i in range(300)]
+    produce(kafka_broker, topics["input"], [(e.transaction_id.encode(), e.to_json()) for e in events])
+    with model_server(model_base, max_batch_size=16) as srv:
+        env = bridge_env(kafka_broker, srv.grpc_port, topics, delivery="exactly_once", instance_id="cap-0",
+                         batch_max_size="256")
+        with running_bridge(env) as processor:
+            msgs = read_topic(kafka_broker, topics["output"], lambda out: len(out) >= len(events))
+            assert processor._process.max_rows == 16
+    assert score_ids(msgs) == Counter(e.transaction_id for e in events)
+    assert read_topic(kafka_broker, topics["dlq"], lambda out: False, timeout_s=2) == []
+    limited = [r.fields for r in caplog.records if r.getMessage() == "predict_rows_limited"]
+    assert [f["max_rows"] for f in limited] == [16]
+
+
 def test_features_signature_when_the_model_has_it_tf_examples_otherwise_rechecked_on_a_new_version(
         kafka_broker, kafka_topic, tmp_path, caplog):
     """Version 1 has only serving_default (tf.Example): the bridge falls back to it. Version 2 adds
