@@ -43,7 +43,7 @@ from fraud.contract import (
 )
 from fraud.errors import FraudError
 from fraud.logs import log_event
-from fraud.stream.health import HealthServer
+from fraud.stream.health import Lifecycle
 from fraud.stream.metrics import Metrics, PrometheusMetrics
 from fraud.stream.reader import EventProducer, PartitionReader, TransactionalProducer, read_all
 from fraud.stream.records import Record, RetriableError
@@ -123,9 +123,7 @@ class MonitorJob:
         self.stats = MonitorStats()
         self.model_name: str | None = None
         self._stop = threading.Event()
-        self._state = "starting"
-        self._heartbeat = time.monotonic()
-        self.http_port: int | None = None  # the bound port of /healthz and /metrics, once running
+        self.life = Lifecycle("monitor", log)
 
     @classmethod
     def from_config(cls, config: MonitorConfig, **kwargs: Any) -> MonitorJob:
@@ -149,8 +147,12 @@ class MonitorJob:
         install_stop_handlers(self._stop, logger=log)
 
     def health(self) -> tuple[bool, bool, dict[str, Any]]:
-        healthy = time.monotonic() - self._heartbeat < 120 and self._state not in ("failed", "stopped")
-        return healthy, healthy and self._state == "running", {"state": self._state, **vars(self.stats)}
+        return self.life.alive(), self.life.ready(), {"state": self.life.state, **vars(self.stats)}
+
+    @property
+    def http_port(self) -> int | None:
+        """The bound port of /healthz and /metrics, once it listened."""
+        return self.life.port
 
     # -- checkpoints ---------------------------------------------------------------------------
 
@@ -379,45 +381,33 @@ class MonitorJob:
 
     def run(self) -> MonitorStats:
         c = self.config
-        http = None
-        if c.http_port is not None:
-            http = HealthServer(c.http_host, c.http_port, self.health, getattr(self.metrics, "exposition", None)).start()
-            self.http_port = http.port
-            log_event(log, logging.INFO, "http_listening", host=c.http_host, port=http.port)
-        since = self._now_ms() - c.lookback_ms
-        producer = self._producer
-        reader = None
-        try:
-            if self.checkpoints is not None:
-                self.restored = self._last_checkpoint = self.checkpoints.load()
-                if producer is None:
-                    producer = TransactionalProducer(c.kafka, f"{c.group_id}.monitor")
-            producer = producer or EventProducer(c.kafka)
-            start = self._start_state(since)
-            reader = self._open_reader(start, since)
-            log_event(log, logging.INFO, "monitor_starting", lookback_ms=c.lookback_ms, known_alerts=len(self.book._seen),
-                      drift=self.checker is not None, checkpoint=None if self.restored is None else self.restored.id,
-                      checkpoint_age_s=None if self.restored is None else
-                      round((self._now_ms() - self.restored.created_ms) / 1000, 1),
-                      scores=self.stats.scores)
-            self._state = "running"
-            reader = self._loop(reader, producer, since)
-            self._state = "stopping"
-        except BaseException:
-            self._state = "failed"
-            raise
-        finally:
+        with self.life.lifetime(lambda: vars(self.stats)):
+            self.life.serve(c.http_host, c.http_port, self.health, getattr(self.metrics, "exposition", None))
+            since = self._now_ms() - c.lookback_ms
+            producer = self._producer
+            reader = None
             try:
+                if self.checkpoints is not None:
+                    self.restored = self._last_checkpoint = self.checkpoints.load()
+                    if producer is None:
+                        producer = TransactionalProducer(c.kafka, f"{c.group_id}.monitor")
+                producer = producer or EventProducer(c.kafka)
+                start = self._start_state(since)
+                reader = self._open_reader(start, since)
+                log_event(log, logging.INFO, "monitor_starting", lookback_ms=c.lookback_ms,
+                          known_alerts=len(self.book._seen), drift=self.checker is not None,
+                          checkpoint=None if self.restored is None else self.restored.id,
+                          checkpoint_age_s=None if self.restored is None else
+                          round((self._now_ms() - self.restored.created_ms) / 1000, 1),
+                          scores=self.stats.scores)
+                self.life.state = "running"
+                reader = self._loop(reader, producer, since)
+                self.life.state = "stopping"
+            finally:
                 if reader is not None:
                     reader.close()
                 if producer is not None and self._producer is None:
                     producer.close()
-            finally:
-                if http is not None:
-                    http.close()
-                if self._state != "failed":
-                    self._state = "stopped"
-                log_event(log, logging.INFO, "monitor_stopped", state=self._state, **vars(self.stats))
         return self.stats
 
     def _open_reader(self, start: dict, since: int) -> Any:
@@ -437,7 +427,7 @@ class MonitorJob:
             stopping = self._stop.is_set()
             idle = False
             if not stopping:
-                self._heartbeat = time.monotonic()
+                self.life.beat()
                 records = reader.poll(2000, 0.2)
                 if records:
                     self.stats.records_read += len(records)

@@ -20,7 +20,7 @@ from fraud.kafka_config import KafkaClientConfig
 from fraud.logs import JsonFormatter, log_event
 from fraud.stream import metrics as m
 from fraud.stream.config import ClientKind, Delivery, StreamConfig, stream_options
-from fraud.stream.health import HealthServer
+from fraud.stream.health import HealthServer, Lifecycle
 from fraud.stream.options import add_options, resolve_options
 from fraud.stream.processor import StreamProcessor
 from fraud.stream.records import (
@@ -879,6 +879,37 @@ def test_health_endpoint_on_loopback_reports_health_readiness_and_metrics():
         assert server._server.server_address[0] == "127.0.0.1"
     finally:
         server.close()
+
+
+def test_lifecycle_reports_alive_ready_stalled_and_closes_its_endpoint_however_the_run_ends(caplog):
+    caplog.set_level(logging.INFO, logger="test.lifecycle")
+    now = [100.0]
+    life = Lifecycle("job", logging.getLogger("test.lifecycle"), stall_timeout_s=5, clock=lambda: now[0])
+    assert life.alive() and not life.ready()  # starting
+    with life.lifetime(lambda: {"done": 3}):
+        life.serve("127.0.0.1", 0, lambda: (life.alive(), life.ready(), {"state": life.state}), None)
+        port = life.port
+        life.state = "running"
+        assert life.ready()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz") as resp:
+            assert json.loads(resp.read())["state"] == "running"
+        now[0] += 6  # the loop did not beat for longer than the stall timeout
+        assert not life.alive() and not life.ready()
+        life.beat()
+        assert life.ready()
+        life.state = "stopping"
+    assert life.state == "stopped" and life.http is None and life.port == port and not life.alive()
+    with pytest.raises(OSError):  # the endpoint is closed
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2)
+
+    failing = Lifecycle("job", logging.getLogger("test.lifecycle"))
+    with pytest.raises(RuntimeError), failing.lifetime():
+        failing.serve("127.0.0.1", 0, lambda: (True, True, {}), None)
+        failing.state = "running"
+        raise RuntimeError("boom")
+    assert failing.state == "failed" and failing.http is None
+    stopped = [r.fields for r in caplog.records if r.name == "test.lifecycle" and r.getMessage() == "job_stopped"]
+    assert stopped == [{"state": "stopped", "done": 3}, {"state": "failed"}]
 
 
 def test_json_logs_one_object_per_line_with_fields():

@@ -38,7 +38,7 @@ from typing import Any
 
 from fraud.contract import MALFORMED_JSON, ContractError, DeadLetter, LabelEvent, ScoreEvent
 from fraud.logs import log_event
-from fraud.stream.health import HealthServer
+from fraud.stream.health import Lifecycle
 from fraud.stream.metrics import Metrics, PrometheusMetrics
 from fraud.stream.reader import EventProducer, GroupReader
 from fraud.stream.records import Record, RetriableError, TopicPartition, first_offsets, next_offsets
@@ -102,9 +102,7 @@ class SinkJob:
         self._stop = threading.Event()
         self._sleep = sleep or (lambda s: self._stop.wait(s))
         self.stats = SinkStats()
-        self._state = "starting"
-        self._heartbeat = time.monotonic()
-        self.http_port: int | None = None  # the bound port of /healthz and /metrics, once running
+        self.life = Lifecycle("sink", log)
         self._attempt = 0
         self._epochs: dict[TopicPartition, int] = {}  # partitions this sink owns -> the epoch it claimed
 
@@ -116,69 +114,63 @@ class SinkJob:
         install_stop_handlers(self._stop, logger=log)
 
     def health(self) -> tuple[bool, bool, dict[str, Any]]:
-        stalled = time.monotonic() - self._heartbeat > 120
-        healthy = not stalled and self._state not in ("failed", "stopped")
-        return healthy, healthy and self._state == "running" and self._attempt == 0, {
-            "state": self._state, "warehouse": self.warehouse.description, "retry_attempt": self._attempt,
+        life = self.life
+        return life.alive(), life.ready() and self._attempt == 0, {
+            "state": life.state, "warehouse": self.warehouse.description, "retry_attempt": self._attempt,
             **{k: v for k, v in vars(self.stats).items()},
         }
 
     def run(self) -> SinkStats:
         c = self.config
-        http = None
-        if c.http_port is not None:
-            http = HealthServer(c.http_host, c.http_port, self.health, getattr(self.metrics, "exposition", None)).start()
-            self.http_port = http.port
-            log_event(log, logging.INFO, "http_listening", host=c.http_host, port=http.port)
-        self.warehouse.open()
-        reader = None
-        producer = self._producer
-        try:
-            log_event(log, logging.INFO, "sink_starting", warehouse=self.warehouse.description, group_id=c.group_id,
-                      instance_id=c.instance_id)
-            reader = self._reader_factory(c.kafka, [c.scores_topic, c.labels_topic], group_id=c.group_id,
-                                          claim=self._claim, on_revoke=self._revoked,
-                                          group_instance_id=c.instance_id if c.static_membership else None,
-                                          session_timeout_ms=c.session_timeout_ms,
-                                          max_poll_interval_ms=c.max_poll_interval_ms, fetch_stall_s=c.fetch_stall_s)
-            if producer is None:
-                producer = EventProducer(c.kafka)
-            self._state = "running"
-            last_record = time.monotonic()
-            last_lag = 0.0
-            while not self._stop.is_set():
-                self._heartbeat = time.monotonic()
-                records = self._collect(reader)
-                now = time.monotonic()
-                if now - last_lag > 5:
-                    last_lag = now
-                    for (t, p), lag in reader.lag().items():
-                        self.metrics.gauge(m.SINK_LAG, lag, topic=t, partition=str(p))
-                if not records:
-                    if c.stop_when_idle_s and now - last_record >= c.stop_when_idle_s and _caught_up(reader):
-                        log_event(log, logging.INFO, "idle_stop", idle_s=c.stop_when_idle_s)
-                        break
-                    continue
-                last_record = now
-                self._handle(records, reader, producer)
-            self._state = "stopping"
-        except BaseException:
-            self._state = "failed"
-            raise
-        finally:
+        with self.life.lifetime(lambda: vars(self.stats)):
+            self.life.serve(c.http_host, c.http_port, self.health, getattr(self.metrics, "exposition", None))
+            self.warehouse.open()
+            reader = None
+            producer = self._producer
             try:
-                if reader is not None:
-                    reader.close()
-                if producer is not None and self._producer is None:
-                    producer.close()
+                log_event(log, logging.INFO, "sink_starting", warehouse=self.warehouse.description,
+                          group_id=c.group_id, instance_id=c.instance_id)
+                reader = self._reader_factory(c.kafka, [c.scores_topic, c.labels_topic], group_id=c.group_id,
+                                              claim=self._claim, on_revoke=self._revoked,
+                                              group_instance_id=c.instance_id if c.static_membership else None,
+                                              session_timeout_ms=c.session_timeout_ms,
+                                              max_poll_interval_ms=c.max_poll_interval_ms,
+                                              fetch_stall_s=c.fetch_stall_s)
+                if producer is None:
+                    producer = EventProducer(c.kafka)
+                self.life.state = "running"
+                last_record = time.monotonic()
+                last_lag = 0.0
+                while not self._stop.is_set():
+                    self.life.beat()
+                    records = self._collect(reader)
+                    now = time.monotonic()
+                    if now - last_lag > 5:
+                        last_lag = now
+                        for (t, p), lag in reader.lag().items():
+                            self.metrics.gauge(m.SINK_LAG, lag, topic=t, partition=str(p))
+                    if not records:
+                        if c.stop_when_idle_s and now - last_record >= c.stop_when_idle_s and _caught_up(reader):
+                            log_event(log, logging.INFO, "idle_stop", idle_s=c.stop_when_idle_s)
+                            break
+                        continue
+                    last_record = now
+                    self._handle(records, reader, producer)
+                self.life.state = "stopping"
             finally:
-                self.warehouse.close()
-                if http is not None:
-                    http.close()
-                if self._state != "failed":
-                    self._state = "stopped"
-                log_event(log, logging.INFO, "sink_stopped", state=self._state, **vars(self.stats))
+                try:
+                    if reader is not None:
+                        reader.close()
+                    if producer is not None and self._producer is None:
+                        producer.close()
+                finally:
+                    self.warehouse.close()
         return self.stats
+
+    @property
+    def http_port(self) -> int | None:
+        """The bound port of /healthz and /metrics, once it listened."""
+        return self.life.port
 
     # -- partition ownership (called by the reader inside poll) --------------------------------
 

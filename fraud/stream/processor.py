@@ -43,7 +43,7 @@ from fraud.stream import metrics as m
 from fraud.stream.clients import StreamClient, make_client
 from fraud.stream.config import StreamConfig
 from fraud.stream.delivery import AtLeastOnce, Delivered, DeliveryMode, make_delivery
-from fraud.stream.health import HealthServer
+from fraud.stream.health import HealthServer, Lifecycle
 from fraud.stream.metrics import Metrics, PrometheusMetrics
 from fraud.stream.records import (
     Completed,
@@ -112,10 +112,8 @@ class StreamProcessor:
         self._inflight: deque[tuple[list[Record], PendingResult, float]] = deque()
         self._mode: DeliveryMode | None = None
         self._last_lag = 0.0
-        self._heartbeat = clock()
         self._last_commit: float | None = None
-        self._state = "starting"
-        self.http: HealthServer | None = None
+        self.life = Lifecycle("stream", log, config.stall_timeout_s, clock)
         self.batches_committed = 0
         self._single_topic = config.input_topics[0] if len(config.input_topics) == 1 else None
         self._wedged = wedged
@@ -135,62 +133,58 @@ class StreamProcessor:
         install_stop_handlers(self._stop, logger=log)
 
     def health(self) -> tuple[bool, bool, dict[str, Any]]:
-        now = self._clock()
-        stalled = now - self._heartbeat > self.config.stall_timeout_s
-        healthy = not stalled and self._state not in ("failed", "stopped")
-        ready = healthy and self._state == "running" and self._attempt == 0
-        return healthy, ready, {
-            "state": self._state,
+        life = self.life
+        healthy = life.alive()
+        return healthy, life.ready() and self._attempt == 0, {
+            "state": life.state,
             "instance_id": self.config.instance_id,
             "delivery": self.config.delivery.value,
             "assigned_partitions": len(self._assigned),
             "retry_attempt": self._attempt,
-            "seconds_since_loop": round(now - self._heartbeat, 3),
-            "seconds_since_commit": None if self._last_commit is None else round(now - self._last_commit, 3),
+            "seconds_since_loop": round(life.since_beat(), 3),
+            "seconds_since_commit": None if self._last_commit is None else round(self._clock() - self._last_commit, 3),
         }
 
     # -- the loop ------------------------------------------------------------------------------
 
+    @property
+    def http(self) -> HealthServer | None:
+        """/healthz, /readyz and /metrics while the job runs (with an `http_port`)."""
+        return self.life.http
+
     def run(self) -> None:
         """Subscribe and process until stopped; closes the clients on the way out, however it ends."""
         c = self.config
-        if c.http_port is not None and self.http is None:
-            exposition = getattr(self.metrics, "exposition", None)
-            self.http = HealthServer(c.http_host, c.http_port, self.health, exposition).start()
-            log_event(log, logging.INFO, "http_listening", host=c.http_host, port=self.http.port)
-        if self._client is None:
-            self._client = make_client(c)
-        client = self._client
-        self._mode = make_delivery(client, c, self._clock, self._confirmed, lambda exc: self._reset_producer(None),
-                                   self._wedged)
-        log_event(log, logging.INFO, "stream_starting", component=c.component, topics=list(c.input_topics),
-                  group_id=c.group_id, instance_id=c.instance_id, delivery=c.delivery.value, client=c.client.value,
-                  transactional_id=c.transactional_id if c.exactly_once else None,
-                  commit_interval_ms=c.commit_interval_ms, pipelined=self._staged is not None and c.pipeline_depth > 0)
-        try:
-            client.subscribe(c.input_topics, self._on_assign, self._on_revoke, self._on_lost)
-            self._state = "running"
-            while not self._stop.is_set():
-                self._loop_once(client)
-            self._state = "stopping"
-            self._drain()
-            log_event(log, logging.INFO, "stream_stopping", batches_committed=self.batches_committed)
-        except BaseException:
-            self._state = "failed"
-            for _, pending, _ in self._inflight:
-                pending.cancel()
-            raise
-        finally:
+        with self.life.lifetime():
+            self.life.serve(c.http_host, c.http_port, self.health, getattr(self.metrics, "exposition", None))
+            if self._client is None:
+                self._client = make_client(c)
+            client = self._client
+            self._mode = make_delivery(client, c, self._clock, self._confirmed,
+                                       lambda exc: self._reset_producer(None), self._wedged)
+            log_event(log, logging.INFO, "stream_starting", component=c.component, topics=list(c.input_topics),
+                      group_id=c.group_id, instance_id=c.instance_id, delivery=c.delivery.value,
+                      client=c.client.value, transactional_id=c.transactional_id if c.exactly_once else None,
+                      commit_interval_ms=c.commit_interval_ms,
+                      pipelined=self._staged is not None and c.pipeline_depth > 0)
             try:
-                if self._mode is not None:
-                    self._mode.close()
-                client.close(c.operation_timeout_s)
+                client.subscribe(c.input_topics, self._on_assign, self._on_revoke, self._on_lost)
+                self.life.state = "running"
+                while not self._stop.is_set():
+                    self._loop_once(client)
+                self.life.state = "stopping"
+                self._drain()
+                log_event(log, logging.INFO, "stream_stopping", batches_committed=self.batches_committed)
+            except BaseException:
+                for _, pending, _ in self._inflight:
+                    pending.cancel()
+                raise
             finally:
-                if self._state != "failed":
-                    self._state = "stopped"
-                if self.http is not None:
-                    self.http.close()
-                log_event(log, logging.INFO, "stream_stopped", state=self._state)
+                try:
+                    if self._mode is not None:
+                        self._mode.close()
+                finally:
+                    client.close(c.operation_timeout_s)
 
     def _drain(self) -> None:
         """On stop: finish and deliver the batches in flight, then commit everything delivered."""
@@ -208,7 +202,7 @@ class StreamProcessor:
             log_event(log, logging.WARNING, "final_delivery_failed", error=str(exc))
 
     def _loop_once(self, client: StreamClient) -> None:
-        self._heartbeat = now = self._clock()
+        now = self.life.beat()
         mode = self._mode
         assert mode is not None
         if not self._producer_ready:
