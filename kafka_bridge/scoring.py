@@ -60,6 +60,9 @@ MODEL_OUTPUT_INVALID = "model_output_invalid"
 STAGE_CONVERT, STAGE_VALIDATE, STAGE_SCORE = "VALUE_CONVERTER", "TRANSFORMATION", "TASK_PUT"
 _DECODE_REASONS = (MALFORMED_JSON, BAD_ENCODING, OVERSIZE, NOT_AN_OBJECT)
 _CANARY_TTL_S = 60.0
+#: How long a learned server batch limit holds before a whole batch is tried again (the server's
+#: max_batch_size may have been raised since: one refused call per period while it was not)
+_ROWS_LIMIT_TTL_S = 300.0
 _N_FEATURES = len(FEATURE_NAMES)
 _FEATURE_NAMES = np.array(FEATURE_NAMES, dtype=object)
 #: How TF Serving's batch scheduler refuses a request above its `max_batch_size` (serving.batching too).
@@ -112,8 +115,10 @@ class Scorer:
         self._on_invalid_model = on_invalid_model
         self._canary = np.zeros((1, _N_FEATURES), dtype=np.float32)
         self._canary_ok_until = -math.inf
-        #: the model server's largest request, once it refused a larger one (None: no limit seen)
+        #: the model server's largest request, once it refused a larger one (None: no limit seen, or forgotten
+        #: `_ROWS_LIMIT_TTL_S` after it was learned, so that a raised limit is found)
         self.max_rows: int | None = None
+        self._max_rows_until = -math.inf
         # unbuffered: one write per batch, complete lines even if the process is killed
         self._trace = open(trace_file, "ab", buffering=0) if trace_file is not None else None  # noqa: SIM115
 
@@ -155,6 +160,8 @@ class Scorer:
     def _calls(self, features: np.ndarray) -> list[tuple[slice, Call | Exception]]:
         """Start the batch's Predict: one call, or one per `max_rows` rows once the server set a limit."""
         n, cap = len(features), self.max_rows
+        if cap is not None and n > cap and self._clock() >= self._max_rows_until:
+            cap = self.max_rows = None  # try a whole batch again: refused, the limit is learned anew
         if cap is None or n <= cap:
             return [(slice(0, n), self._call(features))]
         return [(slice(i, i + cap), self._call(features[i:i + cap])) for i in range(0, n, cap)]
@@ -206,6 +213,7 @@ class Scorer:
     def _limit_rows(self, limit: int) -> None:
         if self.max_rows is None or limit < self.max_rows:
             self.max_rows = limit
+            self._max_rows_until = self._clock() + _ROWS_LIMIT_TTL_S
             log_event(log, logging.WARNING, "predict_rows_limited", max_rows=limit,
                       advice=f"the model server takes at most {limit} rows per request (its batching's max_batch_size): "
                              f"each batch is sent as calls of at most {limit} rows; raise max_batch_size (or enable "

@@ -289,6 +289,30 @@ def test_a_server_batch_limit_splits_the_calls_and_dead_letters_nothing(caplog):
     assert max(model.calls) <= 2
 
 
+def test_a_learned_server_batch_limit_is_tried_again_after_its_ttl_so_a_raised_limit_is_used():
+    values = [transaction(i).to_json() for i in range(5)]
+    model = FakeModel()
+    model.max_rows = 2
+    now = [0.0]
+    scorer = scoring.Scorer(model.start, output_topic="fraud.scores", model_name="cfg-name",
+                            metrics=RecordingMetrics(STREAM_METRICS + scoring.BRIDGE_METRICS), clock=lambda: now[0])
+    scorer(_records(values))
+    assert model.calls == [5, 2, 2, 1] and scorer.max_rows == 2
+    now[0] += scoring._ROWS_LIMIT_TTL_S - 1
+    model.calls.clear()
+    scorer(_records(values))
+    assert model.calls == [2, 2, 1]  # still within the learned limit
+    now[0] += 1
+    model.calls.clear()
+    result = scorer(_records(values))
+    assert model.calls == [5, 2, 2, 1] and len(result.outputs) == 5  # tried whole, refused, learned again
+    now[0] += scoring._ROWS_LIMIT_TTL_S
+    model.max_rows = None  # the operator raised the server's max_batch_size
+    model.calls.clear()
+    result = scorer(_records(values))
+    assert model.calls == [5] and scorer.max_rows is None and len(result.outputs) == 5
+
+
 def test_model_rejecting_everything_is_a_retry_not_dead_letters():
     model = FakeModel()
     model.reject_all = True
