@@ -18,7 +18,8 @@ retries the batch and commits nothing meanwhile.
 
 A server with request batching refuses a request of more rows than its `max_batch_size` ("Task size N is
 larger than maximum input batch size M", TF Serving's words): the bridge then sends M rows per Predict from
-there on (the calls of one batch go out together) and says so once in its log.
+there on (the calls of one batch go out together) and says so in its log; five minutes later it sends a whole
+batch again, so a limit raised meanwhile is used (one refused call per five minutes while it is not).
 """
 
 from __future__ import annotations
