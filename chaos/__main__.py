@@ -104,8 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{settings.per_kind} malformed records of each kind")
     events = corpus.build(dataset, settings.events, rate=settings.rate, per_kind=settings.per_kind,
                           label_delay_s=settings.label_delay_s, seed=settings.seed)
-    workroot = args.workdir or Path(tempfile.mkdtemp(prefix="chaos-", dir=load_paths().home))
-    workroot.mkdir(parents=True, exist_ok=True)
+    workroot = work_directory(args.workdir, load_paths().home)
     log_file = open(workroot / "chaos.log", "a")  # noqa: SIM115 (open for the whole run)
     configure_logging("INFO", stream=log_file)  # client libraries' complaints during bounces go there
     say(f"work directory: {workroot} (the harness's log: chaos.log; each service's: run-N/logs/)")
@@ -125,6 +124,16 @@ def main(argv: list[str] | None = None) -> int:
     clean = sum(r.clean for r in results)
     print(f"\n{clean} of {len(results)} runs clean; {total / 60:.1f} minutes in all (logs: {workroot})")
     return 0 if clean == len(results) else 1
+
+
+def work_directory(given: Path | None, home: Path) -> Path:
+    """`--workdir`, else a new `chaos-*` directory under FRAUD_HOME; either is created if it is missing (on a
+    fresh checkout FRAUD_HOME, `var/`, does not exist yet)."""
+    if given is not None:
+        given.mkdir(parents=True, exist_ok=True)
+        return given
+    home.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix="chaos-", dir=home))
 
 
 if __name__ == "__main__":

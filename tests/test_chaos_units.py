@@ -10,6 +10,7 @@ from collections import Counter
 import pytest
 
 from chaos import corpus as c
+from chaos.__main__ import work_directory
 from chaos.run import Result, Settings, fault_plan
 from chaos.verify import check_dead_letters, tally
 from fraud.contract import ContractError, DeadLetter, LabelEvent, ScoreEvent, TransactionEvent
@@ -75,3 +76,12 @@ def test_a_run_is_clean_only_without_loss_duplicates_or_problems():
     assert not Result(1, "exactly_once", duplicated=1).clean
     assert Result(1, "at_least_once", duplicated=3).clean
     assert not Result(1, "at_least_once", problems=["x"]).clean
+
+
+def test_the_work_directory_is_made_even_where_fraud_home_does_not_exist_yet(tmp_path):
+    home = tmp_path / "fresh-checkout" / "var"
+    made = work_directory(None, home)
+    assert made.is_dir() and made.parent == home and made.name.startswith("chaos-")
+    assert work_directory(None, home) != made  # a new one per run
+    given = tmp_path / "given" / "deep"
+    assert work_directory(given, home) == given and given.is_dir()
