@@ -8,7 +8,10 @@ Stages (each worker is its own process: broker, model server, bridge or passthro
    -> produce, the baseline), the bridge at-least-once and exactly-once on the served model, and the bridge
    on serving.testing's toy model (an extra row, labelled as such). CPU per event of each worker process
    (from /proc, over the same window), of the bridge's own work (its `bridge_cpu_seconds_total` metric:
-   decode, validate, encode request and scores) and of the model server;
+   decode, validate, encode request and scores) and of the model server. The stages run in `--rounds`
+   interleaved rounds (passthrough, at-least-once, exactly-once, then again), so that a shift in what else
+   the shared machine does hits every kind alike: each figure is the median over the rounds, and each
+   ratio the median of the ratios within a round;
 2. latency at offered rates (200, 1,000 and 4,000 events/s and 1/4 and 1/2 of the bridge's maximum), each
    mode: a paced producer process sends transactions, a reader thread reads the scores (read_committed),
    latency = received - the transaction's produce time on one clock. Beside it the floor: a second reader
@@ -305,6 +308,7 @@ class Bench:
         self.logs = logs  # the workers' logs and traces, kept
         self.kafka = KafkaClientConfig(bootstrap_servers=(bootstrap,), client_id="bench")
         self.results: dict[str, dict] = {}
+        self.rounds: dict[str, list[dict]] = {}  # each throughput stage's result per round
         self._n = 0
 
     def topics(self, stage: str) -> dict[str, str]:
@@ -336,7 +340,8 @@ class Bench:
     # -- throughput ---------------------------------------------------------------------------
 
     def throughput(self, label: str, kind: str, *, client: str, delivery: str, server_port: int,
-                   server_pid: int | None, profile: Path | None = None) -> dict:
+                   server_pid: int | None, profile: Path | None = None, round_no: int = 1) -> dict:
+        """One round of a throughput stage; `results[label]` becomes the median over its rounds so far."""
         from fraud.embedded.process import free_port
 
         a = self.args
@@ -396,11 +401,13 @@ class Bench:
         res["batch"] = window / batches if batches else float("nan")
         extra = "".join(f", {k.replace('_cpu_us', '')} CPU {res[k]:.1f} us/event" for k in ("own_cpu_us", "server_cpu_us")
                         if k in res)
-        echo(f"  {label}: {rate:,.0f} events/s, process CPU {res['cpu_us']:.1f} us/event{extra}"
+        of = f" (round {round_no} of {self.args.rounds})" if self.args.rounds > 1 else ""
+        echo(f"  {label}{of}: {rate:,.0f} events/s, process CPU {res['cpu_us']:.1f} us/event{extra}"
               + (f", mean batch {res['batch']:.0f}" if "batch" in res else "")
               + ("" if window else " (no CPU window: every event was consumed before the first outputs were "
                                    "visible; use more --events)"))
-        self.results[label] = res
+        self.rounds.setdefault(label, []).append(res)
+        self.results[label] = combine_rounds(self.rounds[label])
         return res
 
     # -- latency ------------------------------------------------------------------------------
@@ -554,6 +561,39 @@ def model_base_of(path: Path) -> Path:
     return path
 
 
+def print_medians(b: Bench, client: str) -> None:
+    echo(f"  medians over {b.args.rounds} rounds:")
+    for label, r in b.results.items():
+        if label.startswith(client) and "rates" in r:
+            extra = "".join(f", {k.replace('_cpu_us', '')} CPU {r[k]:.1f}" for k in ("own_cpu_us", "server_cpu_us")
+                            if k in r)
+            echo(f"    {label}: {r['rate']:,.0f} events/s (rounds: {', '.join(f'{x:,.0f}' for x in r['rates'])}), "
+                 f"process CPU {r['cpu_us']:.1f}{extra} us/event")
+
+
+def _median(values: Sequence[float]) -> float:
+    known = sorted(v for v in values if not np.isnan(v))
+    return float(np.median(known)) if known else float("nan")
+
+
+def combine_rounds(rounds: Sequence[dict]) -> dict:
+    """A throughput stage over its rounds: each figure the median of the rounds' (NaN ignored); `rates` keeps
+    each round's rate, in order, for the ratios within a round."""
+    out = {k: _median([r[k] for r in rounds if k in r]) for k in ("rate", "cpu_us", "server_cpu_us", "own_cpu_us",
+                                                                 "batch") if any(k in r for r in rounds)}
+    out["rates"] = [r["rate"] for r in rounds]
+    return out
+
+
+def round_ratio(num: dict, den: dict) -> tuple[float, str]:
+    """num / den within each round (stages of one round ran next to each other), and its median: (median, text)."""
+    ratios = [a / b for a, b in zip(num["rates"], den["rates"], strict=False)]  # a failed stage ends its round
+    med = _median(ratios)
+    if len(ratios) == 1:
+        return med, f"{med:.3f}"
+    return med, f"median {med:.3f} of {len(ratios)} rounds ({', '.join(f'{x:.3f}' for x in ratios)})"
+
+
 def goal_lines(b: Bench, args: argparse.Namespace, client: str) -> list[str]:
     r = b.results
     lines = []
@@ -564,9 +604,9 @@ def goal_lines(b: Bench, args: argparse.Namespace, client: str) -> list[str]:
     pt, alo, eos = r.get(f"{client} passthrough"), r.get(f"{client} bridge at-least-once"), \
         r.get(f"{client} bridge exactly-once")
     if pt and alo:
-        ratio = alo["rate"] / pt["rate"]
+        ratio, text = round_ratio(alo, pt)
         line(ratio >= 0.7, f"bridge / passthrough (at-least-once) >= 0.7: {alo['rate']:,.0f} / {pt['rate']:,.0f} "
-                           f"events/s = {ratio:.3f}")
+                           f"events/s = {text}")
     lat = r.get(f"{client} latency at-least-once", {}).get("rows", {})
     if alo and lat:
         for frac in (0.5, 0.25):
@@ -577,9 +617,9 @@ def goal_lines(b: Bench, args: argparse.Namespace, client: str) -> list[str]:
                      f"latency at {frac:g} x max ({rate:,.0f}/s) p50 <= 10 ms, p99 <= 50 ms: p50 {row['p50']:.1f}, "
                      f"p99 {row['p99']:.1f} ms (floor p50 {row['floor_p50']:.1f}, p99 {row['floor_p99']:.1f})")
     if alo and eos:
-        ratio = eos["rate"] / alo["rate"]
+        ratio, text = round_ratio(eos, alo)
         line(ratio >= 0.9, f"exactly-once / at-least-once throughput >= 0.9: {eos['rate']:,.0f} / {alo['rate']:,.0f} "
-                           f"= {ratio:.3f}")
+                           f"= {text}")
     elat = r.get(f"{client} latency exactly-once", {}).get("rows", {})
     if elat:
         bound = args.commit_interval_ms + 50
@@ -600,7 +640,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-dir", type=Path, help="serve this model (a pushed base path of numbered versions, "
                         "or one version) instead of the shipped one")
     parser.add_argument("--clients", nargs="+", default=["confluent-kafka"], choices=["confluent-kafka", "kafka-python"])
-    parser.add_argument("--events", type=int, default=60_000, help="events per throughput stage")
+    parser.add_argument("--events", type=int, default=200_000, help="events per throughput stage and round")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the throughput stages")
     parser.add_argument("--rates", type=float, nargs="+", default=[200, 1000, 4000],
                         help="fixed offered rates (events/s), besides --fractions of the maximum")
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.25, 0.5])
@@ -625,7 +666,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"achieved {pace(bootstrap, topic, float(rate), int(n), prefix):.1f}")
         return 0
     if args.quick:
-        args.events, args.seconds = min(args.events, 15_000), min(args.seconds, 3.0)
+        args.events, args.seconds, args.rounds = min(args.events, 15_000), min(args.seconds, 3.0), 1
+    if args.rounds < 1 or args.events < 100:
+        parser.error(f"--rounds {args.rounds}, --events {args.events}: need at least 1 round of 100 events")
     if args.pin:
         try:
             _PINNED.append(split_cpus())
@@ -681,18 +724,24 @@ def _run(args: argparse.Namespace, run_dir: Path) -> int:
         b = Bench(args, bootstrap, run_dir, broker_pid=kafka.broker.pid, server_pid=server_pid)
         for client in args.clients:
             try:
-                b.throughput(f"{client} passthrough", "passthrough", client=client, delivery="at_least_once",
-                             server_port=port, server_pid=None)
                 profile = args.profile if client == "confluent-kafka" else None
                 if profile is not None:
                     profile.parent.mkdir(parents=True, exist_ok=True)
-                alo = b.throughput(f"{client} bridge at-least-once", "bridge", client=client, delivery="at_least_once",
-                                   server_port=port, server_pid=server_pid, profile=profile)
-                b.throughput(f"{client} bridge exactly-once", "bridge", client=client, delivery="exactly_once",
-                             server_port=port, server_pid=server_pid)
-                if toy_port is not None:
-                    b.throughput(f"{client} bridge at-least-once, toy model (serving.testing)", "bridge", client=client,
-                                 delivery="at_least_once", server_port=toy_port, server_pid=None)
+                for n in range(1, args.rounds + 1):
+                    b.throughput(f"{client} passthrough", "passthrough", client=client, delivery="at_least_once",
+                                 server_port=port, server_pid=None, round_no=n)
+                    b.throughput(f"{client} bridge at-least-once", "bridge", client=client, delivery="at_least_once",
+                                 server_port=port, server_pid=server_pid, profile=profile if n == 1 else None,
+                                 round_no=n)
+                    b.throughput(f"{client} bridge exactly-once", "bridge", client=client, delivery="exactly_once",
+                                 server_port=port, server_pid=server_pid, round_no=n)
+                    if toy_port is not None:
+                        b.throughput(f"{client} bridge at-least-once, toy model (serving.testing)", "bridge",
+                                     client=client, delivery="at_least_once", server_port=toy_port, server_pid=None,
+                                     round_no=n)
+                if args.rounds > 1:
+                    print_medians(b, client)
+                alo = b.results[f"{client} bridge at-least-once"]
                 rates = sorted(set(args.rates) | {f * alo["rate"] for f in args.fractions})
                 for delivery in ("at-least-once", "exactly-once"):
                     label = f"{client} latency {delivery}"
