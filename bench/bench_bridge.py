@@ -401,7 +401,7 @@ class Bench:
         res["batch"] = window / batches if batches else float("nan")
         extra = "".join(f", {k.replace('_cpu_us', '')} CPU {res[k]:.1f} us/event" for k in ("own_cpu_us", "server_cpu_us")
                         if k in res)
-        of = f" (round {round_no} of {self.args.rounds})" if self.args.rounds > 1 else ""
+        of = f" (round {round_no} of {self.args.rounds})" if self.args.rounds > 1 and round_no else ""
         echo(f"  {label}{of}: {rate:,.0f} events/s, process CPU {res['cpu_us']:.1f} us/event{extra}"
               + (f", mean batch {res['batch']:.0f}" if "batch" in res else "")
               + ("" if window else " (no CPU window: every event was consumed before the first outputs were "
@@ -650,7 +650,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-max-size", type=int, default=0, help="0: the bridge's default")
     parser.add_argument("--no-toy", action="store_true", help="skip the toy-model row")
     parser.add_argument("--profile", nargs="?", const="var/bench/bridge-profile.svg", type=Path,
-                        help="write a py-spy flame graph of the bridge under load (default %(const)s)")
+                        help="write a py-spy flame graph of the bridge under load (default %(const)s), from an "
+                             "at-least-once stage of its own after the measured rounds (not counted)")
     parser.add_argument("--quick", action="store_true", help="fewer events and shorter stages (a smoke run)")
     parser.add_argument("--pin", action="store_true",
                         help="run the environment (broker, paced producer, readers) on the first half of the CPUs and "
@@ -731,8 +732,7 @@ def _run(args: argparse.Namespace, run_dir: Path) -> int:
                     b.throughput(f"{client} passthrough", "passthrough", client=client, delivery="at_least_once",
                                  server_port=port, server_pid=None, round_no=n)
                     b.throughput(f"{client} bridge at-least-once", "bridge", client=client, delivery="at_least_once",
-                                 server_port=port, server_pid=server_pid, profile=profile if n == 1 else None,
-                                 round_no=n)
+                                 server_port=port, server_pid=server_pid, round_no=n)
                     b.throughput(f"{client} bridge exactly-once", "bridge", client=client, delivery="exactly_once",
                                  server_port=port, server_pid=server_pid, round_no=n)
                     if toy_port is not None:
@@ -741,6 +741,10 @@ def _run(args: argparse.Namespace, run_dir: Path) -> int:
                                      round_no=n)
                 if args.rounds > 1:
                     print_medians(b, client)
+                if profile is not None:  # a stage of its own: py-spy's sampling slows what it samples
+                    b.throughput(f"{client} bridge at-least-once under py-spy (not counted)", "bridge", client=client,
+                                 delivery="at_least_once", server_port=port, server_pid=server_pid, profile=profile,
+                                 round_no=0)
                 alo = b.results[f"{client} bridge at-least-once"]
                 rates = sorted(set(args.rates) | {f * alo["rate"] for f in args.fractions})
                 for delivery in ("at-least-once", "exactly-once"):
