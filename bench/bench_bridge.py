@@ -86,11 +86,17 @@ def _event(i: int, rng: np.random.Generator, prefix: str = "tx") -> tuple[bytes,
     return tid.encode(), orjson.dumps(ev)
 
 
-def proc_cpu(pid: int) -> float:
-    """CPU seconds (user + system, all threads) the process has used so far."""
-    with open(f"/proc/{pid}/stat") as f:
+def proc_cpu(pid: int, main_thread: bool = False) -> float:
+    """CPU seconds (user + system) the process has used so far: all its threads, or its main thread only."""
+    with open(f"/proc/{pid}/task/{pid}/stat" if main_thread else f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def runqueue_wait(pid: int) -> float:
+    """Seconds the process's main thread has spent runnable but waiting for a CPU (the scheduler's count)."""
+    with open(f"/proc/{pid}/task/{pid}/schedstat") as f:
+        return int(f.read().split()[1]) / 1e9
 
 
 def _producer(bootstrap: str):  # noqa: ANN202
@@ -361,8 +367,7 @@ class Bench:
             with worker(kind, env, self.logs / f"{names['in']}.log") as proc:
                 if not started.wait(a.timeout):
                     raise RuntimeError(f"{label}: no output after {a.timeout:.0f} s (log {self.logs / names['in']}.log)")
-                cpu0 = proc_cpu(proc.pid)
-                srv0 = proc_cpu(server_pid) if server_pid else None
+                cpu0 = self._cpu(proc.pid, server_pid)
                 m0 = metrics_text(port)
                 spy = None
                 if profile is not None:
@@ -371,8 +376,7 @@ class Bench:
                                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
                 end_at = a.events - max(1, a.events // 50)
                 reader.wait_for(end_at, a.timeout)
-                cpu1 = proc_cpu(proc.pid)
-                srv1 = proc_cpu(server_pid) if server_pid else None
+                cpu1 = self._cpu(proc.pid, server_pid)
                 m1 = metrics_text(port)
                 if spy is not None:
                     spy.send_signal(2)  # SIGINT: py-spy writes the flame graph and exits
@@ -391,9 +395,17 @@ class Bench:
         # empty when the worker had consumed everything before the first outputs were visible (a short stage
         # under exactly-once): no CPU figure rather than a division by zero
         per_event = 1e6 / window if window else float("nan")
-        res = {"label": label, "rate": rate, "cpu_us": (cpu1 - cpu0) * per_event}
-        if srv0 is not None and srv1 is not None:
-            res["server_cpu_us"] = (srv1 - srv0) * per_event
+        used = {k: cpu1[k] - cpu0[k] for k in cpu1}
+        wall, loop, waiting = used.pop("wall"), used.pop("loop"), used.pop("loop waiting")
+        res = {"label": label, "rate": rate, "cpu_us": used["bridge"] * per_event,
+               # one thread: it can use one core at most
+               "loop_cpu_us": loop * per_event, "loop_busy": loop / wall if wall > 0 else float("nan"),
+               "loop_waiting": waiting / wall if wall > 0 else float("nan"),
+               # the whole machine in the same window: the ratio's denominator and numerator share its cores
+               "broker_cpu_us": used["broker"] * per_event, "readers_cpu_us": used["readers"] * per_event,
+               "cores": sum(used.values()) / wall if wall > 0 else float("nan")}
+        if server_pid:
+            res["server_cpu_us"] = used["model server"] * per_event
         if kind == "bridge":
             res["own_cpu_us"] = (_total(m1, "bridge_cpu_seconds_total") - _total(m0, "bridge_cpu_seconds_total")) \
                 * per_event
@@ -404,6 +416,9 @@ class Bench:
         of = f" (round {round_no} of {self.args.rounds})" if self.args.rounds > 1 and round_no else ""
         echo(f"  {label}{of}: {rate:,.0f} events/s, process CPU {res['cpu_us']:.1f} us/event{extra}"
               + (f", mean batch {res['batch']:.0f}" if "batch" in res else "")
+              + f"; its loop thread {res['loop_cpu_us']:.1f} us/event, busy {res['loop_busy']:.0%}, waiting for a "
+                f"CPU {res['loop_waiting']:.0%}; broker "
+                f"{res['broker_cpu_us']:.1f}, readers {res['readers_cpu_us']:.1f} us/event; {res['cores']:.2f} cores busy"
               + ("" if window else " (no CPU window: every event was consumed before the first outputs were "
                                    "visible; use more --events)"))
         self.rounds.setdefault(label, []).append(res)
@@ -451,6 +466,8 @@ class Bench:
                         continue
                     rows[rate] = self._budget(outs, ins, trace, rate, achieved)
                     wall = cpu.pop("wall")
+                    cpu.pop("loop")  # inside "bridge"
+                    cpu.pop("loop waiting")
                     rows[rate]["cores"] = {k: v / wall for k, v in cpu.items()}
         finally:
             out_reader.close()
@@ -458,14 +475,18 @@ class Bench:
         self.results[label] = {"rows": rows}
         return rows
 
-    def _cpu(self, bridge_pid: int) -> dict[str, float]:
-        """CPU seconds used so far by each process of a latency stage, and the wall clock: the stage's CPU
-        split (the machine's cores are shared by all of them, load generator included)."""
+    def _cpu(self, bridge_pid: int, server_pid: int | None = -1) -> dict[str, float]:
+        """CPU seconds used so far by each process of a stage, and the wall clock: the stage's CPU split (the
+        machine's cores are shared by all of them, load generator included). `bridge` is the worker (the
+        bridge or the passthrough); `server_pid` None: no model server in the stage, -1: the bench's."""
         me = os.times()
+        server = self.server_pid if server_pid == -1 else server_pid
         return {"wall": time.monotonic(),
+                "loop": proc_cpu(bridge_pid, main_thread=True),  # the worker's loop: part of "bridge"
+                "loop waiting": runqueue_wait(bridge_pid),  # not CPU time: ready to run, no CPU free
                 "broker": proc_cpu(self.broker_pid) if self.broker_pid else 0.0,
                 "bridge": proc_cpu(bridge_pid),
-                "model server": proc_cpu(self.server_pid) if self.server_pid else 0.0,
+                "model server": proc_cpu(server) if server else 0.0,
                 "producer": me.children_user + me.children_system,  # the paced producer: the child waited for
                 "readers": me.user + me.system}  # this process: the two reader threads
 
@@ -565,7 +586,9 @@ def print_medians(b: Bench, client: str) -> None:
     echo(f"  medians over {b.args.rounds} rounds:")
     for label, r in b.results.items():
         if label.startswith(client) and "rates" in r:
-            extra = "".join(f", {k.replace('_cpu_us', '')} CPU {r[k]:.1f}" for k in ("own_cpu_us", "server_cpu_us")
+            extra = "".join(f", {k.replace('_cpu_us', '')} CPU {r[k]:.1f}" for k in ("own_cpu_us", "server_cpu_us",
+                                                                                     "loop_cpu_us", "broker_cpu_us",
+                                                                                     "readers_cpu_us")
                             if k in r)
             echo(f"    {label}: {r['rate']:,.0f} events/s (rounds: {', '.join(f'{x:,.0f}' for x in r['rates'])}), "
                  f"process CPU {r['cpu_us']:.1f}{extra} us/event")
@@ -576,11 +599,16 @@ def _median(values: Sequence[float]) -> float:
     return float(np.median(known)) if known else float("nan")
 
 
+#: a throughput stage's figures that combine_rounds takes the median of
+_ROUND_FIGURES = ("rate", "cpu_us", "server_cpu_us", "own_cpu_us", "loop_cpu_us", "loop_busy", "loop_waiting",
+                  "broker_cpu_us",
+                  "readers_cpu_us", "cores", "batch")
+
+
 def combine_rounds(rounds: Sequence[dict]) -> dict:
     """A throughput stage over its rounds: each figure the median of the rounds' (NaN ignored); `rates` keeps
     each round's rate, in order, for the ratios within a round."""
-    out = {k: _median([r[k] for r in rounds if k in r]) for k in ("rate", "cpu_us", "server_cpu_us", "own_cpu_us",
-                                                                 "batch") if any(k in r for r in rounds)}
+    out = {k: _median([r[k] for r in rounds if k in r]) for k in _ROUND_FIGURES if any(k in r for r in rounds)}
     out["rates"] = [r["rate"] for r in rounds]
     return out
 
@@ -592,6 +620,20 @@ def round_ratio(num: dict, den: dict) -> tuple[float, str]:
     if len(ratios) == 1:
         return med, f"{med:.3f}"
     return med, f"median {med:.3f} of {len(ratios)} rounds ({', '.join(f'{x:.3f}' for x in ratios)})"
+
+
+def loop_budget(pt: dict, alo: dict, goal: float) -> str:
+    """Where bridge / passthrough comes from: each worker is one loop thread (one core at most) beside the
+    client's and the Predict threads; its events/s = its busy share / its CPU per event. At the bridge's
+    busy share, the goal fixes the CPU per event its loop may spend."""
+    budget = alo["loop_busy"] * 1e6 / (goal * pt["rate"])
+    def share(r: dict) -> str:
+        return (f"{r['loop_cpu_us']:.1f} us/event, busy {r['loop_busy']:.0%}, waiting for a CPU "
+                f"{r.get('loop_waiting', float('nan')):.0%}")
+
+    return (f"loop threads: passthrough {share(pt)}; bridge {share(alo)}; cores busy {pt['cores']:.2f} / "
+            f"{alo['cores']:.2f} of {os.cpu_count()}. At this busy share, {goal:g} needs the bridge's loop <= "
+            f"{budget:.1f} us/event (now {alo['loop_cpu_us']:.1f})")
 
 
 def goal_lines(b: Bench, args: argparse.Namespace, client: str) -> list[str]:
@@ -607,6 +649,8 @@ def goal_lines(b: Bench, args: argparse.Namespace, client: str) -> list[str]:
         ratio, text = round_ratio(alo, pt)
         line(ratio >= 0.7, f"bridge / passthrough (at-least-once) >= 0.7: {alo['rate']:,.0f} / {pt['rate']:,.0f} "
                            f"events/s = {text}")
+        if "loop_busy" in pt and "loop_busy" in alo:
+            lines.append("         " + loop_budget(pt, alo, 0.7))
     lat = r.get(f"{client} latency at-least-once", {}).get("rows", {})
     if alo and lat:
         for frac in (0.5, 0.25):

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from bench.bench_bridge import combine_rounds, round_ratio
+from bench.bench_bridge import combine_rounds, loop_budget, round_ratio
 
 
 def test_rounds_combine_to_medians_and_keep_each_rounds_rate_in_order():
@@ -32,3 +32,13 @@ def test_a_ratio_pairs_the_stages_of_one_round_not_the_medians():
     assert one == 0.75 and text == "0.750"
     # a stage that failed ends its round: the rounds that have both count
     assert round_ratio(combine_rounds([{"rate": 1.0}, {"rate": 4.0}]), passthrough)[0] == pytest.approx(0.015)
+
+
+def test_the_loop_budget_of_a_ratio_is_the_bridges_busy_share_over_the_goal_rate():
+    pt = {"rate": 100_000.0, "loop_cpu_us": 8.0, "loop_busy": 0.8, "loop_waiting": 0.05, "cores": 1.9}
+    alo = {"rate": 50_000.0, "loop_cpu_us": 18.0, "loop_busy": 0.9, "loop_waiting": 0.1, "cores": 2.0}
+    # 0.7 of 100,000/s is 70,000/s; a loop busy 90% of the time then has 0.9 s / 70,000 = 12.9 us per event
+    text = loop_budget(pt, alo, 0.7)
+    assert ("passthrough 8.0 us/event, busy 80%, waiting for a CPU 5%; bridge 18.0 us/event, busy 90%, waiting for a "
+            "CPU 10%") in text
+    assert text.endswith("needs the bridge's loop <= 12.9 us/event (now 18.0)")
