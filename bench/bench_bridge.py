@@ -192,7 +192,7 @@ def worker(kind: str, env: dict[str, str], log: Path) -> Iterator[subprocess.Pop
 def passthrough_worker() -> int:
     """Entry of the passthrough process: the same fraud.stream processor, identity process function."""
     from fraud.logs import configure_logging
-    from fraud.stream.processor import StreamProcessor
+    from fraud.stream.processor import StreamProcessor, settle_heap
     from fraud.stream.records import Output, ProcessResult
     from kafka_bridge.config import BridgeConfig
 
@@ -205,6 +205,7 @@ def passthrough_worker() -> int:
 
     proc = StreamProcessor(config.stream, identity)
     proc.install_signal_handlers()
+    settle_heap(config.stream.gc_threshold)  # as the bridge does
     proc.run()
     return 0
 

@@ -7,7 +7,7 @@ import logging
 from fraud.errors import FraudError
 from fraud.logs import configure_logging, log_event
 from fraud.stream.metrics import STREAM_METRICS, PrometheusMetrics
-from fraud.stream.processor import StreamProcessor
+from fraud.stream.processor import StreamProcessor, settle_heap
 from fraud.stream.records import FatalError
 from kafka_bridge.config import BridgeConfig
 from kafka_bridge.predict import PredictClient
@@ -35,6 +35,7 @@ def run(config: BridgeConfig) -> int:
     processor.install_signal_handlers()
     log_event(log, logging.INFO, "bridge_starting", server=config.server, model=config.model_name,
               output_topic=config.output_topic, tls=config.grpc_tls is not None)
+    settle_heap(config.stream.gc_threshold)
     try:
         processor.run()
     except FatalError as exc:

@@ -136,12 +136,14 @@ def _ingest(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from fraud.stream.processor import settle_heap
     from preprocessing.job import PreprocessConfig, PreprocessJob
 
     config = PreprocessConfig.from_args(args, os.environ)
     configure_logging(config.log_level)
     job = PreprocessJob(config)
     job.install_signal_handlers()
+    settle_heap(config.stream.gc_threshold)
     stats = job.run()
     print(f"preprocess: consumed {stats.total}, clean {sum(stats.clean.values())}, "
           f"filtered {dict(stats.filtered)}, dead-lettered {dict(stats.dead)}", file=sys.stderr)

@@ -5,6 +5,7 @@ machinery are in tests/test_stream_integration.py."""
 from __future__ import annotations
 
 import argparse
+import gc
 import io
 import json
 import logging
@@ -22,7 +23,7 @@ from fraud.stream import metrics as m
 from fraud.stream.config import ClientKind, Delivery, StreamConfig, stream_options
 from fraud.stream.health import HealthServer, Lifecycle
 from fraud.stream.options import add_options, resolve_options
-from fraud.stream.processor import StreamProcessor
+from fraud.stream.processor import StreamProcessor, settle_heap
 from fraud.stream.records import (
     FatalError,
     Output,
@@ -1319,3 +1320,25 @@ def test_kafka_python_errors_are_classified_not_turned_into_attribute_errors():
                       (E.TopicAuthorizationFailedError(), FatalError)):
         with pytest.raises(kind):
             _raise(exc, "poll")
+
+
+def test_settle_heap_freezes_start_up_and_raises_only_the_young_threshold():
+    before, frozen = gc.get_threshold(), gc.get_freeze_count()
+    try:
+        settle_heap(0)  # 0: the interpreter's settings stay
+        assert gc.get_threshold() == before and gc.get_freeze_count() == frozen
+        alive = [object() for _ in range(10)]
+        settle_heap(50_000)
+        assert gc.get_threshold() == (50_000, *before[1:])
+        assert gc.get_freeze_count() >= frozen + len(alive)  # what exists now (this list among it) left the collections
+        assert gc.get_count()[0] < 50  # a collection ran first: start-up's garbage is not frozen with it
+        del alive
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+
+
+def test_a_negative_gc_threshold_is_refused():
+    with pytest.raises(FraudError, match="GC threshold"):
+        StreamConfig(kafka=KafkaClientConfig(bootstrap_servers=("localhost:9092",)), input_topics=("in",),
+                     group_id="g", dlq_topic="dlq", component="test", gc_threshold=-1)

@@ -60,6 +60,9 @@ class StreamConfig:
     #: Batches submitted to a staged process function (a Predict in flight) while the one before is
     #: delivered: 1 = pipelined, 0 = one batch at a time.
     pipeline_depth: int = 1
+    #: Python's young-generation GC threshold once the loop runs (fraud.stream.processor.settle_heap); 0 leaves
+    #: the interpreter's settings (700) as they are.
+    gc_threshold: int = 100_000
     instance_id: str = field(default_factory=lambda: _default_instance_id())
     transactional_id_prefix: str = ""  # default: "<group_id>"
     static_membership: bool = False  # group.instance.id = instance_id (restart without a rebalance)
@@ -93,8 +96,8 @@ class StreamConfig:
             raise FraudError(f"stream: transactional id prefix {self.transactional_id_prefix!r} has bad characters")
         if self.batch_max_size < 1 or self.batch_max_wait_ms < 0:
             raise FraudError("stream: batch max size must be >= 1 and batch max wait >= 0 ms")
-        if self.commit_interval_ms < 1 or self.pipeline_depth < 0:
-            raise FraudError("stream: commit interval must be >= 1 ms and pipeline depth >= 0")
+        if self.commit_interval_ms < 1 or self.pipeline_depth < 0 or self.gc_threshold < 0:
+            raise FraudError("stream: commit interval must be >= 1 ms, pipeline depth and GC threshold >= 0")
         if self.exactly_once and self.commit_interval_ms >= self.transaction_timeout_ms:
             raise FraudError(f"stream: commit interval {self.commit_interval_ms} ms must be shorter than the "
                              f"transaction timeout {self.transaction_timeout_ms} ms")
@@ -156,6 +159,8 @@ def stream_options(*, group_id: str = "", http_port: int = -1, batch_max_size: i
                "bounds when read_committed readers see an output) or offsets wait to be committed", minimum=1),
         Option("pipeline_depth", int, 1, "batches in flight (e.g. Predict) while the one before is delivered",
                minimum=0),
+        Option("gc_threshold", int, 100_000, "Python GC: tracked objects (net) between young collections once "
+               "the loop runs, start-up's objects frozen (0: the interpreter's settings)", minimum=0),
         Option("auto_offset_reset", str, "earliest", "where a group without offsets starts",
                choices=["earliest", "latest"]),
         Option("session_timeout_ms", int, 10_000, "consumer group session timeout", minimum=1),
