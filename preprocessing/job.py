@@ -37,6 +37,7 @@ from fraud.stream.metrics import Kind, MetricDef, Metrics, PrometheusMetrics
 from fraud.stream.options import Option, add_options, resolve_options
 from fraud.stream.processor import StreamProcessor
 from fraud.stream.records import Output, ProcessResult, Record, RetriableError
+from fraud.stream.signals import install_stop_handlers
 from fraud.topics import DLQ_PREPROCESS, INGEST_CSV, TRANSACTIONS, TRANSACTIONS_RAW, USERS
 from preprocessing.anonymize import AnonymizeKey, Anonymizer, load_key, redact_key
 from preprocessing.rules import DEFAULT_RULES, SOURCE_CSV, SOURCE_RAW, Rules, load_rules
@@ -258,14 +259,8 @@ class PreprocessJob:
             self.processor.request_stop()
 
     def install_signal_handlers(self) -> None:
-        import signal
-
-        def handler(signum: int, _frame: Any) -> None:
-            log_event(log, logging.INFO, "stop_requested", signal=signal.Signals(signum).name)
-            self.request_stop()
-
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, handler)
+        """SIGTERM and SIGINT stop the job (call from the main thread)."""
+        install_stop_handlers(self.request_stop, logger=log)
 
     def run(self) -> JobStats:
         """Load the users table (if the rules enrich), then process until stopped; returns the counts."""

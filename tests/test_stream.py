@@ -9,6 +9,8 @@ import gc
 import io
 import json
 import logging
+import signal
+import threading
 import time
 import urllib.request
 from collections.abc import Mapping, Sequence
@@ -36,6 +38,7 @@ from fraud.stream.records import (
     merge_earliest,
     next_offsets,
 )
+from fraud.stream.signals import install_stop_handlers
 
 IN, OUT, DLQ = "in", "out", "dlq"
 
@@ -1342,3 +1345,19 @@ def test_a_negative_gc_threshold_is_refused():
     with pytest.raises(FraudError, match="GC threshold"):
         StreamConfig(kafka=KafkaClientConfig(bootstrap_servers=("localhost:9092",)), input_topics=("in",),
                      group_id="g", dlq_topic="dlq", component="test", gc_threshold=-1)
+
+
+def test_stop_handlers_set_an_event_or_call_a_jobs_request_stop():
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    try:
+        calls: list[int] = []
+        install_stop_handlers(lambda: calls.append(1))
+        signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)
+        assert calls == [1]
+        stop = threading.Event()
+        install_stop_handlers(stop)
+        signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
+        assert stop.is_set() and calls == [1]
+    finally:
+        signal.signal(signal.SIGTERM, before[0])
+        signal.signal(signal.SIGINT, before[1])
