@@ -418,8 +418,8 @@ class Bench:
         echo(f"  {label}{of}: {rate:,.0f} events/s, process CPU {res['cpu_us']:.1f} us/event{extra}"
               + (f", mean batch {res['batch']:.0f}" if "batch" in res else "")
               + f"; its loop thread {res['loop_cpu_us']:.1f} us/event, busy {res['loop_busy']:.0%}, waiting for a "
-                f"CPU {res['loop_waiting']:.0%}; broker "
-                f"{res['broker_cpu_us']:.1f}, readers {res['readers_cpu_us']:.1f} us/event; {res['cores']:.2f} cores busy"
+                f"CPU {res['loop_waiting']:.0%}; broker {res['broker_cpu_us']:.1f}, readers "
+                f"{res['readers_cpu_us']:.1f} us/event; {res['cores']:.2f} cores busy"
               + ("" if window else " (no CPU window: every event was consumed before the first outputs were "
                                    "visible; use more --events)"))
         self.rounds.setdefault(label, []).append(res)
@@ -583,14 +583,15 @@ def model_base_of(path: Path) -> Path:
     return path
 
 
+#: the CPU figures print_medians shows beside the process's
+_MEDIAN_CPU = ("own_cpu_us", "server_cpu_us", "loop_cpu_us", "broker_cpu_us", "readers_cpu_us")
+
+
 def print_medians(b: Bench, client: str) -> None:
     echo(f"  medians over {b.args.rounds} rounds:")
     for label, r in b.results.items():
         if label.startswith(client) and "rates" in r:
-            extra = "".join(f", {k.replace('_cpu_us', '')} CPU {r[k]:.1f}" for k in ("own_cpu_us", "server_cpu_us",
-                                                                                     "loop_cpu_us", "broker_cpu_us",
-                                                                                     "readers_cpu_us")
-                            if k in r)
+            extra = "".join(f", {k.replace('_cpu_us', '')} CPU {r[k]:.1f}" for k in _MEDIAN_CPU if k in r)
             echo(f"    {label}: {r['rate']:,.0f} events/s (rounds: {', '.join(f'{x:,.0f}' for x in r['rates'])}), "
                  f"process CPU {r['cpu_us']:.1f}{extra} us/event")
 
@@ -602,8 +603,7 @@ def _median(values: Sequence[float]) -> float:
 
 #: a throughput stage's figures that combine_rounds takes the median of
 _ROUND_FIGURES = ("rate", "cpu_us", "server_cpu_us", "own_cpu_us", "loop_cpu_us", "loop_busy", "loop_waiting",
-                  "broker_cpu_us",
-                  "readers_cpu_us", "cores", "batch")
+                  "broker_cpu_us", "readers_cpu_us", "cores", "batch")
 
 
 def combine_rounds(rounds: Sequence[dict]) -> dict:
@@ -628,6 +628,7 @@ def loop_budget(pt: dict, alo: dict, goal: float) -> str:
     client's and the Predict threads; its events/s = its busy share / its CPU per event. At the bridge's
     busy share, the goal fixes the CPU per event its loop may spend."""
     budget = alo["loop_busy"] * 1e6 / (goal * pt["rate"])
+
     def share(r: dict) -> str:
         return (f"{r['loop_cpu_us']:.1f} us/event, busy {r['loop_busy']:.0%}, waiting for a CPU "
                 f"{r.get('loop_waiting', float('nan')):.0%}")

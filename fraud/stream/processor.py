@@ -519,10 +519,11 @@ class StreamProcessor:
 
 
 def settle_heap(threshold: int) -> None:
-    """For a job that owns its process (like signal handlers: the bridge's and the preprocessor's entry points
-    call it, a test or a host embedding the processor does not), once, before the loop: what start-up built (modules, clients, the model's metadata) is never garbage,
-    so `gc.freeze()` takes it out of every later collection, and a young collection waits until `threshold`
-    more tracked objects were made than freed (0: the interpreter's settings, left as they are).
+    """Once, before the loop, in a job that owns its process (like signal handlers: the bridge's and the
+    preprocessor's entry points call it; a test or a host embedding the processor does not): what start-up
+    built (modules, configuration, the Predict client) is never garbage, so `gc.freeze()` takes it out of
+    every later collection, and a young collection waits until `threshold` more tracked objects were made
+    than freed (0: the interpreter's settings, left as they are).
 
     Why: each batch lives as thousands of tuples (records, outputs) for a few tens of ms, so Python's
     default of 700 ran ~250 young collections a second in the bridge under load, each walking the batches
