@@ -13,6 +13,7 @@ import signal
 import threading
 import time
 import urllib.request
+import weakref
 from collections.abc import Mapping, Sequence
 
 import pytest
@@ -1325,18 +1326,27 @@ def test_kafka_python_errors_are_classified_not_turned_into_attribute_errors():
             _raise(exc, "poll")
 
 
+class _Cycle:
+    def __init__(self) -> None:
+        self.me = self
+
+
 def test_settle_heap_freezes_start_up_and_raises_only_the_young_threshold():
     before, frozen = gc.get_threshold(), gc.get_freeze_count()
+    gc.disable()  # no automatic collection in between: the garbage below is there when settle_heap runs
     try:
         settle_heap(0)  # 0: the interpreter's settings stay
         assert gc.get_threshold() == before and gc.get_freeze_count() == frozen
         alive = [object() for _ in range(10)]
+        garbage = weakref.ref(_Cycle())  # unreachable, only a collection frees it
+        assert garbage() is not None
         settle_heap(50_000)
         assert gc.get_threshold() == (50_000, *before[1:])
         assert gc.get_freeze_count() >= frozen + len(alive)  # what exists now (this list among it) left the collections
-        assert gc.get_count()[0] < 50  # a collection ran first: start-up's garbage is not frozen with it
+        assert garbage() is None  # collected first, not frozen for good
         del alive
     finally:
+        gc.enable()
         gc.unfreeze()
         gc.set_threshold(*before)
 
