@@ -450,7 +450,7 @@ class Bench:
                 for k, (rate, measured) in enumerate([(warm_rate, False)] + [(r, True) for r in rates]):
                     n = max(300, int(rate * a.seconds))
                     prefix = f"s{k:02d}"
-                    cpu0 = self._cpu(bridge.pid)
+                    cpu0 = self._cpu(bridge.pid, self.server_pid)
                     paced = subprocess.run([sys.executable, __file__, "--pace", self.bootstrap, names["in"], str(rate),
                                             str(n), prefix], capture_output=True, text=True, timeout=a.timeout)
                     if paced.returncode != 0:
@@ -458,7 +458,7 @@ class Bench:
                     achieved = float(paced.stdout.split()[-1])
                     out_reader.wait_for(seen_out + n, a.timeout)
                     in_reader.wait_for(seen_in + n, a.timeout)
-                    cpu = {k: v - cpu0[k] for k, v in self._cpu(bridge.pid).items()}
+                    cpu = {k: v - cpu0[k] for k, v in self._cpu(bridge.pid, self.server_pid).items()}
                     outs = out_reader.out[seen_out:seen_out + n]
                     ins = in_reader.out[seen_in:seen_in + n]
                     seen_out += n
@@ -476,18 +476,17 @@ class Bench:
         self.results[label] = {"rows": rows}
         return rows
 
-    def _cpu(self, bridge_pid: int, server_pid: int | None = -1) -> dict[str, float]:
+    def _cpu(self, bridge_pid: int, server_pid: int | None) -> dict[str, float]:
         """CPU seconds used so far by each process of a stage, and the wall clock: the stage's CPU split (the
         machine's cores are shared by all of them, load generator included). `bridge` is the worker (the
-        bridge or the passthrough); `server_pid` None: no model server in the stage, -1: the bench's."""
+        bridge or the passthrough); `server_pid` None: no model server in the stage."""
         me = os.times()
-        server = self.server_pid if server_pid == -1 else server_pid
         return {"wall": time.monotonic(),
                 "loop": proc_cpu(bridge_pid, main_thread=True),  # the worker's loop: part of "bridge"
                 "loop waiting": runqueue_wait(bridge_pid),  # not CPU time: ready to run, no CPU free
                 "broker": proc_cpu(self.broker_pid) if self.broker_pid else 0.0,
                 "bridge": proc_cpu(bridge_pid),
-                "model server": proc_cpu(server) if server else 0.0,
+                "model server": proc_cpu(server_pid) if server_pid else 0.0,
                 "producer": me.children_user + me.children_system,  # the paced producer: the child waited for
                 "readers": me.user + me.system}  # this process: the two reader threads
 
@@ -631,7 +630,7 @@ def loop_budget(pt: dict, alo: dict, goal: float) -> str:
 
     def share(r: dict) -> str:
         return (f"{r['loop_cpu_us']:.1f} us/event, busy {r['loop_busy']:.0%}, waiting for a CPU "
-                f"{r.get('loop_waiting', float('nan')):.0%}")
+                f"{r['loop_waiting']:.0%}")
 
     return (f"loop threads: passthrough {share(pt)}; bridge {share(alo)}; cores busy {pt['cores']:.2f} / "
             f"{alo['cores']:.2f} of {os.cpu_count()}. At this busy share, {goal:g} needs the bridge's loop <= "
